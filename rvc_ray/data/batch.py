@@ -1,0 +1,58 @@
+"""The typed training batch shared by the data pipeline, the model and the training steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["RVCBatch"]
+
+
+@dataclass(frozen=True)
+class RVCBatch:
+    """One padded batch of training clips, all streams aligned at 100 frames per second.
+
+    Shapes (B = batch, F = frames, C = content dim, T = samples = F * hop):
+        content:         [B, F, C] float32, content features upsampled x2 to 100 Hz
+        content_lengths: [B] int64, valid frames per item
+        pitch_bins:      [B, F] int64 in 1..255 (coarse F0), or None for a no-F0 model
+        f0_hz:           [B, F] float32 continuous F0 in Hz (0 = unvoiced), or None
+        spec:            [B, n_fft//2+1, F] float32 linear magnitude spectrogram
+        spec_lengths:    [B] int64 (equal to content_lengths after alignment)
+        wav:             [B, 1, T] float32 waveform at the model rate
+        wav_lengths:     [B] int64 valid samples per item
+        speaker_id:      [B] int64
+    """
+
+    content: Tensor
+    content_lengths: Tensor
+    pitch_bins: Tensor | None
+    f0_hz: Tensor | None
+    spec: Tensor
+    spec_lengths: Tensor
+    wav: Tensor
+    wav_lengths: Tensor
+    speaker_id: Tensor
+
+    @property
+    def size(self) -> int:
+        """Number of items B."""
+        return int(self.content.shape[0])
+
+    def to(self, device: torch.device | str) -> RVCBatch:
+        """Move every tensor to ``device``."""
+        moved = {
+            f.name: (getattr(self, f.name).to(device) if getattr(self, f.name) is not None else None)
+            for f in fields(self)
+        }
+        return replace(self, **moved)
+
+    def select(self, index: Tensor | slice) -> RVCBatch:
+        """Rows ``index`` of every tensor (used to split a global batch across workers in tests)."""
+        picked = {
+            f.name: (getattr(self, f.name)[index] if getattr(self, f.name) is not None else None)
+            for f in fields(self)
+        }
+        return replace(self, **picked)
