@@ -1,0 +1,62 @@
+"""Train an RVC voice end to end on Ray: preprocess -> extract -> index -> train -> export.
+
+With no arguments it runs the whole pipeline on the built-in demo corpus with the tiny CPU preset:
+
+    python jobs/train.py
+    ray job submit --working-dir . -- python jobs/train.py
+
+With a real dataset and job config:
+
+    ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/rvc_v2_40k.yaml \
+        --input /data/my_voice --set experiment.name=my_voice
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+JOBS_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG = JOBS_DIR / "configs" / "demo.yaml"
+
+
+def _make_package_importable() -> None:
+    # `python jobs/train.py` puts jobs/ (not the repo root) on sys.path; under `ray job submit` the working
+    # dir is the repo root. Either way, make the rvc_ray package beside jobs/ importable.
+    root = str(JOBS_DIR.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", default=None, help="job YAML or preset name (default: jobs/configs/demo.yaml)")
+    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], help="section.key=value")
+    parser.add_argument("--input", "-i", dest="inputs", action="append", type=Path, default=[],
+                        help="speaker folder(s) or one folder of speaker sub-folders (default: the demo corpus)")
+    parser.add_argument("--stop-after", choices=["preprocess", "extract", "index"], default=None,
+                        help="stop after this stage")
+    parser.add_argument("--demo-seconds", type=float, default=60.0,
+                        help="seconds of generated audio per demo speaker (demo only)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _make_package_importable()
+    from rvc_ray.config import ConfigError, load_run_config
+    from rvc_ray.pipeline import prepare_demo_inputs, run_pipeline
+
+    try:
+        cfg = load_run_config(args.config or DEFAULT_CONFIG, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    inputs = args.inputs or prepare_demo_inputs(cfg, seconds_per_speaker=args.demo_seconds)
+    run_pipeline(cfg, inputs, stop_after=args.stop_after)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

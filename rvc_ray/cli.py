@@ -1,0 +1,241 @@
+"""The ``rvc-ray`` command line: the only place (with jobs/*.py) that parses arguments.
+
+Every command loads one :class:`~rvc_ray.config.RunConfig` from ``--config`` (a job YAML or a preset
+name) plus ``--set section.key=value`` overrides, then calls the stage's entry function. Heavy imports
+(torch, ray) happen inside the commands, so ``rvc-ray --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rvc_ray.config import ConfigError, RunConfig, load_run_config
+from rvc_ray.layout import RunLayout
+
+app = typer.Typer(
+    name="rvc-ray",
+    help="Distributed training and serving of RVC voices on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="Job YAML (jobs/configs/*.yaml) or preset: rvc_v2_32k|rvc_v2_40k|rvc_v2_48k|tiny_cpu."),
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")
+]
+
+
+def _load(config: str | None, overrides: list[str] | None, default: str = "rvc_v2_40k") -> RunConfig:
+    try:
+        return load_run_config(config or default, overrides or [])
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _print_result(result: object) -> None:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(result) and not isinstance(result, type):
+        typer.echo(json.dumps(asdict(result), indent=2, default=str))
+    else:
+        typer.echo(str(result))
+
+
+@app.command()
+def preprocess(
+    input: Annotated[list[Path], typer.Option("--input", "-i", help="Speaker folder(s), or one folder of speaker sub-folders.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Dataset directory (default: <run>/dataset).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Validate, slice, filter, normalise and resample raw recordings into a Parquet dataset (Ray Data)."""
+    cfg = _load(config, set_)
+    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.preprocess import run_preprocess
+
+    ensure_ray()
+    _print_result(run_preprocess(cfg, input, output or RunLayout.from_config(cfg).dataset_dir))
+
+
+@app.command()
+def extract(
+    dataset: Annotated[Path | None, typer.Option(help="Preprocessed dataset directory (default: <run>/dataset).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Feature directory (default: <run>/features).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Extract F0 (pitch) and content features for every segment (Ray Data actors, GPUs if configured)."""
+    cfg = _load(config, set_)
+    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.features.pipeline import run_extract
+
+    layout = RunLayout.from_config(cfg)
+    ensure_ray()
+    _print_result(run_extract(cfg, dataset or layout.dataset_dir, output or layout.features_dir))
+
+
+@app.command()
+def index(
+    features: Annotated[Path | None, typer.Option(help="Feature directory (default: <run>/features).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Index path (default: <run>/index/<name>.index).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Build the voice's FAISS IVF retrieval index from the training features."""
+    cfg = _load(config, set_)
+    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.features.index import run_index
+
+    layout = RunLayout.from_config(cfg)
+    ensure_ray()
+    _print_result(run_index(cfg, features or layout.features_dir, output or layout.index_path))
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    input: Annotated[
+        list[Path] | None, typer.Option("--input", "-i", help="Raw recordings: run the whole pipeline first.")
+    ] = None,
+    features: Annotated[Path | None, typer.Option(help="Train on an existing feature directory.")] = None,
+) -> None:
+    """Train a voice with Ray Train (DDP). With --input, preprocess/extract/index first."""
+    cfg = _load(config, set_)
+    layout = RunLayout.from_config(cfg)
+    if input:
+        from rvc_ray.pipeline import run_pipeline
+
+        run_pipeline(cfg, input)
+        return
+    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.train.launch import fit
+
+    ensure_ray()
+    index_path = layout.index_path if layout.index_path.exists() else None
+    _print_result(fit(cfg, features or layout.features_dir, index_path=index_path))
+
+
+@app.command()
+def demo(set_: SetOption = None) -> None:
+    """Run the whole pipeline on the built-in demo corpus with the tiny preset (same as jobs/train.py)."""
+    cfg = _load("tiny_cpu", set_)
+    from rvc_ray.pipeline import prepare_demo_inputs, run_pipeline
+
+    run_pipeline(cfg, prepare_demo_inputs(cfg))
+
+
+@app.command()
+def tune(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    features: Annotated[Path | None, typer.Option(help="Feature directory (default: <run>/features).")] = None,
+    search: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra search dimension: path=choice(a,b)|uniform(a,b)|loguniform(a,b) (repeatable)."),
+    ] = None,
+    search_file: Annotated[Path | None, typer.Option(help="YAML search space {path: expression}.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume an interrupted sweep of the same name.")] = False,
+) -> None:
+    """Search the global batch size and adversarial weight (and more) with Ray Tune + ASHA."""
+    cfg = _load(config, set_)
+    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.tune.launch import run_tune
+
+    ensure_ray()
+    layout = RunLayout.from_config(cfg)
+    _print_result(
+        run_tune(cfg, features or layout.features_dir, search=search or [], search_file=search_file, resume=resume)
+    )
+
+
+@app.command()
+def serve(
+    voices: Annotated[Path | None, typer.Option(help="Directory of <voice_id>.pth (+ .index) files.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve every voice of a directory over HTTP with Ray Serve (blocks until interrupted)."""
+    cfg = _load(config, set_)
+    from rvc_ray.serve.app import run_serve
+
+    run_serve(cfg, voices_dir=voices, blocking=True)
+
+
+@app.command()
+def convert(
+    input_path: Annotated[Path, typer.Argument(help="Audio to convert (any common format and rate).")],
+    output_path: Annotated[Path, typer.Argument(help="Where to write the converted WAV.")],
+    voice: Annotated[Path, typer.Option(help="Voice .pth (rvc-ray, RVC-WebUI or Applio export).")],
+    index_path: Annotated[Path | None, typer.Option("--index", help="The voice's .index file.")] = None,
+    f0_up_key: Annotated[float, typer.Option(help="Transpose in semitones.")] = 0.0,
+    index_rate: Annotated[float, typer.Option(help="Retrieval mix 0..1.")] = 0.75,
+    protect: Annotated[float, typer.Option(help="Protect unvoiced consonants 0..0.5 (0.5 = off).")] = 0.33,
+    rms_mix_rate: Annotated[float, typer.Option(help="1 = output envelope, 0 = input envelope.")] = 0.25,
+    filter_radius: Annotated[int, typer.Option(help="Median filter radius for F0 (>= 3 applies it).")] = 3,
+    speaker_id: Annotated[int, typer.Option(help="Speaker id for multi-speaker voices.")] = 0,
+    output_sample_rate: Annotated[int, typer.Option(help="Resample the output to this rate (0 = voice rate).")] = 0,
+    f0_method: Annotated[str | None, typer.Option(help="rmvpe|crepe|crepe-tiny|fcpe (default from config).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Convert one audio file offline with a trained voice."""
+    cfg = _load(config, set_)
+    from rvc_ray.infer import ConversionOptions, convert_file
+
+    try:
+        options = ConversionOptions(
+            f0_up_key=f0_up_key,
+            index_rate=index_rate,
+            protect=protect,
+            rms_mix_rate=rms_mix_rate,
+            filter_radius=filter_radius,
+            speaker_id=speaker_id,
+            output_sample_rate=output_sample_rate or None,
+            f0_method=f0_method or cfg.features.f0_method,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_result(convert_file(voice, index_path, input_path, output_path, options, cfg.features))
+
+
+@app.command("demo-corpus")
+def demo_corpus(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write spk<i>/ sub-folders into.")],
+    speakers: Annotated[int, typer.Option(help="Number of speakers.")] = 2,
+    seconds: Annotated[float, typer.Option(help="Seconds of audio per speaker.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed = identical files).")] = 0,
+) -> None:
+    """Write the built-in synthetic demo corpus (with ground-truth F0 sidecars)."""
+    from rvc_ray.demo_corpus import generate_demo_corpus
+
+    files = generate_demo_corpus(output, num_speakers=speakers, seconds_per_speaker=seconds, seed=seed)
+    typer.echo(f"wrote {len(files)} files, {sum(f.duration_s for f in files):.1f} s, to {output}")
+
+
+@app.command("show-config")
+def show_config(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Print the fully resolved configuration as YAML (what a run would use)."""
+    import yaml
+
+    cfg = _load(config, set_)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

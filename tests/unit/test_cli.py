@@ -1,0 +1,56 @@
+"""The command line parses config at the edge and reports bad config with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from rvc_ray.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def test_help_lists_every_stage() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("preprocess", "extract", "index", "train", "tune", "serve", "convert", "demo"):
+        assert command in result.output
+
+
+def test_show_config_prints_the_resolved_config_with_overrides() -> None:
+    result = runner.invoke(app, ["show-config", "--config", "tiny_cpu", "--set", "train.batch_size=8"])
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(result.output)
+    assert data["train"]["batch_size"] == 8 and data["audio"]["sample_rate"] == 16000
+
+
+def test_bad_override_exits_2_with_the_key_named() -> None:
+    result = runner.invoke(app, ["show-config", "--config", "tiny_cpu", "--set", "train.nope=1"])
+    assert result.exit_code == 2
+    assert "unknown key 'train.nope'" in result.output
+
+
+def test_demo_corpus_command_writes_files(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo-corpus", "--output", str(tmp_path), "--speakers", "1", "--seconds", "3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "spk0").iterdir()) == ["spk0_00.f0.npy", "spk0_00.wav"]
+
+
+def test_importing_the_package_and_cli_imports_neither_torch_nor_ray() -> None:
+    code = "import sys, rvc_ray, rvc_ray.cli, rvc_ray.config; print('torch' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_train_job_rejects_bad_config_before_starting_anything() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "train.py"), "--set", "train.batch_size=3"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert out.returncode == 2
+    assert "does not divide across scaling.num_workers=2" in out.stderr
