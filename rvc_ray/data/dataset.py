@@ -190,7 +190,7 @@ def _default_spectrogram_fn(audio: AudioConfig) -> SpectrogramFn:
     from rvc_ray.audio.spectral import compute_linear_spectrogram
 
     def spectrogram(wav: Tensor) -> Tensor:
-        return compute_linear_spectrogram(wav.unsqueeze(0), audio)[0]
+        return compute_linear_spectrogram(wav.unsqueeze(0), audio.n_fft, audio.hop_length, audio.win_length)[0]
 
     return spectrogram
 

@@ -117,3 +117,11 @@ def test_missing_column_is_named(tmp_path: Path, tiny_cfg: RunConfig) -> None:
     pq.write_table(pq.read_table(path).drop_columns(["f0_hz"]), path)
     with pytest.raises(FeatureTableError, match=r"lacks column\(s\) \['f0_hz'\]"):
         load_feature_table(tmp_path, "train", hop_length=tiny_cfg.audio.hop_length)
+
+
+def test_default_spectrogram_matches_frame_count(table_dir: Path, tiny_cfg: RunConfig) -> None:
+    pytest.importorskip("rvc_ray.audio.spectral")
+    table = load_feature_table(table_dir, "train", hop_length=tiny_cfg.audio.hop_length)
+    item = TrainingItems(table, tiny_cfg.audio, max_frames=900)[0]
+    assert item.spec.shape == (tiny_cfg.audio.spec_channels, 40)
+    assert torch.isfinite(item.spec).all() and float(item.spec.min()) > 0
