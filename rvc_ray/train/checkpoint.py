@@ -1,0 +1,182 @@
+"""Full training state <-> a checkpoint directory (the payload of a ``ray.train.Checkpoint``).
+
+A checkpoint directory holds:
+
+``state.pt``        G, D (unwrapped from DDP), both optimisers and schedulers, the GradScaler,
+                    epoch / global step, RNG states, best validation score, batch sizes
+``config.yaml``     the resolved :class:`~rvc_ray.config.RunConfig` of the run
+``meta.json``       epoch, step, global and per-worker batch, number of workers, the epoch's metrics
+``G_<step>.pth``    RVC/Applio-compatible generator checkpoint (take it to Applio or RVC-WebUI)
+``D_<step>.pth``    RVC/Applio-compatible discriminator checkpoint
+``voice.pth``       the exported inference voice of this epoch (small RVC format)
+
+Only rank 0 writes, into a fresh temporary directory that is handed to ``ray.train.report`` once
+complete, so storage never sees a half-written checkpoint. Every file is itself written to a
+temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvc_ray.config import RunConfig
+
+__all__ = [
+    "STATE_FILE",
+    "TrainState",
+    "capture_rng_state",
+    "find_latest_rvc_checkpoints",
+    "load_train_state",
+    "restore_rng_state",
+    "save_train_state",
+]
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+META_FILE = "meta.json"
+VOICE_FILE = "voice.pth"
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training exactly where it stopped.
+
+    ``epoch`` is the last COMPLETED epoch (1-based); a resumed run starts at ``epoch + 1``.
+    """
+
+    epoch: int
+    global_step: int
+    generator: dict[str, Any]
+    discriminator: dict[str, Any]
+    optimizer_g: dict[str, Any]
+    optimizer_d: dict[str, Any]
+    scheduler_g: dict[str, Any]
+    scheduler_d: dict[str, Any]
+    scaler: dict[str, Any] | None
+    global_batch_size: int
+    per_worker_batch_size: int
+    num_workers: int
+    rng: dict[str, Any] = field(default_factory=dict)
+    best_val_mel_l1: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) RNG states of this process."""
+    import torch
+
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (missing entries are left alone)."""
+    import torch
+
+    if "python" in state:
+        random.setstate(state["python"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_train_state(state: TrainState, directory: Path, cfg: RunConfig) -> Path:
+    """Write ``state.pt``, ``config.yaml`` and ``meta.json`` into ``directory``; return the state file."""
+    import io
+
+    import torch
+    import yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(asdict(state), buffer)
+    _atomic_write_bytes(directory / STATE_FILE, buffer.getvalue())
+    config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    _atomic_write_bytes(directory / CONFIG_FILE, config_text.encode("utf-8"))
+    meta = {
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "global_batch_size": state.global_batch_size,
+        "per_worker_batch_size": state.per_worker_batch_size,
+        "num_workers": state.num_workers,
+        "best_val_mel_l1": state.best_val_mel_l1,
+        "best_epoch": state.best_epoch,
+        "metrics": state.metrics,
+    }
+    _atomic_write_bytes(directory / META_FILE, json.dumps(meta, indent=2).encode("utf-8"))
+    return directory / STATE_FILE
+
+
+def load_train_state(directory: Path) -> TrainState:
+    """Read the :class:`TrainState` of a checkpoint directory written by :func:`save_train_state`.
+
+    Raises:
+        FileNotFoundError: the directory has no ``state.pt``.
+    """
+    import torch
+
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not an rvc-ray checkpoint: {STATE_FILE} is missing")
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    return TrainState(**raw)
+
+
+def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
+    """The ``meta.json`` of a checkpoint directory (epoch, step, batch sizes, metrics)."""
+    return dict(json.loads((Path(directory) / META_FILE).read_text(encoding="utf-8")))
+
+
+_STEP_IN_NAME = re.compile(r"^([GD])_(\d+)\.pth$")
+
+
+def find_latest_rvc_checkpoints(directory: Path) -> tuple[Path, Path]:
+    """The newest ``G_<n>.pth`` and ``D_<n>.pth`` pair of an RVC/Applio experiment directory.
+
+    RVC sorts by every digit in the path; here the step number ``n`` of the file name decides, and
+    G and D must share it.
+
+    Raises:
+        FileNotFoundError: no matching G/D pair (the files found are listed).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"train.resume_from_rvc_dir={directory} is not a directory")
+    found: dict[str, dict[int, Path]] = {"G": {}, "D": {}}
+    for path in directory.iterdir():
+        match = _STEP_IN_NAME.match(path.name)
+        if match:
+            found[match.group(1)][int(match.group(2))] = path
+    common = sorted(set(found["G"]) & set(found["D"]))
+    if not common:
+        names = sorted(p.name for p in directory.iterdir() if p.suffix == ".pth")
+        raise FileNotFoundError(
+            f"train.resume_from_rvc_dir={directory} has no matching G_<n>.pth / D_<n>.pth pair (found: {names or 'none'})"
+        )
+    step = common[-1]
+    return found["G"][step], found["D"][step]

@@ -1,0 +1,164 @@
+"""TensorBoard (tensorboardX) and ``metrics.jsonl`` logging of a training run (rank 0 only).
+
+Scalar names are the ones RVC users read in TensorBoard (rvc-spec §6.7): ``loss/g/total``,
+``loss/d/total``, ``loss/g/fm``, ``loss/g/mel``, ``loss/g/kl``, ``loss/g/adv``, ``grad_norm_g``,
+``grad_norm_d``, ``learning_rate``; validation adds ``val/mel_l1`` and ``val/mcd``. Images
+``slice/mel_org`` and ``slice/mel_gen`` are raw log-mel arrays (no matplotlib); audio previews are
+``preview/<i>``.
+
+``metrics.jsonl`` gets one JSON object per line: ``{"kind": "step", ...}`` every
+``train.log_every_steps`` steps and ``{"kind": "epoch", ...}`` after every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
+
+__all__ = ["SCALAR_NAMES", "TrainingReporter", "mel_to_image", "read_event_tags"]
+
+SCALAR_NAMES = (
+    "loss/g/total",
+    "loss/d/total",
+    "loss/g/fm",
+    "loss/g/mel",
+    "loss/g/kl",
+    "loss/g/adv",
+    "grad_norm_g",
+    "grad_norm_d",
+    "learning_rate",
+)
+
+
+def mel_to_image(mel: np.ndarray) -> np.ndarray:
+    """[n_mels, F] log-mel -> [n_mels, F] float image in [0, 1], low frequencies at the bottom."""
+    mel = np.asarray(mel, dtype=np.float32)
+    low, high = float(mel.min()), float(mel.max())
+    scaled = (mel - low) / (high - low) if high > low else np.zeros_like(mel)
+    return np.ascontiguousarray(scaled[::-1])
+
+
+class TrainingReporter:
+    """Writes TensorBoard events and ``metrics.jsonl``; a no-op when ``enabled`` is False (ranks > 0).
+
+    Args:
+        tensorboard_dir: where the event files go.
+        metrics_path: the JSON-lines file (appended, so a resumed run keeps its history).
+        enabled: True on rank 0 only.
+        purge_step: on resume, the first global step of the resumed run; TensorBoard drops newer
+            events of the interrupted run so the curves do not double back.
+    """
+
+    def __init__(
+        self, tensorboard_dir: Path, metrics_path: Path, *, enabled: bool = True, purge_step: int | None = None
+    ) -> None:
+        self.enabled = enabled
+        self.metrics_path = Path(metrics_path)
+        self._writer: SummaryWriter | None = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            Path(tensorboard_dir).mkdir(parents=True, exist_ok=True)
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(logdir=str(tensorboard_dir), purge_step=purge_step, flush_secs=10)
+
+    def _append_line(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def _scalars(self, metrics: dict[str, float], step: int) -> None:
+        assert self._writer is not None
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(float(value)):
+                self._writer.add_scalar(name, float(value), step)
+
+    def log_step(self, *, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        """One training-step record (TensorBoard scalars at ``step`` + a ``kind=step`` line)."""
+        if not self.enabled:
+            return
+        self._scalars(metrics, step)
+        self._append_line({"kind": "step", "epoch": epoch, "step": step, "time": time.time(), **metrics})
+
+    def log_epoch(self, *, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        """The epoch summary (scalars under their own names + ``epoch/…`` means, and a ``kind=epoch`` line)."""
+        if not self.enabled:
+            return
+        self._scalars(metrics, step)
+        self._append_line({"kind": "epoch", "epoch": epoch, "step": step, "time": time.time(), **metrics})
+        assert self._writer is not None
+        self._writer.flush()
+
+    def log_mel_images(self, *, step: int, mel_org: np.ndarray, mel_gen: np.ndarray) -> None:
+        """``slice/mel_org`` and ``slice/mel_gen`` images ([n_mels, F] log-mels)."""
+        if not self.enabled:
+            return
+        assert self._writer is not None
+        self._writer.add_image("slice/mel_org", mel_to_image(mel_org), step, dataformats="HW")
+        self._writer.add_image("slice/mel_gen", mel_to_image(mel_gen), step, dataformats="HW")
+
+    def log_audio(self, *, step: int, name: str, wav: np.ndarray, sample_rate: int) -> None:
+        """An audio preview ([T] float in [-1, 1])."""
+        if not self.enabled:
+            return
+        assert self._writer is not None
+        clip = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
+        self._writer.add_audio(name, clip, step, sample_rate=sample_rate)
+
+    def log_text(self, *, step: int, name: str, text: str) -> None:
+        """A text note (e.g. the effective batch sizes at the start of a run)."""
+        if not self.enabled:
+            return
+        assert self._writer is not None
+        self._writer.add_text(name, text, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> TrainingReporter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def read_event_tags(tensorboard_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Tags in the event files under ``tensorboard_dir``, by kind (``scalars`` with (step, value), ``images``,
+    ``audio``, ``text``); read with tensorboardX's protobufs, so the ``tensorboard`` package is not needed."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    found: dict[str, dict[str, list[tuple[int, float]]]] = {"scalars": {}, "images": {}, "audio": {}, "text": {}}
+    for path in sorted(Path(tensorboard_dir).rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            record = data[offset + 12 : offset + 12 + length]
+            offset += 12 + length + 4
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                kind = value.WhichOneof("value")
+                if kind == "simple_value":
+                    found["scalars"].setdefault(value.tag, []).append((event.step, value.simple_value))
+                elif kind == "image":
+                    found["images"].setdefault(value.tag, []).append((event.step, 0.0))
+                elif kind == "audio":
+                    found["audio"].setdefault(value.tag, []).append((event.step, 0.0))
+                elif kind == "tensor":
+                    found["text"].setdefault(value.tag, []).append((event.step, 0.0))
+    return found

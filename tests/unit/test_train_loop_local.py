@@ -1,0 +1,120 @@
+"""Training pieces that run in-process: checkpoint state, reporting, and the loop in Ray Train local mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rvc_ray.config import RunConfig
+from rvc_ray.train.checkpoint import (
+    TrainState,
+    capture_rng_state,
+    find_latest_rvc_checkpoints,
+    load_train_state,
+    read_checkpoint_meta,
+    restore_rng_state,
+    save_train_state,
+)
+from rvc_ray.train.reporting import SCALAR_NAMES, TrainingReporter, mel_to_image, read_event_tags
+
+
+def _toy_state() -> TrainState:
+    gen, disc = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    opt_g = torch.optim.AdamW(gen.parameters(), lr=1e-3)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-3)
+    sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, 0.9)
+    sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, 0.9)
+    gen(torch.randn(4, 3)).sum().backward()
+    opt_g.step()
+    sched_g.step()
+    return TrainState(
+        epoch=3,
+        global_step=42,
+        generator=gen.state_dict(),
+        discriminator=disc.state_dict(),
+        optimizer_g=opt_g.state_dict(),
+        optimizer_d=opt_d.state_dict(),
+        scheduler_g=sched_g.state_dict(),
+        scheduler_d=sched_d.state_dict(),
+        scaler=None,
+        global_batch_size=4,
+        per_worker_batch_size=2,
+        num_workers=2,
+        rng=capture_rng_state(),
+        best_val_mel_l1=1.5,
+        best_epoch=2,
+        metrics={"val/mel_l1": 1.7},
+    )
+
+
+def test_train_state_round_trip_is_identical(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    state = _toy_state()
+    save_train_state(state, tmp_path, tiny_cfg)
+    loaded = load_train_state(tmp_path)
+    assert (loaded.epoch, loaded.global_step, loaded.best_epoch) == (3, 42, 2)
+    for key, value in state.generator.items():
+        torch.testing.assert_close(loaded.generator[key], value, rtol=0, atol=0)
+    assert loaded.optimizer_g["state"][0]["step"] == state.optimizer_g["state"][0]["step"]
+    torch.testing.assert_close(loaded.optimizer_g["state"][0]["exp_avg"], state.optimizer_g["state"][0]["exp_avg"])
+    assert loaded.scheduler_g == state.scheduler_g
+    meta = read_checkpoint_meta(tmp_path)
+    assert (meta["global_batch_size"], meta["per_worker_batch_size"], meta["num_workers"]) == (4, 2, 2)
+    reloaded_cfg = RunConfig.model_validate(__import__("yaml").safe_load((tmp_path / "config.yaml").read_text()))
+    assert reloaded_cfg == tiny_cfg
+
+
+def test_rng_state_round_trip() -> None:
+    state = capture_rng_state()
+    first = (torch.rand(3), np.random.rand(3))
+    restore_rng_state(state)
+    second = (torch.rand(3), np.random.rand(3))
+    torch.testing.assert_close(first[0], second[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_load_train_state_names_a_non_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="state.pt is missing"):
+        load_train_state(tmp_path)
+
+
+def test_latest_rvc_pair_is_found_by_step(tmp_path: Path) -> None:
+    for name in ("G_100.pth", "D_100.pth", "G_2000.pth", "D_2000.pth", "G_3000.pth"):
+        (tmp_path / name).write_bytes(b"")
+    assert find_latest_rvc_checkpoints(tmp_path) == (tmp_path / "G_2000.pth", tmp_path / "D_2000.pth")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no matching G_<n>.pth / D_<n>.pth pair"):
+        find_latest_rvc_checkpoints(empty)
+
+
+def test_reporter_writes_named_scalars_images_and_jsonl(tmp_path: Path) -> None:
+    metrics = {name: 1.0 for name in SCALAR_NAMES}
+    with TrainingReporter(tmp_path / "tb", tmp_path / "metrics.jsonl") as reporter:
+        reporter.log_step(epoch=1, step=1, metrics=metrics)
+        reporter.log_epoch(epoch=1, step=2, metrics={**metrics, "val/mel_l1": 0.5})
+        reporter.log_mel_images(step=2, mel_org=np.random.randn(8, 10), mel_gen=np.random.randn(8, 10))
+        reporter.log_audio(step=2, name="preview/0", wav=np.zeros(1600), sample_rate=16000)
+    tags = read_event_tags(tmp_path / "tb")
+    assert set(SCALAR_NAMES) | {"val/mel_l1"} <= set(tags["scalars"])
+    assert tags["scalars"]["val/mel_l1"] == [(2, 0.5)]
+    assert {"slice/mel_org", "slice/mel_gen"} <= set(tags["images"])
+    assert "preview/0" in tags["audio"]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["kind"] for line in lines] == ["step", "epoch"]
+
+
+def test_disabled_reporter_writes_nothing(tmp_path: Path) -> None:
+    reporter = TrainingReporter(tmp_path / "tb", tmp_path / "metrics.jsonl", enabled=False)
+    reporter.log_step(epoch=1, step=1, metrics={"loss/g/total": 1.0})
+    reporter.close()
+    assert not (tmp_path / "tb").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_mel_image_is_normalised_and_flipped() -> None:
+    image = mel_to_image(np.array([[0.0, 1.0], [2.0, 4.0]]))
+    assert image.min() == 0.0 and image.max() == 1.0
+    assert image[0, 1] == 1.0
