@@ -80,7 +80,9 @@ def probe_audio(path: Path) -> AudioInfo:
         raise AudioDecodeError(f"{path}: empty file (0 bytes)")
     try:
         info = sf.info(str(path))
-        return AudioInfo(path, int(info.samplerate), int(info.frames), int(info.channels), info.format, info.subtype, "soundfile")
+        return AudioInfo(
+            path, int(info.samplerate), int(info.frames), int(info.channels), info.format, info.subtype, "soundfile"
+        )
     except (sf.LibsndfileError, RuntimeError) as exc:
         soundfile_error = str(exc)
     if path.suffix.lower() in _FALLBACK_EXTENSIONS:
@@ -91,7 +93,9 @@ def probe_audio(path: Path) -> AudioInfo:
                 f"{path}: cannot decode ({soundfile_error}; audioread fallback: {type(exc).__name__}: {exc})"
             ) from None
         channels = 1 if samples.ndim == 1 else samples.shape[1]
-        return AudioInfo(path, sample_rate, samples.shape[0], channels, path.suffix.lstrip(".").upper(), "", "audioread")
+        return AudioInfo(
+            path, sample_rate, samples.shape[0], channels, path.suffix.lstrip(".").upper(), "", "audioread"
+        )
     raise AudioDecodeError(f"{path}: {_describe_unreadable(path, soundfile_error)}")
 
 

@@ -139,7 +139,7 @@ def compute_slice_bounds(samples: np.ndarray, params: SlicerParams) -> list[tupl
     frame_ranges: list[tuple[int, int]] = []
     if tags[0][0] > 0:
         frame_ranges.append((0, tags[0][0]))
-    for left, right in zip(tags[:-1], tags[1:]):
+    for left, right in zip(tags[:-1], tags[1:], strict=True):
         frame_ranges.append((left[1], right[0]))
     if tags[-1][1] < total_frames:
         frame_ranges.append((tags[-1][1], total_frames))
