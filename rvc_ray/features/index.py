@@ -1,0 +1,247 @@
+"""The retrieval index: FAISS ``IVF{n},Flat`` built the way RVC builds it (rvc-spec §7).
+
+* Input: the content features of the **train** rows of ``features/table`` (no mute rows, no validation
+  rows), de-duplicated back to 50 frames/s (the table stores them frame-doubled to 100 Hz; RVC indexes
+  the 50 Hz ``3_feature768`` arrays), shuffled with ``experiment.seed``.
+* More than ``index.kmeans_threshold`` vectors: k-means (``faiss.Kmeans``) down to ``index.kmeans_centroids``.
+* ``n = max(1, min(int(16 * sqrt(N)), N // 39))`` inverted lists, ``nprobe = 1`` saved with the index,
+  vectors added in batches of ``index.add_batch_size``. The file is ``faiss.write_index`` output that
+  RVC/Applio read with ``faiss.read_index``.
+* :func:`run_index` runs the build as its own Ray task with ``num_cpus=index.num_cpus`` and
+  ``memory=index.memory_gb``, BLAS/OpenMP threads capped to ``num_cpus``; ``index.use_gpu`` uses
+  faiss-gpu for training (a clear error when the installed faiss has no GPU support).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
+
+    from rvc_ray.config import RunConfig
+
+__all__ = [
+    "IndexResult",
+    "RetrievalIndex",
+    "build_ivf_index",
+    "compute_ivf_list_count",
+    "load_index",
+    "load_train_features",
+    "run_index",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    index_path: Path
+    num_vectors: int  # vectors stored in the index (after k-means reduction, if any)
+    num_input_frames: int  # train frames read from the feature table (50 Hz)
+    n_ivf: int
+    used_kmeans: bool
+    build_seconds: float
+    size_bytes: int
+
+
+def compute_ivf_list_count(num_vectors: int) -> int:
+    """RVC's IVF list count: ``max(1, min(int(16 * sqrt(N)), N // 39))``."""
+    return max(1, min(int(16 * math.sqrt(num_vectors)), num_vectors // 39))
+
+
+def _gpu_available(faiss_module) -> bool:
+    return hasattr(faiss_module, "StandardGpuResources") and faiss_module.get_num_gpus() > 0
+
+
+def build_ivf_index(
+    features: np.ndarray,
+    *,
+    kmeans_threshold: int = 200_000,
+    kmeans_centroids: int = 10_000,
+    add_batch_size: int = 8192,
+    seed: int = 1234,
+    use_gpu: bool = False,
+    shuffle: bool = True,
+) -> faiss.Index:
+    """Build RVC's index from ``features [N, C]`` float32 (pure: no files, no Ray).
+
+    Raises:
+        ValueError: empty or non-finite input, or not 2-D.
+        RuntimeError: ``use_gpu`` with a faiss build that has no GPU support / no visible GPU.
+    """
+    import faiss
+
+    feats = np.asarray(features, dtype=np.float32)
+    if feats.ndim != 2 or feats.shape[0] == 0:
+        raise ValueError(f"build_ivf_index needs a non-empty [N, C] array, got shape {feats.shape}")
+    if not np.isfinite(feats).all():
+        raise ValueError("build_ivf_index: the features contain NaN or inf values")
+    if use_gpu and not _gpu_available(faiss):
+        raise RuntimeError(
+            "index.use_gpu=true but the installed faiss has no GPU support or sees no GPU "
+            f"(faiss {faiss.__version__}); install faiss-gpu (the 'gpu' extra) or set index.use_gpu=false"
+        )
+    if shuffle:
+        feats = feats[np.random.default_rng(seed).permutation(len(feats))]
+    dim = feats.shape[1]
+    if len(feats) > kmeans_threshold:
+        log.info("index: k-means %d vectors -> %d centroids", len(feats), kmeans_centroids)
+        kmeans = faiss.Kmeans(dim, kmeans_centroids, niter=20, seed=seed, gpu=bool(use_gpu), verbose=False)
+        kmeans.train(np.ascontiguousarray(feats))
+        feats = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    n_ivf = compute_ivf_list_count(len(feats))
+    index = faiss.index_factory(dim, f"IVF{n_ivf},Flat")
+    feats = np.ascontiguousarray(feats)
+    if use_gpu:
+        resources = faiss.StandardGpuResources()
+        gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+        gpu_index.train(feats)
+        index = faiss.index_gpu_to_cpu(gpu_index)
+    else:
+        index.train(feats)
+    faiss.extract_index_ivf(index).nprobe = 1
+    for start in range(0, len(feats), add_batch_size):
+        index.add(feats[start : start + add_batch_size])
+    return index
+
+
+def load_train_features(features_dir: Path) -> np.ndarray:
+    """The 50 Hz content vectors ``[N, C]`` of the train, non-mute rows of ``features_dir/table``."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    table_dir = Path(features_dir) / "table"
+    files = sorted(table_dir.glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{table_dir}: no part-*.parquet feature files; run `rvc-ray extract` first")
+    dataset = pads.dataset([str(f) for f in files], format="parquet")
+    table = dataset.to_table(
+        columns=["content", "content_dim", "num_frames"],
+        filter=(pc.field("split") == "train") & (~pc.field("is_mute")),
+    )
+    if table.num_rows == 0:
+        raise ValueError(f"{table_dir}: no train rows (all rows are mute or validation); cannot build an index")
+    dims = set(table.column("content_dim").to_pylist())
+    if len(dims) != 1:
+        raise ValueError(f"{table_dir}: rows disagree on content_dim {sorted(dims)}")
+    dim = dims.pop()
+    chunks = []
+    for chunk in table.column("content").chunks:
+        flat = chunk.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        offsets = chunk.offsets.to_numpy()
+        for i in range(len(chunk)):
+            frames = flat[offsets[i] : offsets[i + 1]].reshape(-1, dim)
+            chunks.append(frames[0::2])  # undo RVC's x2 frame doubling
+    return np.concatenate(chunks, axis=0)
+
+
+def _cap_threads(num_cpus: int) -> None:
+    import faiss
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(num_cpus)
+    faiss.omp_set_num_threads(num_cpus)
+
+
+def _build_and_write(raw_cfg: dict, features_dir: str, index_path: str) -> dict:
+    """Ray task body: load train features, build, write. Returns IndexResult fields (JSON-able)."""
+    import faiss
+
+    from rvc_ray.config import RunConfig
+
+    cfg = RunConfig.model_validate(raw_cfg)
+    _cap_threads(cfg.index.num_cpus)
+    start = time.perf_counter()
+    feats = load_train_features(Path(features_dir))
+    index = build_ivf_index(
+        feats,
+        kmeans_threshold=cfg.index.kmeans_threshold,
+        kmeans_centroids=cfg.index.kmeans_centroids,
+        add_batch_size=cfg.index.add_batch_size,
+        seed=cfg.experiment.seed,
+        use_gpu=cfg.index.use_gpu,
+    )
+    path = Path(index_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    tmp.replace(path)
+    return {
+        "index_path": str(path),
+        "num_vectors": int(index.ntotal),
+        "num_input_frames": int(len(feats)),
+        "n_ivf": int(faiss.extract_index_ivf(index).nlist),
+        "used_kmeans": bool(len(feats) > cfg.index.kmeans_threshold),
+        "build_seconds": time.perf_counter() - start,
+        "size_bytes": path.stat().st_size,
+    }
+
+
+def run_index(cfg: RunConfig, features_dir: Path, index_path: Path) -> IndexResult:
+    """Build ``index_path`` from ``features_dir`` in one Ray task (``index.num_cpus`` CPUs, ``index.memory_gb``).
+
+    The task writes the file itself, so on a multi-node cluster ``index_path`` must be on shared storage.
+    """
+    import ray
+
+    from rvc_ray.cluster import ensure_ray
+
+    ensure_ray()
+    task = ray.remote(_build_and_write).options(
+        num_cpus=cfg.index.num_cpus,
+        num_gpus=1 if cfg.index.use_gpu else 0,
+        memory=int(cfg.index.memory_gb * 2**30),
+        max_retries=0,
+    )
+    raw = ray.get(task.remote(cfg.model_dump(mode="json"), str(Path(features_dir).resolve()),
+                              str(Path(index_path).resolve())))
+    result = IndexResult(**{**raw, "index_path": Path(raw["index_path"])})
+    log.info(
+        "index: %s  vectors=%d (from %d frames)  IVF%d,Flat  %.1f s  %.1f MiB",
+        result.index_path, result.num_vectors, result.num_input_frames, result.n_ivf,
+        result.build_seconds, result.size_bytes / 2**20,
+    )
+    return result
+
+
+class RetrievalIndex:
+    """A loaded index for inference: the faiss index plus its reconstructed vectors ``[N, C]``."""
+
+    def __init__(self, index: faiss.Index, path: Path | None = None):
+        self.index = index
+        self.path = path
+        self.vectors = index.reconstruct_n(0, index.ntotal).astype(np.float32, copy=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def search(self, features: np.ndarray, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """``features [T, C]`` -> ``(sq_dist [T, k], ids [T, k])``; squared L2 distances, ids -1 when fewer exist."""
+        query = np.ascontiguousarray(features, dtype=np.float32)
+        if query.ndim != 2 or query.shape[1] != self.dim:
+            raise ValueError(f"index {self.path}: expected features [T, {self.dim}], got shape {query.shape}")
+        return self.index.search(query, k)
+
+
+def load_index(path: Path) -> RetrievalIndex:
+    """Read an RVC/Applio/rvc-ray ``.index`` file (``faiss.read_index``)."""
+    import faiss
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"index file {path} does not exist")
+    try:
+        index = faiss.read_index(str(path))
+    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with C++ text
+        raise ValueError(f"{path}: not a readable FAISS index ({exc})") from exc
+    return RetrievalIndex(index, path)
