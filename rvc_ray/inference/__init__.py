@@ -1,0 +1,7 @@
+"""Building blocks of the RVC conversion pipeline (rvc-spec §8), used by :mod:`rvc_ray.infer`.
+
+``audio``      decoding uploads/files to 16 kHz mono, peak limiting, the 48 Hz high-pass
+``chunking``   cutting long inputs at quiet points (x_pad / x_query / x_center / x_max)
+``retrieval``  k-NN feature retrieval from a voice's FAISS index, NaN-free weighting
+``envelope``   ``rms_mix_rate`` loudness-envelope mixing
+"""
