@@ -1,0 +1,117 @@
+"""Sweep results: table, plot, best-trial selection and the winning job YAML (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from rvc_ray.config import RunConfig, load_run_config
+from rvc_ray.tune.results import (
+    TrialRecord,
+    copy_best_trial,
+    describe_error,
+    plot_results,
+    select_best,
+    write_best_config,
+    write_results_table,
+)
+from rvc_ray.tune.space import apply_overrides
+
+METRIC = "val/mel_l1"
+PATHS = ("train.batch_size", "loss.c_adv")
+
+
+def _records() -> list[TrialRecord]:
+    return [
+        TrialRecord("t0", "completed", {"train.batch_size": 2, "loss.c_adv": 0.5}, (3.0, 2.5), 30.0),
+        TrialRecord("t1", "early_stopped", {"train.batch_size": 4, "loss.c_adv": 0.5}, (3.5,), 12.0),
+        TrialRecord("t2", "completed", {"train.batch_size": 2, "loss.c_adv": 1.5}, (3.1, 2.4), 31.0),
+        TrialRecord(
+            "t3", "failed", {"train.batch_size": 4, "loss.c_adv": 1e39}, (), 5.0,
+            error="NonFiniteLossError: loss_g/total is inf at step 1",
+        ),  # fmt: skip
+    ]
+
+
+def test_select_best_ignores_failed_and_uses_last_epoch() -> None:
+    records = _records()
+    assert select_best(records).trial_id == "t2"
+    assert select_best([records[3]]) is None
+    nan_trial = TrialRecord("t4", "completed", {}, (1.0, math.nan))
+    assert nan_trial.score is None and nan_trial.best_metric == 1.0
+    assert select_best([nan_trial, records[0]]).trial_id == "t0"
+
+
+def test_results_table_csv_and_json(tmp_path: Path) -> None:
+    csv_path, json_path = tmp_path / "results.csv", tmp_path / "results.json"
+    write_results_table(_records(), csv_path, json_path, metric=METRIC, paths=PATHS)
+    rows = list(csv.DictReader(csv_path.open(encoding="utf-8")))
+    assert [r["trial_id"] for r in rows] == ["t0", "t1", "t2", "t3"]
+    assert [r["status"] for r in rows] == ["completed", "early_stopped", "completed", "failed"]
+    assert rows[0]["train.batch_size"] == "2" and rows[0]["loss.c_adv"] == "0.5"
+    assert rows[0][f"{METRIC}@e1"] == "3" and rows[0][f"{METRIC}@e2"] == "2.5"
+    assert rows[1][f"{METRIC}@e2"] == "" and rows[1]["epochs"] == "1"
+    assert rows[2][f"{METRIC}@last"] == "2.4"
+    assert rows[3]["error"].startswith("NonFiniteLossError") and rows[3][f"{METRIC}@last"] == ""
+    payload = json.loads(json_path.read_text(encoding="utf-8"))
+    assert payload["metric"] == METRIC and payload["searched_paths"] == list(PATHS)
+    assert payload["trials"][0]["metric_per_epoch"] == [3.0, 2.5]
+    assert payload["trials"][3]["status"] == "failed" and payload["trials"][3]["score"] is None
+
+
+def test_plot_is_a_png(tmp_path: Path) -> None:
+    png = plot_results(_records(), tmp_path / "plot.png", metric=METRIC)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Also with nothing but failures (no finite score): still a plot, no exception.
+    plot_results([_records()[3]], tmp_path / "failed.png", metric=METRIC)
+
+
+def test_best_config_yaml_reloads_with_winning_values(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    best = _records()[2]
+    trial_cfg = apply_overrides(tiny_cfg, best.config)
+    path = write_best_config(trial_cfg, best, tmp_path / "best" / "best_config.yaml", metric=METRIC)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# Best trial") and "t2" in text
+    reloaded = load_run_config(path)
+    assert reloaded == trial_cfg
+    assert reloaded.train.batch_size == 2 and reloaded.loss.c_adv == 1.5
+
+
+def test_copy_best_trial(tmp_path: Path) -> None:
+    voices = tmp_path / "trial" / "voices"
+    voices.mkdir(parents=True)
+    (voices / "demo_e1_s4.pth").write_bytes(b"old")
+    (voices / "demo_e2_s8.pth").write_bytes(b"new")
+    (voices / "demo.index").write_bytes(b"index")
+    checkpoint = tmp_path / "trial" / "checkpoint_000001"
+    checkpoint.mkdir()
+    (checkpoint / "state.pt").write_bytes(b"state")
+    record = TrialRecord(
+        "t0", "completed", {}, (1.0,), voice_path=str(voices / "demo_e2_s8.pth"), checkpoint_path=str(checkpoint)
+    )
+    voice, ckpt = copy_best_trial(record, tmp_path / "best")
+    assert voice.read_bytes() == b"new" and voice.name == "demo_e2_s8.pth"
+    assert (tmp_path / "best" / "demo.index").read_bytes() == b"index"
+    assert (ckpt / "state.pt").read_bytes() == b"state"
+    # copying again (resumed sweep) replaces the previous copy
+    copy_best_trial(record, tmp_path / "best")
+    assert copy_best_trial(TrialRecord("t1", "completed", {}, (1.0,)), tmp_path / "none") == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (None, None),
+        (RuntimeError("boom"), "RuntimeError: boom"),
+        (
+            "Traceback (most recent call last):\n  File x\nrvc_ray.train.NonFiniteLossError: loss is nan job_id=01 x",
+            "NonFiniteLossError: loss is nan",
+        ),
+    ],
+)
+def test_describe_error(error: object, reason: str | None) -> None:
+    assert describe_error(error)[0] == reason
