@@ -35,7 +35,9 @@ class BucketAssignment:
         self.dropped = dropped
 
 
-def assign_buckets(lengths: Sequence[int], boundaries: Sequence[int], min_length: int | None = None) -> BucketAssignment:
+def assign_buckets(
+    lengths: Sequence[int], boundaries: Sequence[int], min_length: int | None = None
+) -> BucketAssignment:
     """Put every item in a length bucket.
 
     Bucket ``b`` holds lengths in ``(boundaries[b-1], boundaries[b]]``; the first bucket also holds
@@ -133,7 +135,8 @@ class DistributedBucketSampler:
             remainder = (-len(ids)) % self.global_batch_size
             padded = ids + (ids * (remainder // len(ids) + 1))[:remainder]
             batches.extend(
-                padded[start : start + self.global_batch_size] for start in range(0, len(padded), self.global_batch_size)
+                padded[start : start + self.global_batch_size]
+                for start in range(0, len(padded), self.global_batch_size)
             )
         if self.shuffle:
             rng.shuffle(batches)

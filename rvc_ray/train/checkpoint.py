@@ -33,8 +33,12 @@ __all__ = [
     "STATE_FILE",
     "TrainState",
     "capture_rng_state",
+    "RestoredState",
     "find_latest_rvc_checkpoints",
+    "load_pretrained_pair",
     "load_train_state",
+    "read_checkpoint_meta",
+    "restore_initial_state",
     "restore_rng_state",
     "save_train_state",
 ]
@@ -180,3 +184,84 @@ def find_latest_rvc_checkpoints(directory: Path) -> tuple[Path, Path]:
         )
     step = common[-1]
     return found["G"][step], found["D"][step]
+
+
+@dataclass(frozen=True)
+class RestoredState:
+    """Where a worker starts: ``epoch`` = last completed epoch (0 for a fresh run)."""
+
+    epoch: int = 0
+    global_step: int = 0
+    source: str | None = None
+    best_val_mel_l1: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+
+
+def load_pretrained_pair(cfg: RunConfig, gen: Any, disc: Any) -> None:
+    """Load ``train.pretrained_generator`` / ``train.pretrained_discriminator`` (strict, as RVC)."""
+    from rvc_ray.model.weights import load_pretrained
+
+    if cfg.train.pretrained_generator is None or cfg.train.pretrained_discriminator is None:
+        return
+    load_pretrained(gen, cfg.train.pretrained_generator)
+    load_pretrained(disc, cfg.train.pretrained_discriminator)
+
+
+def _set_scheduler_epoch(scheduler: Any, optimizer: Any, base_lr: float, epoch: int) -> None:
+    """Put an ExponentialLR at the learning rate of ``epoch`` completed epochs (RVC resume)."""
+    gamma = float(getattr(scheduler, "gamma", 1.0))
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * gamma**epoch
+        group.setdefault("initial_lr", base_lr)
+    scheduler.last_epoch = epoch
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def restore_initial_state(
+    cfg: RunConfig,
+    gen: Any,
+    disc: Any,
+    opt_g: Any,
+    opt_d: Any,
+    sched_g: Any,
+    sched_d: Any,
+    scaler: Any,
+    ray_checkpoint: Any,
+) -> RestoredState:
+    """Fill un-wrapped G/D, optimisers, schedulers and scaler from, in order of precedence:
+    the Ray Train checkpoint (a restarted worker group or a re-run with the same name), the newest
+    ``G_*/D_*.pth`` in ``train.resume_from_rvc_dir``, or the pretrained G/D (fine-tuning)."""
+    if ray_checkpoint is not None:
+        with ray_checkpoint.as_directory() as directory:
+            state = load_train_state(Path(directory))
+        gen.load_state_dict(state.generator)
+        disc.load_state_dict(state.discriminator)
+        opt_g.load_state_dict(state.optimizer_g)
+        opt_d.load_state_dict(state.optimizer_d)
+        sched_g.load_state_dict(state.scheduler_g)
+        sched_d.load_state_dict(state.scheduler_d)
+        if scaler is not None and state.scaler is not None:
+            scaler.load_state_dict(state.scaler)
+        return RestoredState(
+            epoch=state.epoch,
+            global_step=state.global_step,
+            source="checkpoint",
+            best_val_mel_l1=state.best_val_mel_l1,
+            best_epoch=state.best_epoch,
+            epochs_without_improvement=state.epochs_without_improvement,
+        )
+    if cfg.train.resume_from_rvc_dir is not None:
+        from rvc_ray.model.weights import load_rvc_checkpoint
+
+        g_path, d_path = find_latest_rvc_checkpoints(cfg.train.resume_from_rvc_dir)
+        load_rvc_checkpoint(d_path, disc, opt_d)
+        epoch = int(load_rvc_checkpoint(g_path, gen, opt_g))
+        step = int(_STEP_IN_NAME.match(g_path.name).group(2))  # type: ignore[union-attr]
+        _set_scheduler_epoch(sched_g, opt_g, cfg.optim.lr_generator, epoch)
+        _set_scheduler_epoch(sched_d, opt_d, cfg.optim.lr_discriminator, epoch)
+        return RestoredState(epoch=epoch, global_step=step, source=f"rvc:{g_path.name}")
+    if cfg.train.pretrained_generator is not None:
+        load_pretrained_pair(cfg, gen, disc)
+        return RestoredState(source="pretrained")
+    return RestoredState()

@@ -1,0 +1,288 @@
+"""Launching a training run on Ray Train V2: :func:`fit` (the pipeline and CLI) and
+:func:`build_torch_trainer` (Ray Tune builds one trainer per trial with it).
+
+Everything that can be checked in the driver is checked here, before any worker starts: the feature
+table exists and matches ``model.content_dim``, pretrained G/D files load into the configured
+architecture, an RVC resume directory holds a G/D pair. The global batch was already checked to
+divide across the workers when the config was loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rvc_ray.config import RunConfig
+
+if TYPE_CHECKING:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+__all__ = ["FailureInjection", "TrainResult", "TrainingSetupError", "build_torch_trainer", "fit"]
+
+log = logging.getLogger("rvc_ray.train")
+
+
+class TrainingSetupError(ValueError):
+    """A training input that cannot work, found in the driver before any worker starts."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run produced.
+
+    Attributes:
+        run_dir: the Ray Train run directory (``storage_path / name``) holding the checkpoints.
+        best_checkpoint: the kept checkpoint with the lowest ``val/mel_l1`` (None if none was saved).
+        last_checkpoint: the latest checkpoint (what a restarted job resumes from).
+        exported_voices: every ``voices/<name>_e<E>_s<S>.pth`` of the run, oldest first.
+        metrics: the final epoch's metrics (rank 0).
+        tensorboard_dir: ``tensorboard --logdir`` this.
+        epochs_completed: the last completed epoch.
+        global_batch_size: items per optimizer step over all workers (``train.batch_size``).
+        per_worker_batch_size: items per step on each worker.
+    """
+
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    exported_voices: tuple[Path, ...]
+    metrics: dict[str, Any]
+    tensorboard_dir: Path
+    epochs_completed: int
+    global_batch_size: int
+    per_worker_batch_size: int
+    metrics_path: Path | None = None
+    voices_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class FailureInjection:
+    """Test hook: world rank ``rank`` exits hard (``os._exit``) after its first step of ``epoch``, once
+    (``marker`` is created the first time, so the restarted worker group carries on)."""
+
+    rank: int
+    epoch: int
+    marker: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "epoch": self.epoch, "marker": str(self.marker)}
+
+
+@dataclass(frozen=True)
+class _OutputDirs:
+    tensorboard_dir: Path
+    metrics_path: Path
+    voices_dir: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_content_encoder_info(features_dir: Path) -> dict[str, Any]:
+    manifest = features_dir / "manifest.json"
+    if not manifest.is_file():
+        return {"content_encoder": {"kind": "unknown", "note": f"{manifest} not found"}}
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TrainingSetupError(f"{manifest} is not valid JSON: {exc}") from exc
+    info: dict[str, Any] = {"content_encoder": data.get("content_encoder", {"kind": "unknown"})}
+    for key in ("f0_method", "config_hash"):
+        if key in data:
+            info[key] = data[key]
+    return info
+
+
+def _check_feature_table(cfg: RunConfig, features_dir: Path) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = sorted((features_dir / "table").glob("part-*.parquet"))
+    if not files:
+        raise TrainingSetupError(
+            f"no feature table in {features_dir / 'table'} (part-*.parquet); run the extract stage first"
+        )
+    dims: set[int] = set()
+    train_rows = 0
+    for path in files:
+        table = pq.read_table(path, columns=["content_dim", "split"])
+        dims.update(int(d) for d in table.column("content_dim").to_pylist())
+        train_rows += int(pc.sum(pc.equal(table.column("split"), "train")).as_py() or 0)
+    if dims and dims != {cfg.model.content_dim}:
+        raise TrainingSetupError(
+            f"the feature table in {features_dir} has content dim(s) {sorted(dims)} but "
+            f"model.content_dim={cfg.model.content_dim}; extract with the matching encoder or change the model"
+        )
+    if train_rows == 0:
+        raise TrainingSetupError(f"the feature table in {features_dir} has no 'train' rows")
+
+
+def _check_initial_weights(cfg: RunConfig) -> None:
+    """Load pretrained G/D into the configured architecture in the driver (clear error, no worker needed)."""
+    from rvc_ray.train.checkpoint import find_latest_rvc_checkpoints
+
+    if cfg.train.resume_from_rvc_dir is not None:
+        try:
+            find_latest_rvc_checkpoints(cfg.train.resume_from_rvc_dir)
+        except FileNotFoundError as exc:
+            raise TrainingSetupError(str(exc)) from exc
+    if cfg.train.pretrained_generator is None or cfg.train.pretrained_discriminator is None:
+        return
+    for key, path in (
+        ("train.pretrained_generator", cfg.train.pretrained_generator),
+        ("train.pretrained_discriminator", cfg.train.pretrained_discriminator),
+    ):
+        if not Path(path).is_file():
+            raise TrainingSetupError(f"{key}={path} does not exist")
+    from rvc_ray.model.build import build_discriminator, build_generator
+    from rvc_ray.train.checkpoint import load_pretrained_pair
+
+    try:
+        load_pretrained_pair(cfg, build_generator(cfg.model, cfg.audio), build_discriminator(cfg.model))
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise TrainingSetupError(
+            f"the pretrained weights {cfg.train.pretrained_generator} / {cfg.train.pretrained_discriminator} do not "
+            f"fit the configured model: {exc}"
+        ) from exc
+
+
+def build_torch_trainer(
+    cfg: RunConfig,
+    features_dir: Path,
+    index_path: Path | None = None,
+    *,
+    run_name: str,
+    storage_path: Path,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+    tensorboard_dir: Path | None = None,
+    metrics_path: Path | None = None,
+    voices_dir: Path | None = None,
+    local_mode: bool = False,
+    failure_injection: FailureInjection | None = None,
+) -> TorchTrainer:
+    """A ready-to-``fit()`` :class:`TorchTrainer` for ``cfg`` (inputs validated here, in the driver).
+
+    Args:
+        cfg: the run configuration (crosses to the workers as ``model_dump(mode="json")``).
+        features_dir: the extract stage's output (``table/*.parquet``, ``manifest.json``).
+        index_path: the FAISS index copied next to every exported voice (optional).
+        run_name: the Ray Train run name; the same ``storage_path`` + ``run_name`` resumes.
+        storage_path: where Ray Train keeps checkpoints (shared storage on multi-node clusters).
+        callbacks: Ray Train ``UserCallback`` s (Tune passes ``TuneReportCallback``).
+        tensorboard_dir, metrics_path, voices_dir: outputs written by rank 0; default under
+            ``storage_path / run_name``.
+        local_mode: run the loop in this process (``ScalingConfig(num_workers=0)``), for debugging
+            and tests; checkpoints are then written by the loop under ``storage_path / run_name``.
+        failure_injection: test hook, see :class:`FailureInjection`.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rvc_ray.train.loop import WorkerPaths, train_loop_per_worker
+
+    features_dir = Path(features_dir).resolve()
+    storage_path = Path(storage_path).resolve()
+    _check_feature_table(cfg, features_dir)
+    _check_initial_weights(cfg)
+    run_dir = storage_path / run_name
+    paths = WorkerPaths(
+        features_dir=str(features_dir),
+        tensorboard_dir=str((tensorboard_dir or run_dir / "tensorboard").resolve()),
+        metrics_path=str((metrics_path or run_dir / "metrics.jsonl").resolve()),
+        voices_dir=str((voices_dir or run_dir / "voices").resolve()),
+        index_path=str(Path(index_path).resolve()) if index_path is not None else None,
+        checkpoint_root=str(run_dir) if local_mode else None,
+    )
+    scaling = cfg.scaling
+    resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    log.warning(
+        "rvc-ray train %s: global batch %d = %d worker(s) x %d per worker",
+        run_name,
+        cfg.train.batch_size,
+        scaling.num_workers,
+        cfg.per_worker_batch_size,
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": cfg.model_dump(mode="json"),
+            "paths": paths.__dict__,
+            "content_encoder": _read_content_encoder_info(features_dir),
+            "fault": failure_injection.to_json() if failure_injection is not None else None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=0 if local_mode else scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=None if local_mode else resources,
+        ),
+        torch_config=TorchConfig(backend=scaling.resolved_backend, timeout_s=1800),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_last_checkpoints,
+                checkpoint_score_attribute="val/mel_l1",
+                checkpoint_score_order="min",
+            ),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def fit(cfg: RunConfig, features_dir: Path, index_path: Path | None = None) -> TrainResult:
+    """Train (or resume) the voice of ``cfg`` on the cluster; outputs go to the run's :class:`RunLayout`.
+
+    Resuming: run it again with the same ``experiment`` (name and work dir): it continues at the epoch
+    after the last saved one.
+    """
+    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.layout import RunLayout
+
+    layout = RunLayout.from_config(cfg)
+    storage = Path(cfg.scaling.storage_path) if cfg.scaling.storage_path is not None else layout.train_dir
+    trainer = build_torch_trainer(
+        cfg,
+        features_dir,
+        index_path if index_path is not None and Path(index_path).is_file() else None,
+        run_name=cfg.experiment.name,
+        storage_path=storage,
+        tensorboard_dir=layout.tensorboard_dir,
+        metrics_path=layout.metrics_path,
+        voices_dir=layout.voices_dir,
+    )
+    ensure_ray()
+    return train_result_from(trainer.fit(), cfg, run_dir=storage.resolve() / cfg.experiment.name, layout=layout)
+
+
+def train_result_from(result: Any, cfg: RunConfig, *, run_dir: Path, layout: Any = None) -> TrainResult:
+    """Turn a Ray Train ``Result`` into a :class:`TrainResult` (also used by Tune for a trial)."""
+    metrics = dict(result.return_value or result.metrics or {})
+    last = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    best: Path | None = None
+    scored = [(m.get("val/mel_l1"), c) for c, m in (result.best_checkpoints or []) if m.get("val/mel_l1") is not None]
+    if scored:
+        best = Path(min(scored, key=lambda pair: pair[0])[1].path)
+    voices_dir = layout.voices_dir if layout is not None else run_dir / "voices"
+    tensorboard_dir = layout.tensorboard_dir if layout is not None else run_dir / "tensorboard"
+    metrics_path = layout.metrics_path if layout is not None else run_dir / "metrics.jsonl"
+    name = cfg.experiment.name
+    voices = sorted(Path(voices_dir).glob(f"{name}_e*_s*.pth"), key=lambda p: int(p.stem.rsplit("_s", 1)[1]))
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best,
+        last_checkpoint=last,
+        exported_voices=tuple(voices),
+        metrics=metrics,
+        tensorboard_dir=Path(tensorboard_dir),
+        epochs_completed=int(metrics.get("epoch", 0)),
+        global_batch_size=cfg.train.batch_size,
+        per_worker_batch_size=cfg.per_worker_batch_size,
+        metrics_path=Path(metrics_path),
+        voices_dir=Path(voices_dir),
+    )

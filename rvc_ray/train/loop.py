@@ -1,0 +1,370 @@
+"""``train_loop_per_worker``: the GAN training loop run by every Ray Train worker.
+
+Per worker: re-validate the config, read the feature table, build G and D, restore state (Ray
+checkpoint > RVC ``G_*/D_*.pth`` > pretrained), wrap each model in DDP, then per epoch: set the
+sampler's epoch, run ``train_step`` on this worker's slice of every global batch, step the schedulers,
+validate on the held-out split (sharded across workers), and ``ray.train.report`` once, with a
+checkpoint every ``train.save_every_epochs`` epochs (and at the last / early-stopped epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rvc_ray.config import RunConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from rvc_ray.data.dataset import TrainingItems
+    from rvc_ray.train.checkpoint import TrainState
+
+__all__ = ["WorkerPaths", "state_fingerprint", "train_loop_per_worker"]
+
+log = logging.getLogger("rvc_ray.train")
+
+
+@dataclass(frozen=True)
+class WorkerPaths:
+    """Paths a worker needs, sent as strings inside ``train_loop_config["paths"]``.
+
+    ``checkpoint_root`` is only set in local mode (``num_workers=0``), where Ray does not persist
+    reported checkpoints: the loop then writes them there itself.
+    """
+
+    features_dir: str
+    tensorboard_dir: str
+    metrics_path: str
+    voices_dir: str
+    index_path: str | None = None
+    checkpoint_root: str | None = None
+
+
+def state_fingerprint(state_dict: dict[str, Any]) -> str:
+    """sha256 over the names and bytes of every tensor of a state dict (order-independent)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        value = state_dict[key]
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of (epoch, rank): reseeding per epoch makes a resumed run replay the same noise."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+def _configure_threads(cfg: RunConfig) -> None:
+    """torch threads = reserved CPUs (at least 1; Ray sets OMP_NUM_THREADS from the reservation)."""
+    import torch
+
+    threads = max(1, int(round(cfg.scaling.cpus_per_worker)))
+    torch.set_num_threads(threads)
+
+
+def _all_reduce_sums(values: list[float]) -> list[float]:
+    """Element-wise sum across workers (identity without a process group)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [float(v) for v in tensor.tolist()]
+
+
+def _mean_across_workers(sums: dict[str, float], count: int, world_size: int) -> dict[str, float]:
+    keys = sorted(sums)
+    reduced = _all_reduce_sums([sums[k] for k in keys] + [float(count)])
+    total = max(reduced[-1], 1.0)
+    return {k: v / total for k, v in zip(keys, reduced[:-1], strict=True)}
+
+
+def _load_items(cfg: RunConfig, features_dir: Path) -> tuple[TrainingItems, TrainingItems | None]:
+    from rvc_ray.data.dataset import FeatureTableError, TrainingItems, load_feature_table
+
+    hop = cfg.audio.hop_length
+    train_table = load_feature_table(features_dir, "train", hop_length=hop)
+    if len(train_table) == 0:
+        raise FeatureTableError(f"the feature table in {features_dir} has no 'train' rows")
+    if train_table.content_dim != cfg.model.content_dim:
+        raise FeatureTableError(
+            f"the feature table in {features_dir} has {train_table.content_dim}-d content but "
+            f"model.content_dim={cfg.model.content_dim}"
+        )
+    val_table = load_feature_table(features_dir, "val", hop_length=hop)
+    kwargs = {"max_frames": cfg.data.max_frames, "use_f0": cfg.model.use_f0}
+    train = TrainingItems(train_table, cfg.audio, **kwargs)
+    val = TrainingItems(val_table, cfg.audio, **kwargs) if len(val_table) else None
+    return train, val
+
+
+def _write_checkpoint_dir(
+    directory: Path,
+    state: TrainState,
+    cfg: RunConfig,
+    gen: torch.nn.Module,
+    disc: torch.nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+) -> None:
+    """Full state + RVC-compatible ``G_<step>.pth`` / ``D_<step>.pth``."""
+    from rvc_ray.model.weights import save_rvc_checkpoint
+    from rvc_ray.train.checkpoint import save_train_state
+
+    save_train_state(state, directory, cfg)
+    save_rvc_checkpoint(
+        directory / f"G_{state.global_step}.pth", gen, opt_g, epoch=state.epoch, learning_rate=cfg.optim.lr_generator
+    )
+    save_rvc_checkpoint(
+        directory / f"D_{state.global_step}.pth",
+        disc,
+        opt_d,
+        epoch=state.epoch,
+        learning_rate=cfg.optim.lr_discriminator,
+    )
+
+
+def _export(
+    cfg: RunConfig, gen: torch.nn.Module, paths: WorkerPaths, epoch: int, step: int, extra: dict[str, Any]
+) -> Path:
+    """``voices/<name>_e<E>_s<S>.pth`` + ``voices/<name>.pth`` (latest) + ``voices/<name>.index``."""
+    from rvc_ray.model.export import export_voice
+
+    voices = Path(paths.voices_dir)
+    voices.mkdir(parents=True, exist_ok=True)
+    name = cfg.experiment.name
+    target = voices / f"{name}_e{epoch}_s{step}.pth"
+    export_voice(gen.state_dict(), cfg.model, cfg.audio, target, epoch=epoch, step=step, name=name, extra_info=extra)
+    latest = voices / f"{name}.pth"
+    shutil.copyfile(target, latest.with_name(f".{latest.name}.tmp"))
+    os.replace(latest.with_name(f".{latest.name}.tmp"), latest)
+    if paths.index_path and Path(paths.index_path).is_file():
+        index_copy = voices / f"{name}.index"
+        if not index_copy.exists() or index_copy.stat().st_mtime < Path(paths.index_path).stat().st_mtime:
+            shutil.copyfile(paths.index_path, index_copy)
+    return target
+
+
+def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
+    """Test hook: ``{"rank": r, "epoch": e, "marker": path}`` makes rank r exit hard in epoch e, once."""
+    if not fault or fault["rank"] != rank or fault["epoch"] != epoch:
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"rank {rank} killed itself in epoch {epoch}\n")
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point. ``config`` = ``{"run": cfg.model_dump(mode="json"), "paths": {...},
+    "content_encoder": {...} | None, "fault": {...} | None}`` (see :mod:`rvc_ray.train.launch`).
+
+    Returns rank 0's final metrics (``Result.return_value``).
+    """
+    import ray.train
+    import torch
+    from ray.train.torch import get_device, prepare_model
+
+    from rvc_ray.data.sampler import DistributedBucketSampler
+    from rvc_ray.model.build import build_discriminator, build_generator
+    from rvc_ray.train import steps
+    from rvc_ray.train.checkpoint import TrainState, capture_rng_state, restore_initial_state
+    from rvc_ray.train.reporting import TrainingReporter
+    from rvc_ray.train.validation import evaluate_items
+
+    cfg = RunConfig.model_validate(config["run"])
+    paths = WorkerPaths(**config["paths"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    _configure_threads(cfg)
+    device = get_device()
+    seed = cfg.experiment.seed
+
+    train_items, val_items = _load_items(cfg, Path(paths.features_dir))
+    sampler = DistributedBucketSampler(
+        train_items.lengths,
+        global_batch_size=cfg.train.batch_size,
+        boundaries=cfg.data.bucket_boundaries,
+        num_replicas=world,
+        rank=rank,
+        seed=seed,
+        min_length=cfg.data.min_frames,
+    )
+    torch.manual_seed(seed)
+    gen = build_generator(cfg.model, cfg.audio).to(device)
+    disc = build_discriminator(cfg.model).to(device)
+    opt_g, opt_d = steps.build_optimizers(gen, disc, cfg.optim)
+    sched_g, sched_d = steps.build_schedulers(opt_g, opt_d, cfg.optim)
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+
+    restored = restore_initial_state(cfg, gen, disc, opt_g, opt_d, sched_g, sched_d, scaler, ray.train.get_checkpoint())
+    start_epoch, global_step = restored.epoch + 1, restored.global_step
+    best, best_epoch, stale = restored.best_val_mel_l1, restored.best_epoch, restored.epochs_without_improvement
+    fingerprint = state_fingerprint(gen.state_dict())
+
+    gen_ddp = prepare_model(gen, parallel_strategy_kwargs={"find_unused_parameters": False})
+    disc_ddp = prepare_model(disc, parallel_strategy_kwargs={"broadcast_buffers": False})
+    settings = steps.StepSettings.from_config(cfg)
+    reporter = TrainingReporter(
+        Path(paths.tensorboard_dir), Path(paths.metrics_path), enabled=rank == 0, purge_step=global_step + 1
+    )
+    per_worker = sampler.per_replica_batch_size
+    start_note = {
+        "kind": "start",
+        "start_epoch": start_epoch,
+        "resumed_from": restored.source,
+        "state_sha256": fingerprint,
+        "global_batch_size": cfg.train.batch_size,
+        "per_worker_batch_size": per_worker,
+        "num_workers": world,
+        "steps_per_epoch": len(sampler),
+        "train_items": len(train_items),
+        "dropped_short_items": len(sampler.dropped),
+        "val_items": len(val_items) if val_items is not None else 0,
+    }
+    if rank == 0:
+        log.warning("rvc-ray train: %s", json.dumps(start_note))
+        reporter.log_text(step=global_step, name="run/start", text=json.dumps(start_note))
+        Path(paths.metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        with Path(paths.metrics_path).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({**start_note, "time": time.time()}) + "\n")
+
+    final: dict[str, Any] = {"epoch": restored.epoch, "step": global_step}
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(_epoch_seed(seed, epoch, rank))
+        sums: dict[str, float] = {}
+        steps_done, started = 0, time.perf_counter()
+        gen_ddp.train()
+        disc_ddp.train()
+        for indices in sampler:
+            batch = train_items.batch(indices).to(device)
+            metrics = steps.train_step(gen_ddp, disc_ddp, opt_g, opt_d, batch, settings, scaler=scaler)
+            metrics["learning_rate"] = float(opt_g.param_groups[0]["lr"])
+            global_step += 1
+            steps_done += 1
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            if global_step % cfg.train.log_every_steps == 0:
+                step_means = _mean_across_workers(metrics, 1, world)
+                reporter.log_step(epoch=epoch, step=global_step, metrics=step_means)
+            if steps_done == 1:
+                _maybe_inject_failure(config.get("fault"), rank, epoch)
+        elapsed = time.perf_counter() - started
+        sched_g.step()
+        sched_d.step()
+        epoch_metrics = _mean_across_workers(sums, steps_done, world)
+        val_metrics, val_sums = _validate(cfg, gen, val_items, train_items, rank, world, device, evaluate_items)
+        epoch_metrics.update(val_metrics)
+        epoch_metrics.update(
+            epoch=epoch,
+            step=global_step,
+            samples_per_s=steps_done * cfg.train.batch_size / max(elapsed, 1e-9),
+            epoch_time_s=elapsed,
+            global_batch_size=cfg.train.batch_size,
+            per_worker_batch_size=per_worker,
+        )
+        score = epoch_metrics["val/mel_l1"]
+        if best is None or score < best:
+            best, best_epoch, stale = score, epoch, 0
+        else:
+            stale += 1
+        epoch_metrics.update({"best/val_mel_l1": best, "best/epoch": best_epoch})
+        stop_early = cfg.train.early_stop_patience is not None and stale >= cfg.train.early_stop_patience
+        save = epoch % cfg.train.save_every_epochs == 0 or epoch == cfg.train.epochs or stop_early
+        epoch_metrics["stopped_early"] = bool(stop_early)
+        reporter.log_epoch(epoch=epoch, step=global_step, metrics=epoch_metrics)
+        if val_sums is not None and val_sums.mel_org is not None and val_sums.mel_gen is not None:
+            reporter.log_mel_images(step=global_step, mel_org=val_sums.mel_org, mel_gen=val_sums.mel_gen)
+        checkpoint, staging = None, None
+        if save and rank == 0:
+            if val_sums is not None:
+                for i, wav in enumerate(val_sums.previews):
+                    reporter.log_audio(
+                        step=global_step, name=f"preview/{i}", wav=wav, sample_rate=cfg.audio.sample_rate
+                    )
+            state = TrainState(
+                epoch=epoch,
+                global_step=global_step,
+                generator=gen.state_dict(),
+                discriminator=disc.state_dict(),
+                optimizer_g=opt_g.state_dict(),
+                optimizer_d=opt_d.state_dict(),
+                scheduler_g=sched_g.state_dict(),
+                scheduler_d=sched_d.state_dict(),
+                scaler=scaler.state_dict() if scaler is not None else None,
+                global_batch_size=cfg.train.batch_size,
+                per_worker_batch_size=per_worker,
+                num_workers=world,
+                rng=capture_rng_state(),
+                best_val_mel_l1=best,
+                best_epoch=best_epoch,
+                epochs_without_improvement=stale,
+                metrics={k: float(v) for k, v in epoch_metrics.items() if isinstance(v, int | float)},
+            )
+            if paths.checkpoint_root:
+                staging = Path(paths.checkpoint_root) / f"epoch_{epoch:05d}"
+            else:
+                staging = Path(tempfile.mkdtemp(prefix=f"rvc-ckpt-e{epoch}-"))
+            _write_checkpoint_dir(staging, state, cfg, gen, disc, opt_g, opt_d)
+            if cfg.train.export_every_save:
+                voice = _export(cfg, gen, paths, epoch, global_step, dict(config.get("content_encoder") or {}))
+                shutil.copyfile(voice, staging / "voice.pth")
+                epoch_metrics["voice_path"] = str(voice)
+            checkpoint = ray.train.Checkpoint.from_directory(str(staging))
+        ray.train.report(
+            epoch_metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:05d}" if save else None
+        )
+        if staging is not None and not paths.checkpoint_root:
+            shutil.rmtree(staging, ignore_errors=True)
+        final = epoch_metrics
+        if stop_early:
+            log.warning("early stop at epoch %d: val/mel_l1 did not improve for %d epochs", epoch, stale)
+            break
+    reporter.close()
+    return {k: v for k, v in final.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _validate(
+    cfg: RunConfig,
+    gen: torch.nn.Module,
+    val_items: TrainingItems | None,
+    train_items: TrainingItems,
+    rank: int,
+    world: int,
+    device: torch.device,
+    evaluate_items: Any,
+) -> tuple[dict[str, float], Any]:
+    """val/mel_l1 and val/mcd over the held-out split, each worker scoring items ``rank::world``.
+
+    Without a held-out split (``features.validation_fraction=0``) the first few training items are
+    scored instead, and ``val/on_train_items`` is 1 so nobody mistakes it for a held-out score.
+    """
+    items = val_items if val_items is not None else train_items
+    indices = list(range(len(items))) if val_items is not None else list(range(min(4, len(items))))
+    mine = indices[rank::world]
+    previews = cfg.train.num_preview_clips if rank == 0 else 0
+    sums = evaluate_items(gen, items, mine, cfg.audio, seed=cfg.experiment.seed, device=device, num_previews=previews)
+    total_l1, total_mcd, count = _all_reduce_sums([sums.mel_l1_sum, sums.mcd_sum, float(sums.count)])
+    count = max(count, 1.0)
+    metrics = {"val/mel_l1": total_l1 / count, "val/mcd": total_mcd / count}
+    metrics["val/on_train_items"] = 0.0 if val_items is not None else 1.0
+    return metrics, sums
