@@ -1,0 +1,147 @@
+"""The voice directory registry (ids, traversal, symlinks), voice metadata, and the app's settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rvc_ray.config import load_run_config
+from rvc_ray.serve.app import _converter_options, build_settings
+from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceNotFoundError, VoiceRegistry, read_voice_info
+
+
+def _rvc_voice_file(path: Path, *, sr="40k", f0=1, version="v2", speakers=3, **extra) -> Path:
+    """A minimal RVC-format export (the keys RVC-WebUI / Applio write), with a tiny weight dict."""
+    ckpt = {
+        "weight": {"emb_g.weight": torch.zeros(speakers, 4), "dec.conv_pre.weight": torch.zeros(2, 2, 3)},
+        "config": [
+            1025,
+            32,
+            192,
+            192,
+            768,
+            2,
+            6,
+            3,
+            0,
+            "1",
+            [3, 7, 11],
+            [[1, 3, 5]] * 3,
+            [10, 10, 2, 2],
+            512,
+            [16, 16, 4, 4],
+            speakers,
+            256,
+            40000,
+        ],
+        "info": "20epoch",
+        "sr": sr,
+        "f0": f0,
+        "version": version,
+        **extra,
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture
+def voices_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "voices"
+    directory.mkdir()
+    _rvc_voice_file(directory / "alice.pth")
+    (directory / "alice.index").write_bytes(b"x")
+    _rvc_voice_file(
+        directory / "demo_e4_s100.pth",
+        sr=16000,
+        f0=1,
+        content_encoder={"kind": "random", "path": "/secret/server/path", "identity": "random:tiny:..."},
+    )
+    (directory / "demo.index").write_bytes(b"x")
+    _rvc_voice_file(directory / "bob.v1-old.pth", sr="48k", f0=0, version="v1", speakers=1)
+    return directory
+
+
+def test_resolve_finds_model_and_index(voices_dir):
+    registry = VoiceRegistry(voices_dir)
+    alice = registry.resolve("alice")
+    assert alice.model_path == (voices_dir / "alice.pth").resolve() and alice.index_path.name == "alice.index"
+    assert registry.resolve("demo_e4_s100").index_path.name == "demo.index"  # a training run's export + index
+    assert registry.resolve("bob.v1-old").index_path is None
+
+
+@pytest.mark.parametrize(
+    "voice_id", ["../alice", "..", ".hidden", "a/b", "a\\b", "", "x" * 200, "alice.pth/..", "al ice", "ålice", "%2e%2e"]
+)
+def test_malformed_ids_are_rejected_before_touching_the_disk(voices_dir, voice_id):
+    with pytest.raises(InvalidVoiceIdError, match="invalid voice id"):
+        VoiceRegistry(voices_dir).resolve(voice_id)
+
+
+def test_unknown_voice_and_symlink_escape_are_not_found(voices_dir, tmp_path):
+    outside = _rvc_voice_file(tmp_path / "outside.pth")
+    os.symlink(outside, voices_dir / "escape.pth")
+    os.symlink(voices_dir / "alice.pth", voices_dir / "alias.pth")  # a link that stays inside is fine
+    registry = VoiceRegistry(voices_dir)
+    with pytest.raises(VoiceNotFoundError, match="no voice named 'carol'"):
+        registry.resolve("carol")
+    with pytest.raises(VoiceNotFoundError) as excinfo:
+        registry.resolve("escape")
+    assert str(tmp_path) not in str(excinfo.value)
+    assert registry.resolve("alias").model_path == (voices_dir / "alice.pth").resolve()
+    ids = [v.voice_id for v in registry.list_voices()]
+    assert ids == ["alias", "alice", "bob.v1-old", "demo_e4_s100"]
+
+
+def test_listing_skips_files_with_unservable_names(voices_dir):
+    _rvc_voice_file(voices_dir / ".secret.pth")
+    _rvc_voice_file(voices_dir / "with space.pth")
+    (voices_dir / "dir.pth").mkdir()
+    assert [v.voice_id for v in VoiceRegistry(voices_dir).list_voices()] == ["alice", "bob.v1-old", "demo_e4_s100"]
+    assert VoiceRegistry(voices_dir / "missing").list_voices() == []
+
+
+def test_voice_info_reads_rvc_and_applio_fields(voices_dir):
+    registry = VoiceRegistry(voices_dir)
+    alice = read_voice_info(registry.resolve("alice"))
+    assert (alice.sample_rate, alice.version, alice.use_f0, alice.num_speakers, alice.has_index) == (
+        40000,
+        "v2",
+        True,
+        3,
+        True,
+    )
+    assert alice.training["info"] == "20epoch" and alice.error is None
+    bob = read_voice_info(registry.resolve("bob.v1-old"))
+    assert (bob.sample_rate, bob.version, bob.use_f0, bob.has_index) == (48000, "v1", False, False)
+    demo = read_voice_info(registry.resolve("demo_e4_s100"))
+    assert demo.sample_rate == 16000 and demo.training["content_encoder"] == {"kind": "random"}  # no paths shown
+
+
+def test_voice_info_reports_unreadable_files(voices_dir):
+    (voices_dir / "broken.pth").write_bytes(b"not a torch file")
+    torch.save({"something": 1}, voices_dir / "other.pth")
+    registry = VoiceRegistry(voices_dir)
+    broken = read_voice_info(registry.resolve("broken"))
+    assert broken.error.startswith("unreadable voice file") and str(voices_dir) not in broken.error
+    assert read_voice_info(registry.resolve("other")).error == "not an RVC voice file"
+
+
+def test_settings_come_from_the_run_config(voices_dir, tmp_path):
+    cfg = load_run_config("tiny_cpu", ["serve.max_voices_per_replica=2", "serve.api_key=k", "serve.port=8123"])
+    settings = build_settings(cfg, voices_dir)
+    assert settings.voices_dir == voices_dir.resolve() and settings.port == 8123 and settings.api_key == "k"
+    assert settings.features["f0_method"] == "crepe-tiny" and settings.max_voices_per_replica == 2
+    with pytest.raises(FileNotFoundError, match="voices directory .* does not exist"):
+        build_settings(cfg, tmp_path / "nope")
+    fixed = _converter_options(settings)
+    assert fixed["num_replicas"] == 1 and fixed["ray_actor_options"] == {"num_cpus": 1.0}
+    scaled = _converter_options(
+        build_settings(
+            load_run_config("tiny_cpu", ["serve.autoscale_max_replicas=3", "serve.gpus_per_replica=0.5"]), voices_dir
+        )
+    )
+    assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 3
+    assert scaled["ray_actor_options"]["num_gpus"] == 0.5
