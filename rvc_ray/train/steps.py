@@ -1,0 +1,401 @@
+"""One GAN iteration of RVC: generator forward, discriminator step, generator step (rvc-spec §6.4).
+
+Each step function does one optimizer update and returns a metrics dict. They never reach into
+``.module`` and never toggle ``requires_grad``, so they work unchanged when ``gen`` / ``disc`` are wrapped in
+DistributedDataParallel. Metric keys: ``loss/d/total``, ``loss/g/total``, ``loss/g/adv``, ``loss/g/fm``,
+``loss/g/mel``, ``loss/g/kl`` (adv/fm/mel/kl are the *unweighted* terms; total is the weighted sum
+``c_adv*adv + c_fm*fm + c_mel*mel + c_kl*kl``), ``grad_norm_d``, ``grad_norm_g`` (before clipping),
+``skipped`` (1.0 when the iteration was skipped under ``nonfinite_policy="skip"``).
+
+Health guards raise a :class:`TrainingHealthError` subclass naming the cause (or, under policy ``"skip"``,
+skip the update and log a warning): a bad batch (zero-length, all-zero or non-finite features, misaligned
+streams), a non-finite loss or gradient norm, a zero gradient norm. A learning rate below
+``min_learning_rate`` always raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor, nn
+
+from rvc_ray.audio.spectral import compute_mel_spectrogram, spectrogram_to_mel
+from rvc_ray.losses import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    kl_loss,
+    mel_l1_loss,
+)
+from rvc_ray.model.layers import sequence_mask, slice_segments
+
+if TYPE_CHECKING:
+    from rvc_ray.config import AudioConfig, LossConfig, OptimConfig, RunConfig
+    from rvc_ray.data.batch import RVCBatch
+
+__all__ = [
+    "BadBatchError",
+    "GeneratorPass",
+    "LearningRateTooLowError",
+    "NonFiniteLossError",
+    "StepSettings",
+    "TrainingHealthError",
+    "ZeroGradientError",
+    "autocast_context",
+    "build_grad_scaler",
+    "build_optimizers",
+    "build_schedulers",
+    "d_step",
+    "find_batch_problem",
+    "g_step",
+    "generator_forward",
+    "step_settings_from_config",
+    "train_step",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingHealthError(RuntimeError):
+    """Training cannot go on safely; the message names the cause."""
+
+
+class BadBatchError(TrainingHealthError):
+    """The batch has empty, all-zero, non-finite or misaligned streams."""
+
+
+class NonFiniteLossError(TrainingHealthError):
+    """A loss or a gradient norm is NaN or infinite."""
+
+
+class ZeroGradientError(TrainingHealthError):
+    """No gradient reached the parameters (gradient norm exactly 0)."""
+
+
+class LearningRateTooLowError(TrainingHealthError):
+    """The learning rate decayed below ``optim.min_learning_rate``."""
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """Everything a step needs besides the models, optimizers and the batch."""
+
+    precision: Literal["fp32", "bf16", "fp16"]
+    grad_clip_norm: float | None
+    loss: LossConfig
+    audio: AudioConfig
+    hop_length: int
+    segment_frames: int
+    device: str = "cpu"
+    nonfinite_policy: Literal["raise", "skip"] = "raise"
+    min_learning_rate: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, device: str | torch.device = "cpu") -> StepSettings:
+        """Read ``train.precision``, ``optim.grad_clip_norm``/``min_learning_rate``, ``loss``, ``audio``,
+        ``model.segment_frames`` and ``train.nonfinite_loss_policy``."""
+        return cls(
+            precision=cfg.train.precision,
+            grad_clip_norm=cfg.optim.grad_clip_norm,
+            loss=cfg.loss,
+            audio=cfg.audio,
+            hop_length=cfg.audio.hop_length,
+            segment_frames=cfg.model.segment_frames,
+            device=str(device),
+            nonfinite_policy=cfg.train.nonfinite_loss_policy,
+            min_learning_rate=cfg.optim.min_learning_rate,
+        )
+
+
+def step_settings_from_config(cfg: RunConfig, device: str | torch.device = "cpu") -> StepSettings:
+    """Same as :meth:`StepSettings.from_config`."""
+    return StepSettings.from_config(cfg, device)
+
+
+@dataclass
+class GeneratorPass:
+    """Result of :func:`generator_forward`.
+
+    Shapes: wav_fake / wav_real [B, 1, S*hop]; mel_fake / mel_real [B, n_mels, S] (fp32); z_p, logs_q, m_p,
+    logs_p [B, inter, F]; z_mask [B, 1, F]; slice_starts [B] (frame index). S = segment_frames.
+    """
+
+    wav_fake: Tensor
+    wav_real: Tensor
+    mel_fake: Tensor
+    mel_real: Tensor
+    z_p: Tensor
+    logs_q: Tensor
+    m_p: Tensor
+    logs_p: Tensor
+    z_mask: Tensor
+    slice_starts: Tensor
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def build_optimizers(
+    gen: nn.Module, disc: nn.Module, optim: OptimConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """AdamW for G and D as RVC (lr 1e-4, betas (0.8, 0.99), eps 1e-9, weight decay 0.01 by default)."""
+    opt_g = torch.optim.AdamW(
+        gen.parameters(), lr=optim.lr_generator, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+    )
+    opt_d = torch.optim.AdamW(
+        disc.parameters(), lr=optim.lr_discriminator, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+    )
+    return opt_g, opt_d
+
+
+def build_schedulers(
+    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, optim: OptimConfig, last_epoch: int = -1
+) -> tuple[torch.optim.lr_scheduler.ExponentialLR, torch.optim.lr_scheduler.ExponentialLR]:
+    """Per-epoch ExponentialLR(gamma=optim.lr_decay) for G and D.
+
+    ``last_epoch=k >= 0`` (RVC passes ``epoch - 2`` on resume) sets the lr to the closed form
+    ``initial_lr * gamma ** (k + 1)``, whatever lr a loaded optimizer state carried. Prefer restoring the
+    scheduler's own ``state_dict`` when you have it.
+    """
+    schedulers = []
+    for opt in (opt_g, opt_d):
+        if last_epoch >= 0:
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * optim.lr_decay**last_epoch
+        schedulers.append(torch.optim.lr_scheduler.ExponentialLR(opt, gamma=optim.lr_decay, last_epoch=last_epoch))
+    return schedulers[0], schedulers[1]
+
+
+def build_grad_scaler(settings: StepSettings) -> torch.amp.GradScaler | None:
+    """A CUDA GradScaler for ``precision="fp16"``; None otherwise (fp32 and bf16 need none)."""
+    if settings.precision != "fp16":
+        return None
+    if torch.device(settings.device).type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device (got {settings.device}); use bf16 or fp32 on CPU")
+    return torch.amp.GradScaler("cuda")
+
+
+@contextlib.contextmanager
+def autocast_context(settings: StepSettings) -> Iterator[None]:
+    """Autocast for the model forwards: none (fp32), bf16 (CPU or CUDA), fp16 (CUDA only)."""
+    if settings.precision == "fp32":
+        yield
+        return
+    device_type = torch.device(settings.device).type
+    if settings.precision == "fp16" and device_type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device (got {settings.device}); use bf16 or fp32 on CPU")
+    dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device_type, dtype=dtype):
+        yield
+
+
+# --------------------------------------------------------------------------- health checks
+
+
+def find_batch_problem(batch: RVCBatch) -> str | None:
+    """Describe what is wrong with a batch (None if it is fine to train on)."""
+    lengths = batch.content_lengths
+    if batch.content.shape[0] == 0:
+        return "the batch is empty (0 items)"
+    empty = (lengths <= 0).nonzero().flatten().tolist()
+    if empty:
+        return f"batch items {empty} have zero-length content (content_lengths=0)"
+    if (batch.spec_lengths <= 0).any():
+        return f"batch items {(batch.spec_lengths <= 0).nonzero().flatten().tolist()} have spec_lengths=0"
+    if batch.content.shape[1] != batch.spec.shape[2]:
+        return (
+            f"content has {batch.content.shape[1]} frames but spec has {batch.spec.shape[2]}: streams are not "
+            "aligned to the same frame count"
+        )
+    if not torch.isfinite(batch.content).all():
+        return "content features contain NaN or Inf"
+    valid = sequence_mask(lengths, batch.content.shape[1]).to(batch.content.dtype)
+    peak = (batch.content.abs().amax(dim=-1) * valid).amax(dim=-1)
+    zero_items = (peak == 0).nonzero().flatten().tolist()
+    if zero_items:
+        return f"batch items {zero_items} have all-zero content features (broken feature extraction?)"
+    for name in ("f0_hz", "spec", "wav"):
+        value = getattr(batch, name)
+        if value is not None and not torch.isfinite(value).all():
+            return f"{name} contains NaN or Inf"
+    if batch.pitch_bins is not None and (int(batch.pitch_bins.min()) < 0 or int(batch.pitch_bins.max()) > 255):
+        return f"pitch_bins outside 0..255 (min {int(batch.pitch_bins.min())}, max {int(batch.pitch_bins.max())})"
+    return None
+
+
+def _check_learning_rate(optimizer: torch.optim.Optimizer, settings: StepSettings, who: str) -> None:
+    lr = min(float(group["lr"]) for group in optimizer.param_groups)
+    if lr < settings.min_learning_rate:
+        raise LearningRateTooLowError(
+            f"the {who} learning rate {lr:.3g} is below optim.min_learning_rate={settings.min_learning_rate:.3g}: "
+            "the lr decay has made training useless; raise the learning rate or lower optim.min_learning_rate"
+        )
+
+
+def _handle_problem(problem: str, settings: StepSettings, error: type[TrainingHealthError]) -> None:
+    if settings.nonfinite_policy == "raise":
+        raise error(problem)
+    log.warning("skipping the update: %s", problem)
+
+
+def _optimizer_update(
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    terms: dict[str, Tensor],
+    settings: StepSettings,
+    scaler: torch.amp.GradScaler | None,
+    who: str,
+) -> tuple[float, bool]:
+    """Backward, unscale, norm (+clip), health checks, step. Returns (grad norm before clipping, skipped)."""
+    if settings.precision == "fp16" and scaler is None:
+        raise ValueError("precision fp16 needs a GradScaler (build_grad_scaler)")
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not params:
+        norm = 0.0
+    elif settings.grad_clip_norm is not None:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm))
+    else:
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    problem, error = None, TrainingHealthError
+    bad_terms = [name for name, value in terms.items() if not math.isfinite(float(value.detach()))]
+    if bad_terms:
+        problem, error = f"non-finite {who} loss: {', '.join(bad_terms)} = NaN/Inf", NonFiniteLossError
+    elif not math.isfinite(norm) and scaler is None:
+        problem, error = f"non-finite {who} gradient norm ({norm})", NonFiniteLossError
+    elif norm == 0.0:
+        problem = f"the {who} gradient norm is exactly 0: no gradient reached its parameters"
+        error = ZeroGradientError
+    if problem is not None:
+        optimizer.zero_grad(set_to_none=True)
+        _handle_problem(problem, settings, error)
+        return norm, True
+    if scaler is not None:
+        scaler.step(optimizer)
+    else:
+        optimizer.step()
+    return norm, False
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def generator_forward(gen: nn.Module, batch: RVCBatch, settings: StepSettings) -> GeneratorPass:
+    """G training forward on a random window per item, plus the aligned real slice and both mels."""
+    batch = batch.to(settings.device)
+    with autocast_context(settings):
+        out = gen(
+            batch.content,
+            batch.content_lengths,
+            batch.pitch_bins,
+            batch.f0_hz,
+            batch.spec,
+            batch.spec_lengths,
+            batch.speaker_id,
+        )
+    seg = settings.segment_frames
+    wav_real = slice_segments(batch.wav, out.slice_starts * settings.hop_length, seg * settings.hop_length)
+    with torch.autocast(device_type=torch.device(settings.device).type, enabled=False):
+        mel_real = spectrogram_to_mel(slice_segments(batch.spec.float(), out.slice_starts, seg), settings.audio)
+        mel_fake = compute_mel_spectrogram(out.wav.float(), settings.audio)
+    return GeneratorPass(
+        wav_fake=out.wav,
+        wav_real=wav_real,
+        mel_fake=mel_fake,
+        mel_real=mel_real,
+        z_p=out.z_p,
+        logs_q=out.logs_q,
+        m_p=out.m_p,
+        logs_p=out.logs_p,
+        z_mask=out.z_mask,
+        slice_starts=out.slice_starts,
+    )
+
+
+def d_step(
+    disc: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    gpass: GeneratorPass,
+    settings: StepSettings,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, float]:
+    """One discriminator update on (real, detached fake). G receives no gradient."""
+    _check_learning_rate(opt_d, settings, "discriminator")
+    with autocast_context(settings):
+        real_logits, fake_logits, _, _ = disc(gpass.wav_real, gpass.wav_fake.detach())
+    loss = discriminator_loss(real_logits, fake_logits)
+    norm, skipped = _optimizer_update(opt_d, loss, {"loss/d/total": loss}, settings, scaler, "discriminator")
+    return {"loss/d/total": float(loss.detach()), "grad_norm_d": norm, "skipped/d": float(skipped)}
+
+
+def g_step(
+    disc: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    gpass: GeneratorPass,
+    settings: StepSettings,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, float]:
+    """One generator update (adv + feature matching + mel + KL). D is not updated; its grads end as None.
+
+    With a GradScaler, ``scaler.update()`` runs here, once per iteration (after :func:`d_step`).
+    """
+    _check_learning_rate(opt_g, settings, "generator")
+    with autocast_context(settings):
+        _, fake_logits, real_fmaps, fake_fmaps = disc(gpass.wav_real, gpass.wav_fake)
+    terms = {
+        "loss/g/adv": generator_adversarial_loss(fake_logits),
+        "loss/g/fm": feature_matching_loss(real_fmaps, fake_fmaps),
+        "loss/g/mel": mel_l1_loss(gpass.mel_real, gpass.mel_fake),
+        "loss/g/kl": kl_loss(gpass.z_p, gpass.logs_q, gpass.m_p, gpass.logs_p, gpass.z_mask),
+    }
+    weights = settings.loss
+    total = (
+        weights.c_adv * terms["loss/g/adv"]
+        + weights.c_fm * terms["loss/g/fm"]
+        + weights.c_mel * terms["loss/g/mel"]
+        + weights.c_kl * terms["loss/g/kl"]
+    )
+    try:
+        norm, skipped = _optimizer_update(opt_g, total, terms, settings, scaler, "generator")
+    finally:
+        disc.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.update()
+    metrics = {name: float(value.detach()) for name, value in terms.items()}
+    metrics.update({"loss/g/total": float(total.detach()), "grad_norm_g": norm, "skipped/g": float(skipped)})
+    return metrics
+
+
+def train_step(
+    gen: nn.Module,
+    disc: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    batch: RVCBatch,
+    settings: StepSettings,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, float]:
+    """Generator forward, :func:`d_step`, :func:`g_step`; merged metrics plus ``skipped`` (0.0 / 1.0).
+
+    A bad batch raises :class:`BadBatchError` (policy "raise") or returns ``{"skipped": 1.0}`` without any
+    forward (policy "skip"; under DDP every rank must then skip the same batch).
+    """
+    problem = find_batch_problem(batch)
+    if problem is not None:
+        _handle_problem(problem, settings, BadBatchError)
+        return {"skipped": 1.0}
+    gpass = generator_forward(gen, batch, settings)
+    metrics = d_step(disc, opt_d, gpass, settings, scaler)
+    metrics.update(g_step(disc, opt_g, gpass, settings, scaler))
+    metrics["skipped"] = max(metrics["skipped/d"], metrics["skipped/g"])
+    return metrics
