@@ -1,0 +1,58 @@
+"""Serve every voice of a directory over HTTP with Ray Serve (the rvc-ray voice-conversion API).
+
+    python jobs/serve.py --voices runs/demo/voices
+    ray job submit --working-dir . -- python jobs/serve.py --voices /shared/voices \
+        --config jobs/configs/rvc_v2_40k.yaml --set serve.host=0.0.0.0 --set serve.num_replicas=2
+
+With ``--detach`` it deploys the app and exits, leaving it running on the cluster (delete it with
+``serve delete rvc`` or ``serve shutdown``); otherwise it serves until the job is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+JOBS_DIR = Path(__file__).resolve().parent
+
+
+def _make_package_importable() -> None:
+    # `python jobs/serve.py` puts jobs/ (not the repo root) on sys.path; under `ray job submit` the working
+    # dir is the repo root. Either way, make the rvc_ray package beside jobs/ importable.
+    root = str(JOBS_DIR.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--voices",
+        type=Path,
+        default=None,
+        help="directory of <voice_id>.pth (+ .index) files (default: serve.voices_dir of the config)",
+    )
+    parser.add_argument("--config", "-c", default=None, help="job YAML or preset name (default: built-in defaults)")
+    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], help="section.key=value")
+    parser.add_argument("--detach", action="store_true", help="deploy, print the address and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _make_package_importable()
+    from rvc_ray.config import ConfigError, load_run_config
+    from rvc_ray.serve.app import run_serve
+
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+        run_serve(cfg, voices_dir=args.voices, blocking=not args.detach)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
