@@ -19,7 +19,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -111,7 +111,7 @@ def collect_trial_records(
     result_grid: ResultGrid,
     *,
     metric: str,
-    max_epochs: int,
+    max_epochs: int | Callable[[Mapping[str, Any]], int],
     paths: Sequence[str],
     voices_dir_of: Callable[[str], Path] | None = None,
 ) -> list[TrialRecord]:
@@ -119,7 +119,8 @@ def collect_trial_records(
 
     Args:
         metric: the scored metric (``cfg.tune.metric``), recorded for every epoch.
-        max_epochs: ``train.epochs``; fewer reported epochs without an error = early stopped.
+        max_epochs: ``train.epochs`` (or trial config -> epochs when it is searched); fewer reported
+            epochs without an error = early stopped.
         paths: the searched config paths shown as the trial's config.
         voices_dir_of: trial id -> the directory the trial's training exported its voices to.
     """
@@ -127,23 +128,24 @@ def collect_trial_records(
     for result in result_grid:
         metrics = dict(result.metrics or {})
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
-        per_epoch: tuple[float, ...] = ()
         frame = result.metrics_dataframe
-        if frame is not None and metric in frame.columns:
-            per_epoch = tuple(float(v) for v in frame[metric].tolist())
+        per_epoch = _metric_per_epoch(frame, metric)
         reason, detail = describe_error(result.error)
         config = {path: (result.config or {}).get(path) for path in paths}
-        checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+        checkpoint = _latest_checkpoint(frame)
+        if checkpoint is None and result.checkpoint is not None:
+            checkpoint = result.checkpoint.path
         voice = _latest_voice(voices_dir_of(trial_id)) if voices_dir_of is not None else None
         extras = {
             key: float(value)
             for key, value in metrics.items()
-            if (key.startswith("val/") or key.startswith("loss")) and isinstance(value, (int, float))
+            if key.startswith(("val/", "loss/", "best/")) and isinstance(value, (int, float))
         }
+        limit = max_epochs(config) if callable(max_epochs) else max_epochs
         records.append(
             TrialRecord(
                 trial_id=trial_id,
-                status=_status(per_epoch, reason, max_epochs),
+                status=_status(per_epoch, reason, limit),
                 config=config,
                 metric_per_epoch=per_epoch,
                 time_total_s=_float_or_none(metrics.get("time_total_s")),
@@ -156,6 +158,30 @@ def collect_trial_records(
             )
         )
     return records
+
+
+def _metric_per_epoch(frame: Any, metric: str) -> tuple[float, ...]:
+    """The metric of every epoch, ordered by the reported ``epoch`` (a resumed trial's repeats: last wins)."""
+    if frame is None or metric not in frame.columns:
+        return ()
+    values = [float(v) for v in frame[metric].tolist()]
+    if "epoch" not in frame.columns:
+        return tuple(values)
+    by_epoch: dict[int, float] = {}
+    for epoch, value in zip(frame["epoch"].tolist(), values, strict=True):
+        if isinstance(epoch, (int, float)) and math.isfinite(epoch):
+            by_epoch[int(epoch)] = value
+    return tuple(by_epoch[k] for k in sorted(by_epoch))
+
+
+def _latest_checkpoint(frame: Any) -> str | None:
+    """The last reported Train checkpoint (``checkpoint_path`` from TuneReportCallback) that still exists."""
+    if frame is None or "checkpoint_path" not in frame.columns:
+        return None
+    for value in reversed(frame["checkpoint_path"].tolist()):
+        if isinstance(value, str) and value and Path(value).is_dir():
+            return value
+    return None
 
 
 def _float_or_none(value: Any) -> float | None:

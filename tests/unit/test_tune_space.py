@@ -146,3 +146,45 @@ def test_apply_overrides_revalidates(tiny_cfg: RunConfig) -> None:
 def test_randint_is_inclusive_in_tune() -> None:
     domain = parse_search_expression("model.n_layers", "randint(1,3)").to_tune()
     assert (domain.lower, domain.upper) == (1, 4)
+
+
+# --------------------------------------------------------------------------- resources and fail-fast run_tune
+
+
+def test_trial_demand_and_concurrency_on_two_cpus(tiny_cfg: RunConfig) -> None:
+    from rvc_ray.tune.launch import plan_concurrency, trial_demand
+
+    demand = trial_demand([tiny_cfg], has_driver_resource=True)  # 2 workers x 0.5 CPU + a tune_driver slot
+    assert demand.total == {"CPU": 1.0, "tune_driver": 1.0}
+    assert plan_concurrency(demand, {"CPU": 2.0, "tune_driver": 4.0}, None) == 2
+    assert plan_concurrency(demand, {"CPU": 4.0, "tune_driver": 4.0}, 1) == 1
+    assert plan_concurrency(demand, {"CPU": 8.0, "tune_driver": 3.0}, None) == 3
+    assert plan_concurrency(demand, {"CPU": 0.5, "tune_driver": 4.0}, None) == 1  # never 0
+    # Without a tune_driver resource each driver holds a CPU: 2 CPUs fit one trial (1 + 2 x 0.5), not two.
+    no_slot = trial_demand([tiny_cfg], has_driver_resource=False)
+    assert no_slot.total == {"CPU": 2.0}
+    assert plan_concurrency(no_slot, {"CPU": 2.0}, None) == 1
+    gpu_cfg = apply_overrides(tiny_cfg, {"scaling.use_gpu": True, "scaling.num_workers": 2})
+    gpu_demand = trial_demand([tiny_cfg, gpu_cfg], has_driver_resource=True)
+    assert gpu_demand.workers == {"CPU": 1.0, "GPU": 2.0}
+    assert plan_concurrency(gpu_demand, {"CPU": 64.0, "GPU": 4.0, "tune_driver": 8.0}, None) == 2
+
+
+def test_run_tune_fails_before_any_trial(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    from rvc_ray.data.dataset import write_synthetic_feature_table
+    from rvc_ray.tune.launch import run_tune
+
+    cfg = apply_overrides(tiny_cfg, {"experiment.work_dir": str(tmp_path / "runs")})
+    features = tmp_path / "features"
+    with pytest.raises(ConfigError, match="optim.lr"):
+        run_tune(cfg, features, search=["optim.lr=loguniform(1e-5,1e-3)"])
+    with pytest.raises(ConfigError, match="no feature table"):
+        run_tune(cfg, features)
+    write_synthetic_feature_table(features, content_dim=64, sample_rate=16000, frames=[40, 40])
+    with pytest.raises(ConfigError, match="no interrupted sweep"):
+        run_tune(cfg, features, resume=True)
+    (tmp_path / "runs" / "demo" / "tune" / "sweep").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already exists"):
+        run_tune(cfg, features)
+    with pytest.raises(ConfigError, match="grace_period_epochs=5"):
+        run_tune(apply_overrides(cfg, {"tune.grace_period_epochs": 5}), features)
