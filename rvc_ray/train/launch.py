@@ -260,6 +260,21 @@ def fit(cfg: RunConfig, features_dir: Path, index_path: Path | None = None) -> T
     return train_result_from(trainer.fit(), cfg, run_dir=storage.resolve() / cfg.experiment.name, layout=layout)
 
 
+def _best_checkpoint_on_disk(run_dir: Path) -> Path | None:
+    """The ``epoch_*`` checkpoint under ``run_dir`` with the lowest ``val/mel_l1`` in its meta.json."""
+    from rvc_ray.train.checkpoint import read_checkpoint_meta
+
+    scored: list[tuple[float, Path]] = []
+    for directory in sorted(Path(run_dir).glob("epoch_*")):
+        try:
+            value = read_checkpoint_meta(directory)["metrics"].get("val/mel_l1")
+        except (OSError, KeyError, ValueError):
+            continue
+        if value is not None:
+            scored.append((float(value), directory))
+    return min(scored)[1] if scored else None
+
+
 def train_result_from(result: Any, cfg: RunConfig, *, run_dir: Path, layout: Any = None) -> TrainResult:
     """Turn a Ray Train ``Result`` into a :class:`TrainResult` (also used by Tune for a trial)."""
     metrics = dict(result.return_value or result.metrics or {})
@@ -268,6 +283,8 @@ def train_result_from(result: Any, cfg: RunConfig, *, run_dir: Path, layout: Any
     scored = [(m.get("val/mel_l1"), c) for c, m in (result.best_checkpoints or []) if m.get("val/mel_l1") is not None]
     if scored:
         best = Path(min(scored, key=lambda pair: pair[0])[1].path)
+    else:
+        best = _best_checkpoint_on_disk(run_dir)
     voices_dir = layout.voices_dir if layout is not None else run_dir / "voices"
     tensorboard_dir = layout.tensorboard_dir if layout is not None else run_dir / "tensorboard"
     metrics_path = layout.metrics_path if layout is not None else run_dir / "metrics.jsonl"

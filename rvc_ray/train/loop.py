@@ -76,6 +76,21 @@ def _configure_threads(cfg: RunConfig) -> None:
     torch.set_num_threads(threads)
 
 
+TRAIN_METRIC_KEYS = (
+    "loss/d/total",
+    "loss/g/total",
+    "loss/g/adv",
+    "loss/g/fm",
+    "loss/g/mel",
+    "loss/g/kl",
+    "grad_norm_d",
+    "grad_norm_g",
+    "learning_rate",
+    "skipped",
+)
+"""The per-step metrics averaged across workers (a fixed list: every rank must all-reduce the same keys)."""
+
+
 def _all_reduce_sums(values: list[float]) -> list[float]:
     """Element-wise sum across workers (identity without a process group)."""
     import torch
@@ -88,11 +103,36 @@ def _all_reduce_sums(values: list[float]) -> list[float]:
     return [float(v) for v in tensor.tolist()]
 
 
-def _mean_across_workers(sums: dict[str, float], count: int, world_size: int) -> dict[str, float]:
-    keys = sorted(sums)
-    reduced = _all_reduce_sums([sums[k] for k in keys] + [float(count)])
-    total = max(reduced[-1], 1.0)
-    return {k: v / total for k, v in zip(keys, reduced[:-1], strict=True)}
+class MetricAccumulator:
+    """Sums of :data:`TRAIN_METRIC_KEYS` over steps; :meth:`mean_across_workers` all-reduces them."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
+        self.counts = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key in TRAIN_METRIC_KEYS:
+            value = metrics.get(key)
+            if value is not None and math.isfinite(float(value)):
+                self.sums[key] += float(value)
+                self.counts[key] += 1.0
+
+    def mean_across_workers(self) -> dict[str, float]:
+        reduced = _all_reduce_sums(
+            [self.sums[k] for k in TRAIN_METRIC_KEYS] + [self.counts[k] for k in TRAIN_METRIC_KEYS]
+        )
+        n = len(TRAIN_METRIC_KEYS)
+        return {k: reduced[i] / reduced[n + i] for i, k in enumerate(TRAIN_METRIC_KEYS) if reduced[n + i] > 0}
+
+
+def wrap_models(gen: torch.nn.Module, disc: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Each model in its own DDP wrapper (none for one worker). D does not broadcast buffers (it has
+    no running statistics, and its second forward per iteration must not re-sync them)."""
+    from ray.train.torch import prepare_model
+
+    gen_ddp = prepare_model(gen, parallel_strategy_kwargs={"find_unused_parameters": False})
+    disc_ddp = prepare_model(disc, parallel_strategy_kwargs={"broadcast_buffers": False})
+    return gen_ddp, disc_ddp
 
 
 def _load_items(cfg: RunConfig, features_dir: Path) -> tuple[TrainingItems, TrainingItems | None]:
@@ -181,7 +221,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """
     import ray.train
     import torch
-    from ray.train.torch import get_device, prepare_model
+    from ray.train.torch import get_device
 
     from rvc_ray.data.sampler import DistributedBucketSampler
     from rvc_ray.model.build import build_discriminator, build_generator
@@ -213,16 +253,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     disc = build_discriminator(cfg.model).to(device)
     opt_g, opt_d = steps.build_optimizers(gen, disc, cfg.optim)
     sched_g, sched_d = steps.build_schedulers(opt_g, opt_d, cfg.optim)
-    scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+    settings = steps.StepSettings.from_config(cfg, device)
+    scaler = steps.build_grad_scaler(settings)
 
     restored = restore_initial_state(cfg, gen, disc, opt_g, opt_d, sched_g, sched_d, scaler, ray.train.get_checkpoint())
     start_epoch, global_step = restored.epoch + 1, restored.global_step
     best, best_epoch, stale = restored.best_val_mel_l1, restored.best_epoch, restored.epochs_without_improvement
     fingerprint = state_fingerprint(gen.state_dict())
 
-    gen_ddp = prepare_model(gen, parallel_strategy_kwargs={"find_unused_parameters": False})
-    disc_ddp = prepare_model(disc, parallel_strategy_kwargs={"broadcast_buffers": False})
-    settings = steps.StepSettings.from_config(cfg)
+    gen_ddp, disc_ddp = wrap_models(gen, disc)
     reporter = TrainingReporter(
         Path(paths.tensorboard_dir), Path(paths.metrics_path), enabled=rank == 0, purge_step=global_step + 1
     )
@@ -248,10 +287,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             handle.write(json.dumps({**start_note, "time": time.time()}) + "\n")
 
     final: dict[str, Any] = {"epoch": restored.epoch, "step": global_step}
+    skipped_steps = 0
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(seed, epoch, rank))
-        sums: dict[str, float] = {}
+        epoch_sums = MetricAccumulator()
         steps_done, started = 0, time.perf_counter()
         gen_ddp.train()
         disc_ddp.train()
@@ -261,17 +301,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             metrics["learning_rate"] = float(opt_g.param_groups[0]["lr"])
             global_step += 1
             steps_done += 1
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+            epoch_sums.add(metrics)
+            skipped_steps += int(metrics.get("skipped", 0.0) > 0)
+            if skipped_steps > cfg.train.max_skipped_steps:
+                raise steps.TrainingHealthError(
+                    f"rank {rank} skipped {skipped_steps} steps (train.max_skipped_steps={cfg.train.max_skipped_steps})"
+                )
             if global_step % cfg.train.log_every_steps == 0:
-                step_means = _mean_across_workers(metrics, 1, world)
-                reporter.log_step(epoch=epoch, step=global_step, metrics=step_means)
+                step_sums = MetricAccumulator()
+                step_sums.add(metrics)
+                reporter.log_step(epoch=epoch, step=global_step, metrics=step_sums.mean_across_workers())
             if steps_done == 1:
                 _maybe_inject_failure(config.get("fault"), rank, epoch)
         elapsed = time.perf_counter() - started
         sched_g.step()
         sched_d.step()
-        epoch_metrics = _mean_across_workers(sums, steps_done, world)
+        epoch_metrics: dict[str, Any] = epoch_sums.mean_across_workers()
         val_metrics, val_sums = _validate(cfg, gen, val_items, train_items, rank, world, device, evaluate_items)
         epoch_metrics.update(val_metrics)
         epoch_metrics.update(
