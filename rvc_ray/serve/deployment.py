@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rvc_ray.infer import ConversionOptions
 from rvc_ray.serve.schemas import ERROR_STATUS, ErrorBody, HealthBody, ServeSettings, VoiceInfo, VoiceList
@@ -154,6 +155,13 @@ api = FastAPI(
 @api.exception_handler(ApiError)
 async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(ErrorBody(error=exc.code, detail=exc.detail).model_dump(), status_code=ERROR_STATUS[exc.code])
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    detail = "no such endpoint; see /docs for the API" if exc.status_code == 404 else str(exc.detail)
+    return JSONResponse(ErrorBody(error=code, detail=detail).model_dump(), status_code=exc.status_code)
 
 
 @api.exception_handler(RequestValidationError)

@@ -38,6 +38,8 @@ ERROR_STATUS: dict[str, int] = {
     "missing_audio": 400,
     "unauthorized": 401,
     "voice_not_found": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
     "upload_too_large": 413,
     "audio_too_long": 413,
     "unsupported_media_type": 415,
