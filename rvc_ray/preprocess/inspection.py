@@ -1,0 +1,171 @@
+"""The cheap readiness pass over one file: is it usable audio, and how good is it (docs/dataset.md)?
+
+One streaming read in blocks (bounded memory), no filtering or resampling. Per file it measures the
+duration, sample rate, clipping ratio, silence ratio, an SNR estimate and the usable duration, and decides
+whether the file is bad (unreadable, empty, zero-length, truncated, non-finite samples, too short).
+
+Definitions (frames are non-overlapping, ``preprocess.slicer_hop_ms`` long, on the mono downmix):
+
+* ``clipping_ratio``: fraction of sample frames where any channel reaches ``preprocess.clipping_level``.
+* ``silence_ratio``: fraction of frames whose RMS is below ``preprocess.slicer_threshold_db``.
+* ``snr_db``: 10 log10 of (mean power of the non-silent frames) / (mean power of the quietest 10 % of
+  frames), capped at 99 dB (digital silence between phrases); ``None`` without any non-silent frame.
+* ``usable_s``: duration minus the silent stretches of at least ``preprocess.slicer_min_interval_ms``,
+  i.e. roughly what the slicer keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rvc_ray.audio.io import AudioDecodeError, detect_truncated_wav, downmix_to_mono, iter_audio_blocks, probe_audio
+from rvc_ray.config import PreprocessConfig
+from rvc_ray.preprocess.discovery import SourceFile
+
+__all__ = ["FileInspection", "inspect_file"]
+
+SNR_CAP_DB = 99.0
+
+
+@dataclass(frozen=True)
+class FileInspection:
+    """The readiness figures of one file. ``bad_reason`` set means the file is skipped."""
+
+    path: str
+    speaker_id: int
+    source_index: int
+    bad_reason: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    format: str | None = None
+    subtype: str | None = None
+    size_bytes: int = 0
+    duration_s: float = 0.0
+    usable_s: float = 0.0
+    clipping_ratio: float | None = None
+    silence_ratio: float | None = None
+    snr_db: float | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_bad(self) -> bool:
+        return self.bad_reason is not None
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+def _frame_power(mono: np.ndarray, hop: int) -> np.ndarray:
+    usable = (mono.shape[0] // hop) * hop
+    if usable == 0:
+        return np.zeros(0)
+    return np.mean(mono[:usable].reshape(-1, hop) ** 2, axis=1)
+
+
+def _usable_frames(silent: np.ndarray, min_interval_frames: int) -> int:
+    """Frames left after removing silent runs of at least ``min_interval_frames``."""
+    if silent.size == 0:
+        return 0
+    edges = np.diff(np.concatenate(([0], silent.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    runs = ends - starts
+    return int(silent.size - runs[runs >= min_interval_frames].sum())
+
+
+def _estimate_snr_db(power: np.ndarray, silent: np.ndarray) -> float | None:
+    if power.size == 0 or silent.all():
+        return None
+    signal = float(power[~silent].mean())
+    floor_count = max(1, power.size // 10)
+    noise = float(np.sort(power)[:floor_count].mean())
+    if noise <= 0.0:
+        return SNR_CAP_DB
+    return float(min(SNR_CAP_DB, 10.0 * np.log10(max(signal - noise, 1e-20) / noise)))
+
+
+def inspect_file(source: SourceFile, pp: PreprocessConfig) -> FileInspection:
+    """Run the readiness pass on one file; never raises for bad audio (the reason is in ``bad_reason``)."""
+    base = {"path": str(source.path), "speaker_id": source.speaker_id, "source_index": source.source_index}
+    path = Path(source.path)
+    try:
+        size = path.stat().st_size
+        info = probe_audio(path)
+    except (AudioDecodeError, OSError) as exc:
+        reason = str(exc).replace(f"{path}: ", "", 1)
+        return FileInspection(**base, bad_reason=f"unreadable: {reason}")
+    meta = {
+        "sample_rate": info.sample_rate,
+        "channels": info.channels,
+        "format": info.format,
+        "subtype": info.subtype,
+        "size_bytes": size,
+        "duration_s": info.duration_s,
+    }
+    truncated = detect_truncated_wav(path)
+    if truncated:
+        return FileInspection(**base, **meta, bad_reason=truncated)
+    if info.num_frames == 0:
+        return FileInspection(**base, **meta, bad_reason="zero-length: the header is valid but holds no samples")
+    if info.duration_s < pp.min_file_duration_s:
+        return FileInspection(
+            **base,
+            **meta,
+            bad_reason=f"too short: {info.duration_s:.3f} s < preprocess.min_file_duration_s={pp.min_file_duration_s} s",
+        )
+    return _measure(base, meta, path, info, pp)
+
+
+def _measure(base: dict, meta: dict, path: Path, info, pp: PreprocessConfig) -> FileInspection:  # noqa: ANN001
+    hop = max(1, round(info.sample_rate * pp.slicer_hop_ms / 1000))
+    block_frames = max(hop, int(pp.block_duration_s * info.sample_rate) // hop * hop)
+    powers: list[np.ndarray] = []
+    clipped = frames_read = 0
+    try:
+        for block in iter_audio_blocks(path, block_frames, info):
+            finite = np.isfinite(block)
+            if not finite.all():
+                bad_rows = np.flatnonzero(~finite.all(axis=1))
+                first_s = (frames_read + int(bad_rows[0])) / info.sample_rate
+                return FileInspection(
+                    **base,
+                    **meta,
+                    bad_reason=f"non-finite samples: {int((~finite).sum())} NaN/inf values, the first at {first_s:.3f} s",
+                )
+            clipped += int((np.abs(block) >= pp.clipping_level).any(axis=1).sum())
+            powers.append(_frame_power(downmix_to_mono(block), hop))
+            frames_read += block.shape[0]
+    except (RuntimeError, ValueError, OSError) as exc:  # libsndfile errors are RuntimeError subclasses
+        at_s = frames_read / info.sample_rate
+        return FileInspection(**base, **meta, bad_reason=f"decoding failed at {at_s:.2f} s: {exc}")
+    if frames_read == 0:
+        return FileInspection(**base, **meta, bad_reason="zero-length: no samples could be decoded")
+    power = np.concatenate(powers) if powers else np.zeros(0)
+    threshold_power = (10 ** (pp.slicer_threshold_db / 20.0)) ** 2
+    silent = power < threshold_power
+    min_interval_frames = max(1, round(pp.slicer_min_interval_ms / pp.slicer_hop_ms))
+    usable_s = _usable_frames(silent, min_interval_frames) * hop / info.sample_rate
+    meta["duration_s"] = frames_read / info.sample_rate
+    clipping_ratio = clipped / frames_read
+    silence_ratio = float(silent.mean()) if silent.size else 1.0
+    warnings = []
+    if silent.size and silent.all():
+        warnings.append(f"silent: no frame is above the slicer threshold ({pp.slicer_threshold_db} dB)")
+    if clipping_ratio > 0.001:
+        warnings.append(f"clipping: {100 * clipping_ratio:.2f}% of samples at or above {pp.clipping_level}")
+    snr_db = _estimate_snr_db(power, silent)
+    if snr_db is not None and snr_db < 15.0:
+        warnings.append(f"noisy: estimated SNR {snr_db:.1f} dB")
+    return FileInspection(
+        **base,
+        **meta,
+        usable_s=usable_s,
+        clipping_ratio=clipping_ratio,
+        silence_ratio=silence_ratio,
+        snr_db=snr_db,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,284 @@
+"""``run_preprocess``: raw recordings -> readiness report -> Ray Data pipeline -> Parquet dataset.
+
+Order of work:
+
+1. discover speakers and files (:mod:`.discovery`);
+2. if ``manifest.json`` says the same config and the same input files (path, size, mtime) produced the
+   shards that are there, return at once (a rerun is a no-op);
+3. the readiness pass over every file (:mod:`.inspection`), written as ``report.json``/``report.txt``
+   and printed, before any heavy work; an ``insufficient`` verdict is a loud warning, not an error;
+4. the per-file function (:func:`.shards.iter_file_tables`) over all good files, as a Ray Data
+   ``map_batches`` over every CPU of the cluster (``use_ray=True``) or as a plain loop (``use_ray=False``,
+   same function, used by the benchmark and fast tests), rows streamed in file order to the driver, which
+   writes fixed-size shards (:class:`.shards.ShardWriter`): byte-identical on a rerun;
+5. the final report, then the manifest (written last: its presence marks a complete dataset), and one
+   throughput line (audio seconds per wall second).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rvc_ray.config import RunConfig
+from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
+from rvc_ray.preprocess.inspection import FileInspection, inspect_file
+from rvc_ray.preprocess.report import build_report, format_report_text, write_report
+from rvc_ray.preprocess.shards import ShardWriter, iter_file_tables
+
+__all__ = ["BadFile", "FORMAT_VERSION", "PreprocessResult", "run_preprocess"]
+
+FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file that was skipped, with the specific reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    """What :func:`run_preprocess` did. ``throughput`` is audio seconds per wall second."""
+
+    output_dir: Path
+    num_input_files: int
+    num_segments: int
+    bad_files: tuple[BadFile, ...]
+    audio_seconds_in: float
+    wall_seconds: float
+    throughput: float
+    report_path: Path
+    verdict: str
+    manifest_path: Path
+    num_shards: int
+    reused: bool = False
+
+
+def _config_section(cfg: RunConfig) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "preprocess": cfg.preprocess.model_dump(mode="json"),
+        "sample_rate": cfg.audio.sample_rate,
+    }
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprints(discovery: InputDiscovery) -> list[dict[str, Any]]:
+    entries = []
+    for f in discovery.files:
+        stat = f.path.stat()
+        entries.append(
+            {"path": str(f.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "speaker_id": f.speaker_id}
+        )
+    return entries
+
+
+def _reuse_if_current(output_dir: Path, config_hash: str, inputs_hash: str, started: float) -> PreprocessResult | None:
+    manifest_path = output_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if manifest.get("config_hash") != config_hash or manifest.get("inputs_hash") != inputs_hash:
+        return None
+    segments_dir = output_dir / "segments"
+    for shard in manifest.get("shards", []):
+        path = segments_dir / shard["name"]
+        if not path.is_file() or path.stat().st_size != shard["num_bytes"]:
+            return None
+    counts = manifest["counts"]
+    wall = time.perf_counter() - started
+    print(f"preprocess: {output_dir} is up to date (same config and inputs); nothing to do")
+    return PreprocessResult(
+        output_dir=output_dir,
+        num_input_files=counts["num_input_files"],
+        num_segments=counts["num_segments"],
+        bad_files=tuple(BadFile(**b) for b in manifest["bad_files"]),
+        audio_seconds_in=counts["audio_seconds_in"],
+        wall_seconds=wall,
+        throughput=0.0,
+        report_path=output_dir / "report.json",
+        verdict=manifest["verdict"],
+        manifest_path=manifest_path,
+        num_shards=len(manifest["shards"]),
+        reused=True,
+    )
+
+
+def _process_file_batch(batch: Any, raw_config: dict[str, Any]) -> Iterator[Any]:
+    """Ray Data UDF: one input row (a file) -> its segment tables and outcome row (pyarrow)."""
+    cfg = RunConfig.model_validate(raw_config)
+    for row in batch.to_pylist():
+        source = SourceFile(Path(row["path"]), row["speaker_id"], row["speaker_name"], row["source_index"])
+        yield from iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate)
+
+
+def _iter_tables_with_ray(cfg: RunConfig, files: Sequence[SourceFile]) -> Iterator[Any]:
+    import ray
+    import ray.data
+
+    from rvc_ray.cluster import ensure_ray
+
+    ensure_ray()
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    size = max(1, min(len(files), int(cpus // cfg.preprocess.cpus_per_task)))
+    items = [
+        {
+            "path": str(f.path),
+            "speaker_id": f.speaker_id,
+            "speaker_name": f.speaker_name,
+            "source_index": f.source_index,
+        }
+        for f in files
+    ]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _process_file_batch,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"raw_config": cfg.model_dump(mode="json")},
+        compute=ray.data.TaskPoolStrategy(size=size),
+        num_cpus=cfg.preprocess.cpus_per_task,
+    )
+    ds.context.execution_options.preserve_order = True
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+
+
+def _iter_tables_locally(cfg: RunConfig, files: Sequence[SourceFile]) -> Iterator[Any]:
+    for source in files:
+        yield from iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate)
+
+
+def _prepare_segments_dir(output_dir: Path) -> Path:
+    segments_dir = output_dir / "segments"
+    segments_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "manifest.json").unlink(missing_ok=True)  # no manifest until the dataset is complete
+    for old in segments_dir.glob("part-*.parquet"):
+        old.unlink()
+    return segments_dir
+
+
+def _inspect_all(cfg: RunConfig, discovery: InputDiscovery) -> list[FileInspection]:
+    return [inspect_file(f, cfg.preprocess) for f in discovery.files]
+
+
+def run_preprocess(
+    cfg: RunConfig, inputs: Sequence[Path], output_dir: Path, *, use_ray: bool = True, force: bool = False
+) -> PreprocessResult:
+    """Turn raw recordings into the Parquet segment dataset of the shared contract (docs/dataset.md).
+
+    Args:
+        cfg: the run configuration (``preprocess`` and ``audio.sample_rate`` are used).
+        inputs: one folder of speaker sub-folders, one speaker folder, or several speaker folders.
+        output_dir: the dataset directory (``RunLayout.dataset_dir``): ``segments/part-*.parquet``,
+            ``manifest.json``, ``report.json``, ``report.txt``.
+        use_ray: run the per-file work as a Ray Data pipeline on the cluster (``ensure_ray()``); ``False``
+            runs the same per-file function in a plain loop in this process.
+        force: redo the work even when the manifest says the dataset is current.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError / ValueError: an input folder is missing or given twice.
+    """
+    started = time.perf_counter()
+    output_dir = Path(output_dir).expanduser().resolve()
+    pp = cfg.preprocess
+    discovery = discover_inputs(inputs, pp.extensions)
+    config_hash = _digest(_config_section(cfg))
+    fingerprints = _fingerprints(discovery)
+    inputs_hash = _digest({"files": fingerprints, "skipped": [str(s.path) for s in discovery.skipped]})
+    if not force:
+        reused = _reuse_if_current(output_dir, config_hash, inputs_hash, started)
+        if reused is not None:
+            return reused
+
+    inspections = _inspect_all(cfg, discovery)
+    readiness = build_report(discovery, inspections, pp)
+    report_path = write_report(readiness, output_dir)
+    print(format_report_text(readiness), end="")
+    if readiness["verdict"] == "insufficient":
+        message = (
+            f"WARNING: not enough usable audio for a good voice (verdict 'insufficient'; need at least "
+            f"{pp.min_usable_minutes} min per speaker); continuing anyway. See {report_path.with_suffix('.txt')}"
+        )
+        logger.warning(message)
+        print(message)
+
+    segments_dir = _prepare_segments_dir(output_dir)
+    good = [f for f, i in zip(discovery.files, inspections, strict=True) if not i.is_bad]
+    writer = ShardWriter(segments_dir, pp.rows_per_shard)
+    if good:
+        tables = _iter_tables_with_ray(cfg, good) if use_ray else _iter_tables_locally(cfg, good)
+        for table in tables:
+            writer.write(table)
+    shards = writer.close()
+    outcomes = writer.outcomes
+
+    final = build_report(discovery, inspections, pp, outcomes)
+    report_path = write_report(final, output_dir)
+    wall = time.perf_counter() - started
+    audio_in = sum(float(o["audio_seconds"]) for o in outcomes.values())
+    num_segments = sum(s.num_rows for s in shards)
+    throughput = audio_in / wall if wall > 0 else 0.0
+    bad_files = tuple(BadFile(b["path"], b["reason"]) for b in final["bad_files"])
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "config_hash": config_hash,
+        "inputs_hash": inputs_hash,
+        "config": _config_section(cfg),
+        "inputs": [str(Path(p).expanduser().resolve()) for p in inputs],
+        "speakers": [
+            {"speaker_id": s.speaker_id, "name": s.name, "folders": list(s.folders), "assigned_by": s.assigned_by}
+            for s in discovery.speakers
+        ],
+        "files": fingerprints,
+        "skipped_files": final["skipped_files"],
+        "bad_files": [{"path": b.path, "reason": b.reason} for b in bad_files],
+        "counts": {
+            "num_input_files": len(discovery.files),
+            "num_segments": num_segments,
+            "num_bad_files": len(bad_files),
+            "audio_seconds_in": round(audio_in, 3),
+            "segments_per_speaker": {str(s["speaker_id"]): s.get("num_segments", 0) for s in final["speakers"]},
+        },
+        "shards": [vars(s) for s in shards],
+        "verdict": final["verdict"],
+        "engine": "ray" if use_ray else "local",
+        "wall_seconds": round(wall, 3),
+    }
+    manifest_path = output_dir / "manifest.json"
+    tmp = manifest_path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(manifest_path)
+    print(
+        f"preprocess: {audio_in:.1f} s of audio from {len(good)} files in {wall:.2f} s wall = "
+        f"{throughput:.1f} audio-s per wall-s; {num_segments} segments in {len(shards)} shard(s), "
+        f"{len(bad_files)} bad file(s); {segments_dir}"
+    )
+    return PreprocessResult(
+        output_dir=output_dir,
+        num_input_files=len(discovery.files),
+        num_segments=num_segments,
+        bad_files=bad_files,
+        audio_seconds_in=audio_in,
+        wall_seconds=wall,
+        throughput=throughput,
+        report_path=report_path,
+        verdict=final["verdict"],
+        manifest_path=manifest_path,
+        num_shards=len(shards),
+    )
