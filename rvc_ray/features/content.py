@@ -131,9 +131,14 @@ def build_hubert_config(size: str, hidden_size: int = 768, proj_size: int = 256)
     if size == "tiny":
         heads = 2 if hidden_size % 2 == 0 else 1
         return HubertConfig(
-            hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=heads,
-            intermediate_size=2 * hidden_size, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=2, classifier_proj_size=proj_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden_size,
+            conv_dim=(32,) * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+            classifier_proj_size=proj_size,
         )
     raise ValueError(f"features.random_encoder_size must be 'base' or 'tiny', got {size!r}")
 
@@ -168,7 +173,7 @@ class HubertContentEncoder:
             raise ValueError(f"encode expects a mono waveform [N], got shape {wav.shape}")
         if len(wav) < 400:
             return np.zeros((0, self.output_dim), dtype=np.float32)
-        x = torch.as_tensor(wav, device=self.device)[None]
+        x = torch.tensor(wav, device=self.device)[None]
         with torch.inference_mode():
             if self.version == "v1":
                 out = self.network(x, output_hidden_states=True)
@@ -321,7 +326,9 @@ def load_fairseq_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LENIENT_PICKLE)
         except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{path}: cannot be read as a fairseq HuBERT checkpoint (torch.load failed: {exc})") from exc
+            raise ValueError(
+                f"{path}: cannot be read as a fairseq HuBERT checkpoint (torch.load failed: {exc})"
+            ) from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         got = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: a fairseq checkpoint is a dict with a 'model' state dict; found {got}")
@@ -362,10 +369,13 @@ def _config_from_fairseq(state: dict[str, Any], hparams: dict[str, Any], source:
         conv = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
     mode = hparams.get("extractor_mode", "default")
     return HubertConfig(
-        hidden_size=embed, num_hidden_layers=int(hparams.get("encoder_layers", layers)),
+        hidden_size=embed,
+        num_hidden_layers=int(hparams.get("encoder_layers", layers)),
         num_attention_heads=int(hparams.get("encoder_attention_heads", max(1, embed // 64))),
         intermediate_size=int(hparams.get("encoder_ffn_embed_dim", ffn)),
-        conv_dim=tuple(c[0] for c in conv), conv_kernel=tuple(c[1] for c in conv), conv_stride=tuple(c[2] for c in conv),
+        conv_dim=tuple(c[0] for c in conv),
+        conv_kernel=tuple(c[1] for c in conv),
+        conv_stride=tuple(c[2] for c in conv),
         conv_bias=bool(hparams.get("conv_bias", False)),
         feat_extract_norm="layer" if mode == "layer_norm" else "group",
         do_stable_layer_norm=bool(hparams.get("layer_norm_first", False)),
@@ -473,10 +483,16 @@ def describe_content_encoder(features: FeatureConfig, model: ModelConfig) -> Con
         import transformers
 
         size = features.random_encoder_size
-        identity = (f"random:{size}:{model.content_dim}:{model.version}:seed={RANDOM_ENCODER_SEED}:"
-                    f"transformers={transformers.__version__}:torch={torch.__version__.split('+')[0]}")
+        identity = (
+            f"random:{size}:{model.content_dim}:{model.version}:seed={RANDOM_ENCODER_SEED}:"
+            f"transformers={transformers.__version__}:torch={torch.__version__.split('+')[0]}"
+        )
         return ContentEncoderInfo(
-            kind="random", path=None, learned_content=False, output_dim=model.content_dim, output_layer=layer,
+            kind="random",
+            path=None,
+            learned_content=False,
+            output_dim=model.content_dim,
+            output_layer=layer,
             description=f"random HuBERT-architecture encoder ({size}, seed {RANDOM_ENCODER_SEED}): {NO_CONTENT_WARNING}",
             identity=identity,
         )
@@ -485,7 +501,11 @@ def describe_content_encoder(features: FeatureConfig, model: ModelConfig) -> Con
         raise FileNotFoundError(f"content encoder {path} does not exist (features.content_encoder_path)")
     kind = _resolve_format(path, features.content_encoder_format)
     return ContentEncoderInfo(
-        kind=kind, path=str(path), learned_content=True, output_dim=model.content_dim, output_layer=layer,
+        kind=kind,
+        path=str(path),
+        learned_content=True,
+        output_dim=model.content_dim,
+        output_layer=layer,
         description=f"HuBERT/ContentVec encoder from {path} ({kind} format, {layer} layer, {model.content_dim}-d)",
         identity=f"{kind}:{path.resolve()}:{_file_identity(path)}:{layer}",
     )

@@ -202,13 +202,18 @@ def run_index(cfg: RunConfig, features_dir: Path, index_path: Path) -> IndexResu
         memory=int(cfg.index.memory_gb * 2**30),
         max_retries=0,
     )
-    raw = ray.get(task.remote(cfg.model_dump(mode="json"), str(Path(features_dir).resolve()),
-                              str(Path(index_path).resolve())))
+    raw = ray.get(
+        task.remote(cfg.model_dump(mode="json"), str(Path(features_dir).resolve()), str(Path(index_path).resolve()))
+    )
     result = IndexResult(**{**raw, "index_path": Path(raw["index_path"])})
     log.info(
         "index: %s  vectors=%d (from %d frames)  IVF%d,Flat  %.1f s  %.1f MiB",
-        result.index_path, result.num_vectors, result.num_input_frames, result.n_ivf,
-        result.build_seconds, result.size_bytes / 2**20,
+        result.index_path,
+        result.num_vectors,
+        result.num_input_frames,
+        result.n_ivf,
+        result.build_seconds,
+        result.size_bytes / 2**20,
     )
     return result
 

@@ -92,6 +92,7 @@ def _ensure_torchaudio_importable() -> None:
         return
     try:
         import torchaudio  # noqa: F401
+
         return
     except Exception:  # noqa: BLE001 - ImportError, or OSError from a CUDA-linked build
         for name in [n for n in sys.modules if n == "torchaudio" or n.startswith("torchaudio.")]:
@@ -152,8 +153,16 @@ class CrepePitchExtractor:
     below ``periodicity_threshold`` are unvoiced.
     """
 
-    def __init__(self, capacity: str, *, f0_min: float, f0_max: float, periodicity_threshold: float = 0.1,
-                 device: str = "cpu", batch_size: int = 512):
+    def __init__(
+        self,
+        capacity: str,
+        *,
+        f0_min: float,
+        f0_max: float,
+        periodicity_threshold: float = 0.1,
+        device: str = "cpu",
+        batch_size: int = 512,
+    ):
         if capacity not in ("full", "tiny"):
             raise ValueError(f"torchcrepe capacity must be 'full' or 'tiny', got {capacity!r}")
         self._torchcrepe = import_torchcrepe()
@@ -170,12 +179,19 @@ class CrepePitchExtractor:
 
         torchcrepe = self._torchcrepe
         n_frames = expected_f0_frames(len(wav_16k))
-        audio = torch.as_tensor(np.asarray(wav_16k, dtype=np.float32))[None]
+        audio = torch.tensor(np.asarray(wav_16k, dtype=np.float32))[None]
         if torchcrepe.infer.capacity != self.capacity:  # another extractor in this process swapped it
             torchcrepe.load.model(self.device, self.capacity)
         f0, periodicity = torchcrepe.predict(
-            audio, 16000, HOP_16K, self.f0_min, self.f0_max, model=self.capacity,
-            batch_size=self.batch_size, device=self.device, return_periodicity=True,
+            audio,
+            16000,
+            HOP_16K,
+            self.f0_min,
+            self.f0_max,
+            model=self.capacity,
+            batch_size=self.batch_size,
+            device=self.device,
+            return_periodicity=True,
         )
         periodicity = torchcrepe.filter.median(periodicity, 3)
         f0 = torchcrepe.filter.mean(f0, 3)
@@ -199,11 +215,16 @@ class FcpePitchExtractor:
         import torch
 
         n_frames = expected_f0_frames(len(wav_16k))
-        audio = torch.as_tensor(np.asarray(wav_16k, dtype=np.float32), device=self.device)[None, :, None]
+        audio = torch.tensor(np.asarray(wav_16k, dtype=np.float32), device=self.device)[None, :, None]
         with torch.inference_mode():
             f0 = self.model.infer(
-                audio, sr=16000, decoder_mode="local_argmax", threshold=self.threshold,
-                f0_min=self.f0_min, f0_max=self.f0_max, interp_uv=False,
+                audio,
+                sr=16000,
+                decoder_mode="local_argmax",
+                threshold=self.threshold,
+                f0_min=self.f0_min,
+                f0_max=self.f0_max,
+                interp_uv=False,
             )
         out = _fit_length(f0.reshape(-1).float().cpu().numpy(), n_frames)
         return _clamp_range(out, self.f0_min, self.f0_max)

@@ -152,7 +152,9 @@ def _network_classes():  # noqa: C901 - a closed set of small nn.Modules, define
     class BiGRU(nn.Module):
         def __init__(self, input_features, hidden_features, num_layers):
             super().__init__()
-            self.gru = nn.GRU(input_features, hidden_features, num_layers=num_layers, batch_first=True, bidirectional=True)
+            self.gru = nn.GRU(
+                input_features, hidden_features, num_layers=num_layers, batch_first=True, bidirectional=True
+            )
 
         def forward(self, x):
             return self.gru(x)[0]
@@ -164,9 +166,7 @@ def _network_classes():  # noqa: C901 - a closed set of small nn.Modules, define
             super().__init__()
             self.unet = DeepUnet(kernel_size, n_blocks, en_de_layers, inter_layers, 1, en_out_channels)
             self.cnn = nn.Conv2d(en_out_channels, 3, (3, 3), padding=(1, 1))
-            self.fc = nn.Sequential(
-                BiGRU(3 * _N_MELS, 256, n_gru), nn.Linear(512, 360), nn.Dropout(0.25), nn.Sigmoid()
-            )
+            self.fc = nn.Sequential(BiGRU(3 * _N_MELS, 256, n_gru), nn.Linear(512, 360), nn.Dropout(0.25), nn.Sigmoid())
 
         def forward(self, mel):
             x = mel.transpose(-1, -2).unsqueeze(1)
@@ -229,9 +229,7 @@ def compute_rmvpe_log_mel(wav_16k: torch.Tensor) -> torch.Tensor:
         librosa.filters.mel(sr=16000, n_fft=_N_FFT, n_mels=_N_MELS, fmin=_MEL_FMIN, fmax=_MEL_FMAX, htk=True)
     ).to(wav_16k.device, torch.float32)
     window = torch.hann_window(_N_FFT, device=wav_16k.device)
-    spec = torch.stft(
-        wav_16k[None], _N_FFT, _HOP, _N_FFT, window=window, center=True, return_complex=True
-    ).abs()
+    spec = torch.stft(wav_16k[None], _N_FFT, _HOP, _N_FFT, window=window, center=True, return_complex=True).abs()
     return torch.log(torch.clamp(mel_basis @ spec, min=1e-5))
 
 
@@ -257,8 +255,9 @@ def compute_rmvpe_f0_from_salience(salience: np.ndarray, threshold: float = RMVP
 class RmvpePitchExtractor:
     """:class:`~rvc_ray.features.pitch.PitchExtractor` backed by RMVPE (a loaded or given network)."""
 
-    def __init__(self, network: torch.nn.Module, *, f0_min: float, f0_max: float, device: str = "cpu",
-                 description: str = "rmvpe"):
+    def __init__(
+        self, network: torch.nn.Module, *, f0_min: float, f0_max: float, device: str = "cpu", description: str = "rmvpe"
+    ):
         self.network = network.to(device).eval()
         self.device = device
         self.f0_min = f0_min
@@ -269,7 +268,7 @@ class RmvpePitchExtractor:
         """``[N]`` float32 at 16 kHz -> f0 ``[N//160 + 1]`` float32 Hz, 0 = unvoiced."""
         import torch
 
-        wav = torch.as_tensor(np.asarray(wav_16k, dtype=np.float32), device=self.device)
+        wav = torch.tensor(np.asarray(wav_16k, dtype=np.float32), device=self.device)
         with torch.inference_mode():
             mel = compute_rmvpe_log_mel(wav)
             n_frames = mel.shape[-1]

@@ -1,0 +1,451 @@
+"""Feature extraction on Ray Data: ``dataset/segments/*.parquet`` -> ``features/table/*.parquet``.
+
+Stages (class UDFs on ``ActorPoolStrategy`` actors, models loaded once per actor in ``__init__``;
+``num_gpus=features.gpus_per_actor`` when ``features.use_gpu``, ``features.cpus_per_actor`` CPUs otherwise;
+``features.batch_size`` rows per batch):
+
+1. read the segments (only ``segment_id, speaker_id, wav, wav_16k``), drop the ones already done, add
+   ``features.mute_rows_per_speaker`` mute rows per speaker (3 s of zeros, rvc-spec §4.2);
+2. :class:`~rvc_ray.features.stages.PitchStage`: F0 from ``wav_16k`` (mute rows: 0 Hz throughout);
+3. :class:`~rvc_ray.features.stages.ContentStage`: content features, x2 frame doubling, alignment;
+4. the driver streams the results (``iter_batches``) and writes shards of ``ROWS_PER_SHARD`` rows,
+   so a crashed run keeps every shard already written.
+
+Resumable: ``features/manifest.json`` is written first with the hash of everything the features depend
+on (:func:`compute_feature_config_hash`: extractor method and weights, encoder identity, sample rate,
+F0 range, format version). A rerun with the same hash skips segments already in the table; a different
+hash starts over (the old shards are removed). Failed segments are recorded (id, reason) in the result
+and manifest and retried on the next run. After each run the table is made to match the dataset
+exactly: splits are re-assigned (``features.validation_fraction`` may have changed) and rows of
+segments no longer in the dataset are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rvc_ray.features.split import assign_splits, mute_segment_id
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from rvc_ray.config import RunConfig
+    from rvc_ray.features.content import ContentEncoderInfo
+
+__all__ = ["FEATURE_FORMAT_VERSION", "ExtractResult", "compute_feature_config_hash", "run_extract"]
+
+log = logging.getLogger(__name__)
+
+FEATURE_FORMAT_VERSION = 1
+ROWS_PER_SHARD = 64
+MUTE_SECONDS = 3.0
+_INPUT_COLUMNS = ["segment_id", "speaker_id", "wav", "wav_16k"]
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    output_dir: Path
+    num_segments: int  # rows in the table after this run (segments + mute rows)
+    num_failed: int
+    failures: tuple[tuple[str, str], ...]  # (segment_id, reason)
+    num_train: int
+    num_val: int
+    num_mute: int
+    num_extracted: int  # rows computed in this run
+    num_skipped: int  # rows reused from an earlier run with the same config hash
+    throughput: dict[str, float] = field(default_factory=dict)  # stage -> audio-s per wall-s
+    wall_seconds: float = 0.0
+    content_encoder: str = ""
+    learned_content: bool = True
+    f0_method: str = ""
+    config_hash: str = ""
+
+
+def _pitch_identity(cfg: RunConfig) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    method = cfg.features.f0_method
+    if method == "rmvpe":
+        path = cfg.features.rmvpe_path
+        if path is None or not Path(path).is_file():
+            raise FileNotFoundError(
+                f"features.f0_method=rmvpe needs a local rmvpe.pt in features.rmvpe_path (got {path}); "
+                "or choose fcpe / crepe-tiny / crepe, whose weights ship with their packages"
+            )
+        stat = Path(path).stat()
+        return f"rmvpe:{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    package = "torchfcpe" if method == "fcpe" else "torchcrepe"
+    try:
+        return f"{method}:{package}={version(package)}"
+    except PackageNotFoundError:
+        return f"{method}:{package}=unknown"
+
+
+def compute_feature_config_hash(cfg: RunConfig, encoder: ContentEncoderInfo) -> str:
+    """Hash of everything a segment's features depend on (not the split, not the mute count)."""
+    f = cfg.features
+    relevant = {
+        "format": FEATURE_FORMAT_VERSION,
+        "pitch": _pitch_identity(cfg),
+        "f0_range": [f.f0_min_hz, f.f0_max_hz],
+        "crepe_threshold": f.crepe_periodicity_threshold,
+        "encoder": encoder.identity,
+        "version": cfg.model.version,
+        "content_dim": cfg.model.content_dim,
+        "sample_rate": cfg.audio.sample_rate,
+        "hop_length": cfg.audio.hop_length,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _segment_files(dataset_dir: Path) -> list[Path]:
+    files = sorted((Path(dataset_dir) / "segments").glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"{Path(dataset_dir) / 'segments'}: no part-*.parquet segment files; run `rvc-ray preprocess` first"
+        )
+    return files
+
+
+def _read_segment_index(files: list[Path]) -> list[tuple[str, int]]:
+    import pyarrow.parquet as pq
+
+    rows: list[tuple[str, int]] = []
+    for file in files:
+        table = pq.read_table(file, columns=["segment_id", "speaker_id"])
+        rows.extend(zip(table.column("segment_id").to_pylist(), table.column("speaker_id").to_pylist(), strict=True))
+    seen: set[str] = set()
+    dupes = [sid for sid, _ in rows if sid in seen or seen.add(sid)]
+    if dupes:
+        raise ValueError(f"dataset segments contain duplicate segment_id values, e.g. {dupes[:5]}")
+    return rows
+
+
+def _table_parts(table_dir: Path) -> list[Path]:
+    return sorted(table_dir.glob("part-*.parquet"))
+
+
+def _prepare_resume(output_dir: Path, config_hash: str) -> set[str]:
+    """Segment ids already extracted with ``config_hash``; removes a table made with another hash."""
+    import pyarrow.parquet as pq
+
+    table_dir = output_dir / "table"
+    manifest = output_dir / "manifest.json"
+    previous = json.loads(manifest.read_text()).get("config_hash") if manifest.is_file() else None
+    parts = _table_parts(table_dir)
+    if parts and previous != config_hash:
+        log.warning(
+            "extract: feature config changed (%s -> %s); removing %d old shards", previous, config_hash, len(parts)
+        )
+        shutil.rmtree(table_dir)
+        return set()
+    done: set[str] = set()
+    for part in parts:
+        done.update(pq.read_table(part, columns=["segment_id"]).column("segment_id").to_pylist())
+    return done
+
+
+def _mute_table(cfg: RunConfig, speakers: list[int], done: set[str]) -> pa.Table:
+    import pyarrow as pa
+
+    ids, spk = [], []
+    for speaker in speakers:
+        for k in range(cfg.features.mute_rows_per_speaker):
+            if mute_segment_id(speaker, k) not in done:
+                ids.append(mute_segment_id(speaker, k))
+                spk.append(speaker)
+    n_wav, n_16k = int(MUTE_SECONDS * cfg.audio.sample_rate), int(MUTE_SECONDS * 16000)
+    return pa.table(
+        {
+            "segment_id": pa.array(ids, pa.string()),
+            "speaker_id": pa.array(spk, pa.int32()),
+            "wav": pa.array([np.zeros(n_wav, np.float32)] * len(ids), pa.list_(pa.float32())),
+            "wav_16k": pa.array([np.zeros(n_16k, np.float32)] * len(ids), pa.list_(pa.float32())),
+            "is_mute": pa.array([True] * len(ids), pa.bool_()),
+        }
+    )
+
+
+def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
+    """Map stage: drop segments already extracted, cast types, mark rows as not mute."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if done:
+        batch = batch.filter(pc.invert(pc.is_in(batch.column("segment_id"), pa.array(sorted(done)))))
+    return pa.table(
+        {
+            "segment_id": batch.column("segment_id").cast(pa.string()),
+            "speaker_id": batch.column("speaker_id").cast(pa.int32()),
+            "wav": batch.column("wav").cast(pa.list_(pa.float32())),
+            "wav_16k": batch.column("wav_16k").cast(pa.list_(pa.float32())),
+            "is_mute": pa.array([False] * batch.num_rows, pa.bool_()),
+        }
+    )
+
+
+def _build_dataset(cfg: RunConfig, files: list[Path], done: set[str], mute: pa.Table):
+    import ray
+
+    from rvc_ray.features.stages import ContentStage, PitchStage
+
+    f = cfg.features
+    raw = cfg.model_dump(mode="json")
+    device = "cuda" if f.use_gpu else "cpu"
+    actor = {"num_cpus": f.cpus_per_actor, "num_gpus": f.gpus_per_actor if f.use_gpu else 0}
+    ds = ray.data.read_parquet([str(p) for p in files], columns=_INPUT_COLUMNS)
+    ds = ds.map_batches(
+        _skip_done,
+        fn_kwargs={"done": frozenset(done)},
+        batch_format="pyarrow",
+        num_cpus=0.25,
+        batch_size=f.batch_size,
+        compute=ray.data.TaskPoolStrategy(size=2),
+    )
+    if mute.num_rows:
+        ds = ds.union(ray.data.from_arrow(mute))
+    common = {
+        "batch_format": "pyarrow",
+        "batch_size": f.batch_size,
+        "compute": ray.data.ActorPoolStrategy(size=f.num_actors),
+    }
+    ds = ds.map_batches(PitchStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **actor)
+    return ds.map_batches(ContentStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **actor)
+
+
+def _write_shard(table: pa.Table, table_dir: Path, run_tag: str, index: int) -> Path:
+    import pyarrow.parquet as pq
+
+    table_dir.mkdir(parents=True, exist_ok=True)
+    path = table_dir / f"part-{run_tag}-{index:05d}.parquet"
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+_TABLE_COLUMNS = [
+    "segment_id",
+    "speaker_id",
+    "split",
+    "is_mute",
+    "num_frames",
+    "content_dim",
+    "content",
+    "f0_hz",
+    "pitch_bins",
+    "wav",
+    "wav_16k",
+]
+
+
+def _with_split(table: pa.Table, splits: dict[str, str]) -> pa.Table:
+    import pyarrow as pa
+
+    ids = table.column("segment_id").to_pylist()
+    mute = table.column("is_mute").to_pylist()
+    split = pa.array(["train" if m else splits.get(s, "train") for s, m in zip(ids, mute, strict=True)], pa.string())
+    if "split" in table.column_names:
+        table = table.drop_columns(["split"])
+    return table.append_column("split", split).select(_TABLE_COLUMNS)
+
+
+def _stream_and_write(ds, table_dir: Path, splits: dict[str, str], total: int) -> dict[str, Any]:
+    import pyarrow as pa
+
+    run_tag = uuid.uuid4().hex[:8]
+    stats = {"failures": [], "written": 0, "audio_s": 0.0, "pitch_s": 0.0, "content_s": 0.0, "shards": 0}
+    pending: list[pa.Table] = []
+    buffered = 0
+    start = time.perf_counter()
+
+    def flush():
+        nonlocal pending, buffered
+        if pending:
+            _write_shard(_with_split(pa.concat_tables(pending), splits), table_dir, run_tag, stats["shards"])
+            stats["shards"] += 1
+            pending, buffered = [], 0
+
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        if batch.num_rows == 0:
+            continue
+        errors = batch.column("error").to_pylist()
+        ids = batch.column("segment_id").to_pylist()
+        stats["failures"].extend((sid, err) for sid, err in zip(ids, errors, strict=True) if err is not None)
+        stats["pitch_s"] += float(np.sum(batch.column("pitch_seconds").to_numpy()))
+        stats["content_s"] += float(np.sum(batch.column("content_seconds").to_numpy()))
+        ok = batch.filter(batch.column("error").is_null())
+        stats["audio_s"] += float(np.sum(ok.column("num_frames").to_numpy())) / 100.0
+        pending.append(ok.drop_columns(["error", "pitch_seconds", "content_seconds"]))
+        buffered += ok.num_rows
+        stats["written"] += ok.num_rows
+        if buffered >= ROWS_PER_SHARD:
+            flush()
+        done = stats["written"] + len(stats["failures"])
+        elapsed = time.perf_counter() - start
+        log.info(
+            "extract: %d/%d rows (%d failed), %.1f audio-s/s",
+            done,
+            total,
+            len(stats["failures"]),
+            stats["audio_s"] / max(elapsed, 1e-9),
+        )
+    flush()
+    return stats
+
+
+def _reconcile_table(table_dir: Path, validation_fraction: float, expected: set[str]) -> dict[str, int]:
+    """Assign splits over the rows present and drop rows not in the dataset any more; returns row counts.
+
+    Splitting over the rows actually extracted (not the dataset) keeps the per-speaker guarantees of
+    :func:`~rvc_ray.features.split.assign_splits` when some segments failed.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    present: list[tuple[str, int]] = []
+    for part in _table_parts(table_dir):
+        meta = pq.read_table(part, columns=["segment_id", "speaker_id", "is_mute"])
+        for sid, spk, mute in zip(*(meta.column(c).to_pylist() for c in meta.column_names), strict=True):
+            if sid in expected and not mute:
+                present.append((sid, spk))
+    splits = assign_splits(present, validation_fraction)
+    counts = {"rows": 0, "train": 0, "val": 0, "mute": 0}
+    for part in _table_parts(table_dir):
+        table = pq.read_table(part)
+        mask = [sid in expected for sid in table.column("segment_id").to_pylist()]
+        fixed = _with_split(table.filter(pa.array(mask, pa.bool_())), splits)
+        if fixed.num_rows != table.num_rows or fixed.column("split").to_pylist() != table.column("split").to_pylist():
+            log.info(
+                "extract: updating %s (%d -> %d rows, splits re-assigned)", part.name, table.num_rows, fixed.num_rows
+            )
+            if fixed.num_rows:
+                tmp = part.with_suffix(".tmp")
+                pq.write_table(fixed, tmp)
+                tmp.replace(part)
+            else:
+                part.unlink()
+        split = fixed.column("split").to_pylist()
+        counts["rows"] += fixed.num_rows
+        counts["train"] += split.count("train")
+        counts["val"] += split.count("val")
+        counts["mute"] += sum(fixed.column("is_mute").to_pylist())
+    return counts
+
+
+def _write_manifest(output_dir: Path, payload: dict[str, Any]) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(output_dir / "manifest.json")
+
+
+def run_extract(cfg: RunConfig, dataset_dir: Path, output_dir: Path) -> ExtractResult:
+    """Extract F0 and content features for every segment of ``dataset_dir`` into ``output_dir``.
+
+    Raises:
+        FileNotFoundError: no segments, or configured weights missing (named).
+    """
+    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.features.content import describe_content_encoder
+
+    start = time.perf_counter()
+    output_dir, table_dir = Path(output_dir), Path(output_dir) / "table"
+    files = _segment_files(Path(dataset_dir))
+    segments = _read_segment_index(files)
+    speakers = sorted({spk for _, spk in segments})
+    splits = assign_splits(segments, cfg.features.validation_fraction)
+    expected = {sid for sid, _ in segments} | {
+        mute_segment_id(s, k) for s in speakers for k in range(cfg.features.mute_rows_per_speaker)
+    }
+    encoder = describe_content_encoder(cfg.features, cfg.model)
+    config_hash = compute_feature_config_hash(cfg, encoder)
+    if not encoder.learned_content:
+        log.warning("extract: %s", encoder.description)
+    done = _prepare_resume(output_dir, config_hash) & expected
+    manifest: dict[str, Any] = {
+        "status": "running",
+        "config_hash": config_hash,
+        "feature_format_version": FEATURE_FORMAT_VERSION,
+        "f0_method": cfg.features.f0_method,
+        "pitch_extractor": _pitch_identity(cfg),
+        "content_encoder": encoder.to_json(),
+        "sample_rate": cfg.audio.sample_rate,
+        "hop_length": cfg.audio.hop_length,
+        "content_dim": cfg.model.content_dim,
+        "validation_fraction": cfg.features.validation_fraction,
+        "mute_rows_per_speaker": cfg.features.mute_rows_per_speaker,
+        "dataset_dir": str(Path(dataset_dir).resolve()),
+        "config": cfg.model_dump(mode="json"),
+    }
+    _write_manifest(output_dir, manifest)
+    mute = _mute_table(cfg, speakers, done)
+    todo = len([s for s, _ in segments if s not in done]) + mute.num_rows
+    stats = {"failures": [], "written": 0, "audio_s": 0.0, "pitch_s": 0.0, "content_s": 0.0}
+    if todo:
+        ensure_ray()
+        log.info(
+            "extract: %d rows to compute, %d reused (f0=%s, encoder=%s)",
+            todo,
+            len(done),
+            cfg.features.f0_method,
+            encoder.description,
+        )
+        stats = _stream_and_write(_build_dataset(cfg, files, done, mute), table_dir, splits, todo)
+    counts = _reconcile_table(table_dir, cfg.features.validation_fraction, expected)
+    wall = time.perf_counter() - start
+    actors = cfg.features.num_actors
+    throughput = {
+        "pitch": stats["audio_s"] / max(stats["pitch_s"] / actors, 1e-9) if stats["pitch_s"] else 0.0,
+        "content": stats["audio_s"] / max(stats["content_s"] / actors, 1e-9) if stats["content_s"] else 0.0,
+        "end_to_end": stats["audio_s"] / wall,
+    }
+    failures = tuple(sorted(stats["failures"]))
+    result = ExtractResult(
+        output_dir=output_dir,
+        num_segments=counts["rows"],
+        num_failed=len(failures),
+        failures=failures,
+        num_train=counts["train"],
+        num_val=counts["val"],
+        num_mute=counts["mute"],
+        num_extracted=stats["written"],
+        num_skipped=len(done),
+        throughput=throughput,
+        wall_seconds=wall,
+        content_encoder=encoder.description,
+        learned_content=encoder.learned_content,
+        f0_method=cfg.features.f0_method,
+        config_hash=config_hash,
+    )
+    manifest.update(
+        status="complete",
+        counts=counts,
+        failures=[list(f) for f in failures],
+        throughput_audio_s_per_s=throughput,
+        wall_seconds=wall,
+        num_extracted=stats["written"],
+        num_skipped=len(done),
+    )
+    _write_manifest(output_dir, manifest)
+    log.info(
+        "extract: done, %d rows (%d train, %d val, %d mute), %d failed, %.1f s; throughput %s",
+        counts["rows"],
+        counts["train"],
+        counts["val"],
+        counts["mute"],
+        len(failures),
+        wall,
+        {k: round(v, 2) for k, v in throughput.items()},
+    )
+    return result
