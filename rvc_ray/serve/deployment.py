@@ -69,6 +69,7 @@ class VoiceConverter:
         torch.set_num_threads(max(1, int(self.settings.cpus_per_replica)))
         self.analysis = AnalysisModels(FeatureConfig.model_validate(self.settings.features), self.device)
         self._voice_bytes: dict[str, int] = {}
+        self._load_counts: dict[str, int] = {}
 
         async def load_voice(voice_id: str) -> Any:
             return await self._load_voice(voice_id)
@@ -123,6 +124,7 @@ class VoiceConverter:
             ),
         )
         self._voice_bytes[voice_id] = pipeline.memory_bytes()
+        self._load_counts[voice_id] = self._load_counts.get(voice_id, 0) + 1
         logger.info("loaded voice %r (%.1f MB)", voice_id, self._voice_bytes[voice_id] / _MB)
         return pipeline
 
@@ -134,9 +136,12 @@ class VoiceConverter:
         result = await loop.run_in_executor(None, pipeline.convert, wav_16k, parsed)
         return {"wav": result.wav, "sample_rate": result.sample_rate, "report": asdict(result.report)}
 
-    async def loaded_voices(self) -> dict[str, int]:
-        """Voice id -> measured bytes, for the voices loaded on this replica (LRU order)."""
-        return {v: self._voice_bytes.get(v, 0) for v in self._loaded_ids()}
+    async def replica_stats(self) -> dict[str, Any]:
+        """This replica's voices: ``loaded`` (id -> measured bytes, LRU order) and ``loads`` (id -> load count)."""
+        return {
+            "loaded": {v: self._voice_bytes.get(v, 0) for v in self._loaded_ids()},
+            "loads": dict(self._load_counts),
+        }
 
     def check_health(self) -> None:
         if not self.registry.voices_dir.is_dir():

@@ -145,3 +145,33 @@ def test_settings_come_from_the_run_config(voices_dir, tmp_path):
     )
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 3
     assert scaled["ray_actor_options"]["num_gpus"] == 0.5
+
+
+def test_memory_cap_evicts_least_recently_used_voices(voices_dir):
+    """VoiceConverter._make_room evicts through Serve's multiplex wrapper until the new voice fits."""
+    import asyncio
+    from collections import OrderedDict
+
+    from rvc_ray.serve.deployment import VoiceConverter
+    from rvc_ray.serve.schemas import ServeSettings
+
+    class _Wrapper:  # the part of serve.multiplex._ModelMultiplexWrapper that _make_room uses
+        def __init__(self):
+            self.models = OrderedDict((v, object()) for v in ("a", "b", "c"))
+
+        async def unload_model_lru(self):
+            self.models.popitem(last=False)
+
+    async def load_voice(voice_id):
+        return voice_id
+
+    converter = VoiceConverter.func_or_class.__new__(VoiceConverter.func_or_class)
+    converter.settings = ServeSettings(voices_dir=voices_dir, features={}, max_voice_memory_mb=10)
+    converter._voice_bytes = {"a": 4 * 2**20, "b": 3 * 2**20, "c": 2 * 2**20}
+    converter._load_fn = load_voice
+    wrapper = _Wrapper()
+    setattr(load_voice, "__serve_multiplex_wrapper", wrapper)
+    asyncio.run(converter._make_room(3 * 2**20))  # 9 MB loaded + 3 MB > 10 MB: "a" (LRU) must go
+    assert list(wrapper.models) == ["b", "c"] and "a" not in converter._voice_bytes
+    asyncio.run(converter._make_room(9 * 2**20))
+    assert list(wrapper.models) == []
