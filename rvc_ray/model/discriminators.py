@@ -6,6 +6,7 @@ periods ``(2, 3, 5, 7, 11, 17)`` give the v1 one. Keys: ``discriminators.{0..P}.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -32,8 +33,9 @@ def _norm(module: nn.Module, use_spectral_norm: bool) -> nn.Module:
 class ScaleDiscriminator(nn.Module):
     """RVC ``DiscriminatorS``: grouped strided Conv1d stack on the raw waveform."""
 
-    def __init__(self, use_spectral_norm: bool = False) -> None:
+    def __init__(self, use_spectral_norm: bool = False, channel_divisor: int = 1) -> None:
         super().__init__()
+        d = channel_divisor
         specs = [
             (1, 16, 15, 1, 1, 7),
             (16, 64, 41, 4, 4, 20),
@@ -42,10 +44,12 @@ class ScaleDiscriminator(nn.Module):
             (1024, 1024, 41, 4, 256, 20),
             (1024, 1024, 5, 1, 1, 2),
         ]
+        specs = [(max(1, i // d) if i > 1 else 1, o // d, k, s, g, p) for i, o, k, s, g, p in specs]
         self.convs = nn.ModuleList(
-            _norm(nn.Conv1d(i, o, k, s, groups=g, padding=p), use_spectral_norm) for i, o, k, s, g, p in specs
+            _norm(nn.Conv1d(i, o, k, s, groups=math.gcd(g, i, o), padding=p), use_spectral_norm)
+            for i, o, k, s, g, p in specs
         )
-        self.conv_post = _norm(nn.Conv1d(1024, 1, 3, 1, padding=1), use_spectral_norm)
+        self.conv_post = _norm(nn.Conv1d(1024 // d, 1, 3, 1, padding=1), use_spectral_norm)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """x [B, 1, T] -> (logits [B, N], 7 feature maps)."""
@@ -61,15 +65,24 @@ class ScaleDiscriminator(nn.Module):
 class PeriodDiscriminator(nn.Module):
     """RVC ``DiscriminatorP(period)``: the waveform folded to [B, 1, T/p, p], Conv2d (5, 1) stack."""
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False) -> None:
+    def __init__(
+        self,
+        period: int,
+        kernel_size: int = 5,
+        stride: int = 3,
+        use_spectral_norm: bool = False,
+        channel_divisor: int = 1,
+    ) -> None:
         super().__init__()
         self.period = period
         pad = (get_padding(kernel_size, 1), 0)
-        chans = [(1, 32, stride), (32, 128, stride), (128, 512, stride), (512, 1024, stride), (1024, 1024, 1)]
+        d = channel_divisor
+        chans = [(1, 32 // d, stride), (32 // d, 128 // d, stride), (128 // d, 512 // d, stride)]
+        chans += [(512 // d, 1024 // d, stride), (1024 // d, 1024 // d, 1)]
         self.convs = nn.ModuleList(
             _norm(nn.Conv2d(i, o, (kernel_size, 1), (s, 1), padding=pad), use_spectral_norm) for i, o, s in chans
         )
-        self.conv_post = _norm(nn.Conv2d(1024, 1, (3, 1), 1, padding=(1, 0)), use_spectral_norm)
+        self.conv_post = _norm(nn.Conv2d(1024 // d, 1, (3, 1), 1, padding=(1, 0)), use_spectral_norm)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """x [B, 1, T] -> (logits [B, N], 6 feature maps)."""
@@ -91,12 +104,23 @@ class PeriodDiscriminator(nn.Module):
 class MultiPeriodDiscriminator(nn.Module):
     """Scale discriminator + one period discriminator per period, evaluated on real and fake together."""
 
-    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11, 17, 23, 37), use_spectral_norm: bool = False):
+    def __init__(
+        self,
+        periods: Sequence[int] = (2, 3, 5, 7, 11, 17, 23, 37),
+        use_spectral_norm: bool = False,
+        channel_divisor: int = 1,
+    ) -> None:
+        """``channel_divisor`` > 1 divides every width (1, 2, 4, 8 or 16): small test models only, not RVC-compatible."""
         super().__init__()
+        if channel_divisor not in (1, 2, 4, 8, 16):
+            raise ValueError(f"channel_divisor must be one of 1, 2, 4, 8, 16, got {channel_divisor}")
         self.periods = tuple(periods)
         self.discriminators = nn.ModuleList(
-            [ScaleDiscriminator(use_spectral_norm)]
-            + [PeriodDiscriminator(p, use_spectral_norm=use_spectral_norm) for p in self.periods]
+            [ScaleDiscriminator(use_spectral_norm, channel_divisor)]
+            + [
+                PeriodDiscriminator(p, use_spectral_norm=use_spectral_norm, channel_divisor=channel_divisor)
+                for p in self.periods
+            ]
         )
 
     def forward(self, wav_real: Tensor, wav_fake: Tensor) -> DiscriminatorOutput:
