@@ -235,11 +235,17 @@ def build_torch_trainer(
     )
 
 
-def fit(cfg: RunConfig, features_dir: Path, index_path: Path | None = None) -> TrainResult:
+def fit(
+    cfg: RunConfig,
+    features_dir: Path,
+    index_path: Path | None = None,
+    *,
+    failure_injection: FailureInjection | None = None,
+) -> TrainResult:
     """Train (or resume) the voice of ``cfg`` on the cluster; outputs go to the run's :class:`RunLayout`.
 
     Resuming: run it again with the same ``experiment`` (name and work dir): it continues at the epoch
-    after the last saved one.
+    after the last saved one. ``failure_injection`` is a test hook (see :class:`FailureInjection`).
     """
     from rvc_ray.cluster import ensure_ray
     from rvc_ray.layout import RunLayout
@@ -255,6 +261,7 @@ def fit(cfg: RunConfig, features_dir: Path, index_path: Path | None = None) -> T
         tensorboard_dir=layout.tensorboard_dir,
         metrics_path=layout.metrics_path,
         voices_dir=layout.voices_dir,
+        failure_injection=failure_injection,
     )
     ensure_ray()
     return train_result_from(trainer.fit(), cfg, run_dir=storage.resolve() / cfg.experiment.name, layout=layout)
