@@ -176,13 +176,17 @@ def _network_classes():  # noqa: C901 - a closed set of small nn.Modules, define
     return RmvpeNetwork
 
 
-def build_rmvpe_network() -> torch.nn.Module:
-    """A randomly initialised RMVPE network in eval mode (``E2E(4, 1, (2, 2))``)."""
-    return _network_classes()().eval()
+def build_rmvpe_network(**sizes: int) -> torch.nn.Module:
+    """A randomly initialised RMVPE network in eval mode: ``E2E(4, 1, (2, 2))`` (90.4 M parameters).
+
+    ``sizes`` (``n_blocks``, ``inter_layers``, ``en_de_layers``, ``en_out_channels``) shrink it for tests only;
+    ``rmvpe.pt`` needs the defaults.
+    """
+    return _network_classes()(**sizes).eval()
 
 
-def load_rmvpe_network(path: Path, device: str = "cpu") -> torch.nn.Module:
-    """Load ``rmvpe.pt`` (a plain state dict) into the network, strictly.
+def load_rmvpe_network(path: Path, device: str = "cpu", network: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Load ``rmvpe.pt`` (a plain state dict, fp16 or fp32) into ``network`` (default: the full E2E), strictly.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -201,7 +205,7 @@ def load_rmvpe_network(path: Path, device: str = "cpu") -> torch.nn.Module:
         state = state["model"]
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (mapping of tensor names), got {type(state).__name__}")
-    net = build_rmvpe_network()
+    net = network if network is not None else build_rmvpe_network()
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -1,0 +1,215 @@
+"""Content encoders: the random one, HF-directory and fairseq checkpoints (same outputs), clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rvc_ray.features.content import (
+    build_content_encoder,
+    convert_hf_to_fairseq_state,
+    expected_content_frames,
+)
+
+# A tiny fairseq conv front end with the real kernels/strides (400-sample field, stride 320).
+_CONV = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2
+
+
+@pytest.fixture(scope="module")
+def saved_encoder(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random HubertWithFinalProj saved as an HF directory and as a fairseq checkpoint."""
+    import torch
+
+    from rvc_ray.features.content import _build_random_network
+
+    net = _build_random_network("tiny", 64, 256, seed=7)
+    root = tmp_path_factory.mktemp("encoders")
+    hf_dir = root / "contentvec_hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(net.config.to_json_string())
+    torch.save(net.state_dict(), hf_dir / "pytorch_model.bin")
+    fairseq_state = convert_hf_to_fairseq_state(net.state_dict())
+    fairseq_state["label_embs_concat"] = torch.zeros(504, 256)  # training-only tensor real files carry
+    model_cfg = {
+        "encoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_embed_dim": 128,
+        "conv_feature_layers": str(_CONV),
+        "conv_pos": 16,
+        "conv_pos_groups": 2,
+        "final_dim": 256,
+    }
+    fairseq_path = root / "hubert_base.pt"
+    torch.save({"args": None, "cfg": {"model": model_cfg}, "model": fairseq_state}, fairseq_path)
+    return net, hf_dir, fairseq_path
+
+
+def _wav(seconds: float = 1.0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(0).standard_normal(int(16000 * seconds))).astype(np.float32)
+
+
+def test_random_tiny_encoder_shapes_and_no_content_label(tiny_cfg) -> None:
+    encoder = build_content_encoder(tiny_cfg.features, tiny_cfg.model)
+    feats = encoder.encode(_wav(1.0))
+    assert feats.shape == (expected_content_frames(16000), 64) == (49, 64)
+    assert feats.dtype == np.float32 and np.isfinite(feats).all()
+    assert encoder.learned_content is False and "NO learned content" in encoder.description
+    assert encoder.encode(np.zeros(399, np.float32)).shape == (0, 64)  # shorter than one frame
+
+
+def test_random_encoder_is_the_same_in_every_build(tiny_cfg) -> None:
+    import torch
+
+    torch.manual_seed(99)  # the global RNG must not matter
+    a = build_content_encoder(tiny_cfg.features, tiny_cfg.model).encode(_wav(0.5))
+    torch.manual_seed(5)
+    b = build_content_encoder(tiny_cfg.features, tiny_cfg.model).encode(_wav(0.5))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_hf_dir_and_fairseq_checkpoint_give_identical_outputs(saved_encoder, tiny_cfg) -> None:
+    net, hf_dir, fairseq_path = saved_encoder
+    wav = _wav(0.7)
+    outputs = {}
+    for fmt, path in (("hf", hf_dir), ("fairseq", fairseq_path), ("auto", hf_dir), ("auto", fairseq_path)):
+        features = tiny_cfg.features.model_copy(update={"content_encoder_path": path, "content_encoder_format": fmt})
+        encoder = build_content_encoder(features, tiny_cfg.model)
+        assert encoder.learned_content and encoder.output_dim == 64
+        outputs[(fmt, path.name)] = encoder.encode(wav)
+    reference = outputs[("hf", hf_dir.name)]
+    assert reference.shape == (expected_content_frames(len(wav)), 64)
+    for key, value in outputs.items():
+        np.testing.assert_array_equal(value, reference, err_msg=str(key))
+    import torch
+
+    with torch.no_grad():
+        direct = net(torch.from_numpy(wav)[None]).last_hidden_state[0].numpy()
+    np.testing.assert_allclose(reference, direct, rtol=0, atol=1e-6)
+
+
+def test_v1_uses_final_proj(saved_encoder, tiny_cfg) -> None:
+    _, hf_dir, fairseq_path = saved_encoder
+    model = tiny_cfg.model.model_copy(update={"version": "v1", "content_dim": 256})
+    outs = []
+    for path in (hf_dir, fairseq_path):
+        features = tiny_cfg.features.model_copy(update={"content_encoder_path": path})
+        outs.append(build_content_encoder(features, model).encode(_wav(0.5)))
+    assert outs[0].shape[1] == 256
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_wrong_content_dim_is_named(saved_encoder, tiny_cfg) -> None:
+    _, hf_dir, _ = saved_encoder
+    features = tiny_cfg.features.model_copy(update={"content_encoder_path": hf_dir})
+    model = tiny_cfg.model.model_copy(update={"content_dim": 768})
+    with pytest.raises(ValueError, match=r"gives 64-d v2 features .* model.content_dim is 768"):
+        build_content_encoder(features, model)
+
+
+def test_wrong_shape_and_corrupt_checkpoints_name_the_file_and_mismatch(saved_encoder, tiny_cfg, tmp_path: Path):
+    import shutil
+
+    import torch
+
+    net, hf_dir, fairseq_path = saved_encoder
+    # HF dir whose weights do not fit its config.json
+    bad_dir = tmp_path / "bad_hf"
+    shutil.copytree(hf_dir, bad_dir)
+    state = dict(net.state_dict())
+    state["encoder.layers.0.feed_forward.intermediate_dense.weight"] = torch.zeros(100, 64)
+    torch.save(state, bad_dir / "pytorch_model.bin")
+    features = tiny_cfg.features.model_copy(update={"content_encoder_path": bad_dir})
+    with pytest.raises(
+        ValueError, match=r"pytorch_model\.bin.*intermediate_dense\.weight: file \(100, 64\) vs model \(128, 64\)"
+    ):
+        build_content_encoder(features, tiny_cfg.model)
+    # corrupt weights file
+    (bad_dir / "pytorch_model.bin").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=r"bad_hf/pytorch_model\.bin: cannot be read"):
+        build_content_encoder(features, tiny_cfg.model)
+    # fairseq file with a foreign key and a corrupt one
+    ckpt = torch.load(fairseq_path, weights_only=True)
+    ckpt["model"]["decoder.weight"] = torch.zeros(2)
+    torch.save(ckpt, tmp_path / "extra.pt")
+    features = tiny_cfg.features.model_copy(update={"content_encoder_path": tmp_path / "extra.pt"})
+    with pytest.raises(ValueError, match=r"extra\.pt.*decoder\.weight"):
+        build_content_encoder(features, tiny_cfg.model)
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 broken zip")
+    features = tiny_cfg.features.model_copy(update={"content_encoder_path": tmp_path / "corrupt.pt"})
+    with pytest.raises(ValueError, match=r"corrupt\.pt: cannot be read as a fairseq HuBERT checkpoint"):
+        build_content_encoder(features, tiny_cfg.model)
+    features = tiny_cfg.features.model_copy(update={"content_encoder_path": tmp_path / "nope.pt"})
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        build_content_encoder(features, tiny_cfg.model)
+
+
+# --------------------------------------------------------------------------- alignment and split (pure)
+
+
+def test_alignment_frame_doubles_and_trims_every_stream_to_one_length() -> None:
+    from rvc_ray.features.stages import align_feature_streams
+
+    n16 = 16000 + 160 * 3 + 37  # 1.03 s + a bit
+    t50 = expected_content_frames(n16)
+    content = np.arange(t50 * 3, dtype=np.float32).reshape(t50, 3)
+    f0 = np.full(n16 // 160 + 1, 200.0, np.float32)
+    sr, hop = 40000, 400
+    wav = np.zeros(int(n16 * sr / 16000), np.float32)
+    row = align_feature_streams(
+        wav=wav,
+        wav_16k=np.zeros(n16, np.float32),
+        f0_hz=f0,
+        content_50hz=content,
+        hop_length=hop,
+        sample_rate=sr,
+        f0_min=50.0,
+        f0_max=1100.0,
+    )
+    frames = min(2 * t50, len(f0), len(wav) // hop)
+    assert row["num_frames"] == frames
+    assert row["content"].shape == (frames, 3) and row["f0_hz"].shape == row["pitch_bins"].shape == (frames,)
+    assert len(row["wav"]) == frames * hop and len(row["wav_16k"]) == frames * 160
+    np.testing.assert_array_equal(row["content"][0], row["content"][1])  # x2 duplication, as RVC
+    np.testing.assert_array_equal(row["content"][::2], content[: (frames + 1) // 2])
+    assert set(row["pitch_bins"].tolist()) == {54}
+
+
+@pytest.mark.parametrize(
+    ("content", "f0", "match"),
+    [
+        (np.zeros((0, 3), np.float32), np.ones(10, np.float32), "empty content"),
+        (np.full((4, 3), np.nan, np.float32), np.ones(10, np.float32), "NaN"),
+        (np.ones((4, 3), np.float32), np.array([np.nan] * 10, np.float32), "F0 track contains NaN"),
+    ],
+)
+def test_alignment_rejects_empty_or_nan_features(content, f0, match) -> None:
+    from rvc_ray.features.stages import FeatureRowError, align_feature_streams
+
+    with pytest.raises(FeatureRowError, match=match):
+        align_feature_streams(
+            wav=np.zeros(1600, np.float32),
+            wav_16k=np.zeros(1600, np.float32),
+            f0_hz=f0,
+            content_50hz=content,
+            hop_length=160,
+            sample_rate=16000,
+            f0_min=50.0,
+            f0_max=1100.0,
+        )
+
+
+def test_split_is_deterministic_with_per_speaker_guarantees() -> None:
+    from rvc_ray.features.split import assign_splits
+
+    rows = [(f"{spk}_{i:05d}_0000", spk) for spk in range(3) for i in range(20)] + [("3_00000_0000", 3)]
+    a = assign_splits(rows, 0.1)
+    assert a == assign_splits(list(reversed(rows)), 0.1)
+    for spk in range(3):
+        values = [a[sid] for sid, s in rows if s == spk]
+        assert "val" in values and "train" in values
+    assert a["3_00000_0000"] == "train"  # a single-segment speaker keeps its segment for training
+    assert set(assign_splits(rows, 0.0).values()) == {"train"}
+    tiny = assign_splits([("a", 0), ("b", 0)], 0.99)
+    assert sorted(tiny.values()) == ["train", "val"]
