@@ -118,3 +118,18 @@ def test_mel_image_is_normalised_and_flipped() -> None:
     image = mel_to_image(np.array([[0.0, 1.0], [2.0, 4.0]]))
     assert image.min() == 0.0 and image.max() == 1.0
     assert image[0, 1] == 1.0
+
+
+def test_cluster_yaml_is_a_valid_launcher_config() -> None:
+    import copy
+
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    root = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((root / "cluster.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)
+    gpu = raw["available_node_types"]["gpu_worker"]["resources"]
+    assert all(isinstance(v, int) for node in raw["available_node_types"].values() for v in node["resources"].values())
+    assert gpu["GPU"] >= 1
