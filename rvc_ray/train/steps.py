@@ -168,8 +168,12 @@ def build_schedulers(
         if last_epoch >= 0:
             for group in opt.param_groups:
                 group.setdefault("initial_lr", group["lr"])
-                group["lr"] = group["initial_lr"] * optim.lr_decay**last_epoch
-        schedulers.append(torch.optim.lr_scheduler.ExponentialLR(opt, gamma=optim.lr_decay, last_epoch=last_epoch))
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=optim.lr_decay, last_epoch=last_epoch)
+        if last_epoch >= 0:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * optim.lr_decay ** (last_epoch + 1)
+            scheduler._last_lr = [group["lr"] for group in opt.param_groups]
+        schedulers.append(scheduler)
     return schedulers[0], schedulers[1]
 
 
