@@ -300,6 +300,7 @@ def plot_results(
         if failed:
             ax.scatter([_as_float(r.config.get(x_path)) for r in failed], [floor] * len(failed), marker="x",
                        c="red", s=70, label="failed")  # fmt: skip
+        _format_value_axis(ax, [_as_float(r.config.get(x_path)) for r in records])
         ax.set_xlabel(x_path)
         ax.set_ylabel(f"{metric} (last epoch, lower is better)")
         ax.grid(alpha=0.3)
@@ -310,6 +311,9 @@ def plot_results(
         if r.metric_per_epoch:
             label = ", ".join(f"{p.split('.')[-1]}={_short(r.config.get(p))}" for p in (batch_path, c_adv_path))
             curves.plot(range(1, r.epochs + 1), r.metric_per_epoch, marker="o", label=f"{label} [{r.status}]")
+    from matplotlib.ticker import MaxNLocator
+
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("epoch")
     curves.set_ylabel(metric)
     curves.grid(alpha=0.3)
@@ -322,6 +326,19 @@ def plot_results(
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+def _format_value_axis(ax: Any, values: Sequence[float]) -> None:
+    """Log scale for positive values spanning > 50x; ticks at the values when there are only a few."""
+    finite = sorted({v for v in values if math.isfinite(v)})
+    if not finite:
+        return
+    if finite[0] > 0 and finite[-1] / finite[0] > 50:
+        ax.set_xscale("log")
+    if len(finite) <= 8:
+        ax.set_xticks(finite)
+        ax.set_xticklabels([f"{v:.3g}" for v in finite])
+        ax.minorticks_off()
 
 
 def _as_float(value: Any) -> float:
