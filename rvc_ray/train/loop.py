@@ -29,7 +29,17 @@ if TYPE_CHECKING:
     from rvc_ray.data.dataset import TrainingItems
     from rvc_ray.train.checkpoint import TrainState
 
-__all__ = ["WorkerPaths", "state_fingerprint", "train_loop_per_worker"]
+__all__ = [
+    "TRAIN_METRIC_KEYS",
+    "BestTracker",
+    "MetricAccumulator",
+    "WorkerPaths",
+    "should_stop_early",
+    "state_fingerprint",
+    "track_best",
+    "train_loop_per_worker",
+    "wrap_models",
+]
 
 log = logging.getLogger("rvc_ray.train")
 
@@ -201,6 +211,27 @@ def _export(
     return target
 
 
+@dataclass(frozen=True)
+class BestTracker:
+    """The best (lowest) ``val/mel_l1`` so far, its epoch, and the epochs since it improved."""
+
+    value: float | None = None
+    epoch: int | None = None
+    epochs_without_improvement: int = 0
+
+
+def track_best(tracker: BestTracker, score: float, epoch: int) -> BestTracker:
+    """Update with the score of ``epoch`` (a NaN score never counts as an improvement)."""
+    if not math.isnan(score) and (tracker.value is None or score < tracker.value):
+        return BestTracker(score, epoch, 0)
+    return BestTracker(tracker.value, tracker.epoch, tracker.epochs_without_improvement + 1)
+
+
+def should_stop_early(tracker: BestTracker, patience: int | None) -> bool:
+    """True when ``train.early_stop_patience`` is set and that many epochs passed without a new best."""
+    return patience is not None and tracker.epochs_without_improvement >= patience
+
+
 def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
     """Test hook: ``{"rank": r, "epoch": e, "marker": path}`` makes rank r exit hard in epoch e, once."""
     if not fault or fault["rank"] != rank or fault["epoch"] != epoch:
@@ -327,13 +358,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             global_batch_size=cfg.train.batch_size,
             per_worker_batch_size=per_worker,
         )
-        score = epoch_metrics["val/mel_l1"]
-        if best is None or score < best:
-            best, best_epoch, stale = score, epoch, 0
-        else:
-            stale += 1
+        tracker = track_best(BestTracker(best, best_epoch, stale), epoch_metrics["val/mel_l1"], epoch)
+        best, best_epoch, stale = tracker.value, tracker.epoch, tracker.epochs_without_improvement
         epoch_metrics.update({"best/val_mel_l1": best, "best/epoch": best_epoch})
-        stop_early = cfg.train.early_stop_patience is not None and stale >= cfg.train.early_stop_patience
+        stop_early = should_stop_early(tracker, cfg.train.early_stop_patience)
         save = epoch % cfg.train.save_every_epochs == 0 or epoch == cfg.train.epochs or stop_early
         epoch_metrics["stopped_early"] = bool(stop_early)
         reporter.log_epoch(epoch=epoch, step=global_step, metrics=epoch_metrics)

@@ -133,3 +133,25 @@ def test_cluster_yaml_is_a_valid_launcher_config() -> None:
     gpu = raw["available_node_types"]["gpu_worker"]["resources"]
     assert all(isinstance(v, int) for node in raw["available_node_types"].values() for v in node["resources"].values())
     assert gpu["GPU"] >= 1
+
+
+def test_best_tracking_and_early_stop() -> None:
+    from rvc_ray.train.loop import BestTracker, should_stop_early, track_best
+
+    tracker = BestTracker()
+    for epoch, score in enumerate([3.0, 2.0, 2.5, 2.0, float("nan")], start=1):
+        tracker = track_best(tracker, score, epoch)
+    assert (tracker.value, tracker.epoch, tracker.epochs_without_improvement) == (2.0, 2, 3)
+    assert should_stop_early(tracker, 3) and not should_stop_early(tracker, 4)
+    assert not should_stop_early(tracker, None)
+
+
+def test_metric_accumulator_averages_present_finite_values() -> None:
+    from rvc_ray.train.loop import MetricAccumulator
+
+    acc = MetricAccumulator()
+    acc.add({"loss/g/total": 2.0, "grad_norm_g": float("inf"), "unknown": 5.0})
+    acc.add({"loss/g/total": 4.0, "grad_norm_g": 1.0})
+    means = acc.mean_across_workers()
+    assert means["loss/g/total"] == 3.0 and means["grad_norm_g"] == 1.0
+    assert "unknown" not in means and "loss/d/total" not in means
