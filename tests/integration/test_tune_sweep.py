@@ -46,8 +46,8 @@ def _sweep_config(work_dir: Path) -> RunConfig:
 
 
 def _write_features(features_dir: Path, cfg: RunConfig) -> None:
-    num_train = 12
-    frames = [40 + (i * 7) % 24 for i in range(num_train)] + [48, 56]
+    num_train = 8  # batch 2: 4 steps per epoch, batch 4: 2 steps
+    frames = [36 + (i * 5) % 16 for i in range(num_train)] + [40, 48]
     write_synthetic_feature_table(
         features_dir,
         content_dim=cfg.model.content_dim,
