@@ -108,8 +108,14 @@ def _check_feature_table(cfg: RunConfig, features_dir: Path) -> None:
     dims: set[int] = set()
     train_rows = 0
     for path in files:
-        table = pq.read_table(path, columns=["content_dim", "split"])
+        table = pq.read_table(path, columns=["content_dim", "split", "speaker_id"])
         dims.update(int(d) for d in table.column("content_dim").to_pylist())
+        top = pc.max(table.column("speaker_id")).as_py()
+        if top is not None and int(top) >= cfg.model.spk_embed_dim:
+            raise TrainingSetupError(
+                f"{path} has speaker_id {top}, but model.spk_embed_dim={cfg.model.spk_embed_dim} speakers "
+                f"(ids 0..{cfg.model.spk_embed_dim - 1}); raise model.spk_embed_dim"
+            )
         train_rows += int(pc.sum(pc.equal(table.column("split"), "train")).as_py() or 0)
     if dims and dims != {cfg.model.content_dim}:
         raise TrainingSetupError(

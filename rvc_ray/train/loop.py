@@ -426,14 +426,15 @@ def _validate(
     device: torch.device,
     evaluate_items: Any,
 ) -> tuple[dict[str, float], Any]:
-    """val/mel_l1 and val/mcd over the held-out split, each worker scoring items ``rank::world``.
+    """val/mel_l1 and val/mcd over the held-out split, each worker scoring a contiguous share of it.
 
     Without a held-out split (``features.validation_fraction=0``) the first few training items are
     scored instead, and ``val/on_train_items`` is 1 so nobody mistakes it for a held-out score.
     """
     items = val_items if val_items is not None else train_items
     indices = list(range(len(items))) if val_items is not None else list(range(min(4, len(items))))
-    mine = indices[rank::world]
+    share = -(-len(indices) // world)
+    mine = indices[rank * share : (rank + 1) * share]  # contiguous: rank 0 holds the first clips (previews)
     previews = cfg.train.num_preview_clips if rank == 0 else 0
     sums = evaluate_items(gen, items, mine, cfg.audio, seed=cfg.experiment.seed, device=device, num_previews=previews)
     total_l1, total_mcd, count = _all_reduce_sums([sums.mel_l1_sum, sums.mcd_sum, float(sums.count)])
