@@ -115,3 +115,52 @@ def test_copy_best_trial(tmp_path: Path) -> None:
 )
 def test_describe_error(error: object, reason: str | None) -> None:
     assert describe_error(error)[0] == reason
+
+
+def test_collect_trial_records_from_tune_results(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from rvc_ray.tune.results import collect_trial_records
+
+    checkpoint = tmp_path / "trial_a" / "epoch_00002"
+    checkpoint.mkdir(parents=True)
+    voices = tmp_path / "trial_a" / "voices"
+    voices.mkdir()
+    (voices / "demo_e2_s8.pth").write_bytes(b"v")
+    # trial a: resumed after a driver restart -> epoch 2 reported twice (last wins), then epoch 3
+    frame_a = pd.DataFrame(
+        {
+            "epoch": [1, 2, 2, 3],
+            METRIC: [3.0, 2.9, 2.5, 2.0],
+            "checkpoint_path": [None, str(checkpoint), str(checkpoint), str(tmp_path / "deleted")],
+        }
+    )
+    results = [
+        SimpleNamespace(
+            metrics={"trial_id": "a", "time_total_s": 12.5, "val/mcd": 9.0, "epoch": 3},
+            metrics_dataframe=frame_a, error=None, config={"loss.c_adv": 0.5, "train.batch_size": 2},
+            checkpoint=None, path=str(tmp_path / "sweep" / "trial_a"),
+        ),
+        SimpleNamespace(
+            metrics={"trial_id": "b"}, metrics_dataframe=pd.DataFrame(), error=RuntimeError("CUDA out of memory"),
+            config={"loss.c_adv": 1.5, "train.batch_size": 32}, checkpoint=None, path=str(tmp_path / "trial_b"),
+        ),
+        SimpleNamespace(
+            metrics={"trial_id": "c"}, metrics_dataframe=pd.DataFrame({"epoch": [1], METRIC: [3.2]}), error=None,
+            config={"loss.c_adv": 1.0, "train.batch_size": 4}, checkpoint=None, path=str(tmp_path / "trial_c"),
+        ),
+    ]  # fmt: skip
+    records = collect_trial_records(
+        results, metric=METRIC, max_epochs=3, paths=PATHS, voices_dir_of=lambda tid: tmp_path / f"trial_{tid}" / "voices"
+    )
+    a, b, c = records
+    assert (a.trial_id, a.status, a.metric_per_epoch) == ("a", "completed", (3.0, 2.5, 2.0))
+    assert a.checkpoint_path == str(checkpoint)  # the last one that still exists
+    assert a.voice_path == str(voices / "demo_e2_s8.pth")
+    assert a.config == {"train.batch_size": 2, "loss.c_adv": 0.5} and a.time_total_s == 12.5
+    assert a.extra_metrics == {"val/mcd": 9.0}
+    assert (b.status, b.error, b.metric_per_epoch) == ("failed", "RuntimeError: CUDA out of memory", ())
+    assert (c.status, c.voice_path, c.checkpoint_path) == ("early_stopped", None, None)
+    assert select_best(records) is a
