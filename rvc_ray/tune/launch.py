@@ -38,7 +38,17 @@ from rvc_ray.tune.results import (
 )
 from rvc_ray.tune.space import SearchSpace, apply_overrides, build_search_space
 
-__all__ = ["TUNE_DRIVER_RESOURCE", "TuneResult", "TrialDemand", "plan_concurrency", "run_tune"]
+__all__ = [
+    "TUNE_DRIVER_RESOURCE",
+    "SweepPlan",
+    "TrialDemand",
+    "TuneResult",
+    "plan_concurrency",
+    "plan_sweep",
+    "run_tune",
+    "trial_demand",
+    "write_sweep_results",
+]
 
 log = logging.getLogger("rvc_ray.tune")
 
@@ -187,6 +197,112 @@ def _build_scheduler(cfg: RunConfig, max_epochs: int) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything decided (and validated) before the cluster is touched."""
+
+    cfg: RunConfig
+    space: SearchSpace
+    features_dir: Path
+    index_path: Path | None
+    sweep_dir: Path
+    variants: tuple[RunConfig, ...]
+    scheduler: Any
+    resume: bool
+
+    @property
+    def experiment_path(self) -> Path:
+        return self.sweep_dir / SWEEP_NAME
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.sweep_dir / "trials"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.sweep_dir / "sweep_config.json"
+
+
+def plan_sweep(
+    cfg: RunConfig,
+    features_dir: Path,
+    *,
+    search: Sequence[str] = (),
+    search_file: Path | None = None,
+    resume: bool = False,
+    index_path: Path | None = None,
+) -> SweepPlan:
+    """Validate the search space, the features and the sweep directory; raise ConfigError on any problem."""
+    from ray.tune import Tuner
+
+    space = build_search_space(cfg, search, search_file)
+    features_dir = Path(features_dir).resolve()
+    _check_features(features_dir)
+    layout = RunLayout.from_config(cfg)
+    if index_path is None and layout.index_path.is_file():
+        index_path = layout.index_path
+    variants = tuple(_scaling_variants(cfg, space))
+    plan = SweepPlan(
+        cfg=cfg,
+        space=space,
+        features_dir=features_dir,
+        index_path=Path(index_path).resolve() if index_path is not None else None,
+        sweep_dir=layout.tune_dir,
+        variants=variants,
+        scheduler=_build_scheduler(cfg, max(v.train.epochs for v in variants)),
+        resume=resume,
+    )
+    if resume:
+        if not (plan.experiment_path.exists() and Tuner.can_restore(str(plan.experiment_path))):
+            raise ConfigError(f"resume: no interrupted sweep to resume in {plan.experiment_path}")
+        _check_resume_matches(plan.identity_path, _sweep_identity(cfg, space))
+    elif plan.experiment_path.exists():
+        raise ConfigError(
+            f"a sweep already exists in {plan.experiment_path}; resume it (--resume), or choose another "
+            "experiment.name, or delete that directory"
+        )
+    return plan
+
+
+def _build_tuner(plan: SweepPlan, demand: TrialDemand, concurrency: int) -> Any:
+    import ray.tune
+
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(
+            _trial_driver,
+            base_config=plan.cfg.model_dump(mode="json"),
+            features_dir=str(plan.features_dir),
+            index_path=str(plan.index_path) if plan.index_path is not None else None,
+            trials_dir=str(plan.trials_dir),
+        ),
+        demand.driver,
+    )
+    if plan.resume:
+        return ray.tune.Tuner.restore(
+            str(plan.experiment_path), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    tune_cfg = plan.cfg.tune
+    return ray.tune.Tuner(
+        trainable,
+        param_space=plan.space.to_param_space(),
+        tune_config=ray.tune.TuneConfig(
+            metric=tune_cfg.metric,
+            mode="min",
+            num_samples=tune_cfg.num_samples,
+            max_concurrent_trials=concurrency,
+            scheduler=plan.scheduler,
+            time_budget_s=tune_cfg.time_budget_s,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=SWEEP_NAME,
+            storage_path=str(plan.sweep_dir),
+            failure_config=ray.tune.FailureConfig(max_failures=0),  # a failed trial is a result, not retried
+            verbose=1,
+        ),
+    )
+
+
 def run_tune(
     cfg: RunConfig,
     features_dir: Path,
@@ -211,39 +327,15 @@ def run_tune(
             all before any trial starts.
     """
     import ray
-    import ray.tune
 
     from rvc_ray.cluster import ensure_ray
 
-    space = build_search_space(cfg, search, search_file)
-    features_dir = Path(features_dir).resolve()
-    _check_features(features_dir)
-    layout = RunLayout.from_config(cfg)
-    if index_path is None and layout.index_path.is_file():
-        index_path = layout.index_path
-    sweep_dir = layout.tune_dir
-    experiment_path = sweep_dir / SWEEP_NAME
-    trials_dir = sweep_dir / "trials"
-    identity_path = sweep_dir / "sweep_config.json"
-    identity = _sweep_identity(cfg, space)
-    variants = _scaling_variants(cfg, space)
-    max_epochs = max(v.train.epochs for v in variants)
-    scheduler = _build_scheduler(cfg, max_epochs)
-
-    can_restore = experiment_path.exists() and ray.tune.Tuner.can_restore(str(experiment_path))
-    if resume:
-        if not can_restore:
-            raise ConfigError(f"resume: no interrupted sweep to resume in {experiment_path}")
-        _check_resume_matches(identity_path, identity)
-    elif experiment_path.exists():
-        raise ConfigError(
-            f"a sweep already exists in {experiment_path}; resume it (--resume), or choose another "
-            "experiment.name, or delete that directory"
-        )
-
+    plan = plan_sweep(
+        cfg, features_dir, search=search, search_file=search_file, resume=resume, index_path=index_path
+    )
     ensure_ray()
     has_driver_resource = ray.cluster_resources().get(TUNE_DRIVER_RESOURCE, 0.0) >= 1.0
-    demand = trial_demand(variants, has_driver_resource=has_driver_resource)
+    demand = trial_demand(plan.variants, has_driver_resource=has_driver_resource)
     concurrency = plan_concurrency(demand, ray.available_resources(), cfg.tune.max_concurrent_trials)
     if not has_driver_resource:
         log.warning(
@@ -255,51 +347,16 @@ def run_tune(
     log.warning(
         "rvc-ray tune %s: %s; up to %d trial(s) at once (each needs %s)",
         cfg.experiment.name,
-        ", ".join(d.describe() for d in space.dimensions),
+        ", ".join(d.describe() for d in plan.space.dimensions),
         concurrency,
         demand.total,
     )
-
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    identity_path.write_text(json.dumps(identity, indent=2), encoding="utf-8")
-    trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(
-            _trial_driver,
-            base_config=cfg.model_dump(mode="json"),
-            features_dir=str(features_dir),
-            index_path=str(Path(index_path).resolve()) if index_path is not None else None,
-            trials_dir=str(trials_dir),
-        ),
-        demand.driver,
-    )
-    if resume:
-        tuner = ray.tune.Tuner.restore(
-            str(experiment_path), trainable=trainable, resume_unfinished=True, resume_errored=False
-        )
-    else:
-        tuner = ray.tune.Tuner(
-            trainable,
-            param_space=space.to_param_space(),
-            tune_config=ray.tune.TuneConfig(
-                metric=cfg.tune.metric,
-                mode="min",
-                num_samples=cfg.tune.num_samples,
-                max_concurrent_trials=concurrency,
-                scheduler=scheduler,
-                time_budget_s=cfg.tune.time_budget_s,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=ray.tune.RunConfig(
-                name=SWEEP_NAME,
-                storage_path=str(sweep_dir),
-                failure_config=ray.tune.FailureConfig(max_failures=0),  # a failed trial is a result, not retried
-                verbose=1,
-            ),
-        )
-    result_grid = tuner.fit()
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    plan.identity_path.write_text(json.dumps(_sweep_identity(cfg, plan.space), indent=2), encoding="utf-8")
+    result_grid = _build_tuner(plan, demand, concurrency).fit()
     return write_sweep_results(
-        cfg, space, result_grid, sweep_dir=sweep_dir, trials_dir=trials_dir, index_path=index_path,
-        concurrency=concurrency,
+        cfg, plan.space, result_grid, sweep_dir=plan.sweep_dir, trials_dir=plan.trials_dir,
+        index_path=plan.index_path, concurrency=concurrency,
     )  # fmt: skip
 
 
