@@ -116,11 +116,15 @@ def build_generator_from_rvc_config(
     content_dim: int,
     num_speakers: int | None = None,
     sample_rate: int | None = None,
+    flow_layers: int = 4,
+    flow_wn_layers: int = 3,
+    flow_kernel_size: int = 5,
 ) -> Synthesizer:
     """An inference generator (no ``enc_q``) from RVC's 18-item ``config`` list of an exported voice.
 
     ``num_speakers`` overrides ``config[-3]`` (RVC and Applio take it from ``emb_g.weight``), ``sample_rate``
-    overrides ``config[-1]``. Raises ValueError naming the item when the list is malformed.
+    overrides ``config[-1]``. The flow sizes are not in RVC's list (RVC hard-codes 4 x 3 layers, kernel 5);
+    pass them when the weights say otherwise. Raises ValueError when the list is malformed.
     """
     if len(config) != 18:
         raise ValueError(f"an RVC voice 'config' must have 18 items, got {len(config)}: {list(config)!r}")
@@ -165,5 +169,8 @@ def build_generator_from_rvc_config(
         gin_channels=int(gin),
         sample_rate=int(sample_rate if sample_rate is not None else sample_rate_from_rvc_value(sr)),
         use_f0=use_f0,
+        flow_layers=flow_layers,
+        flow_wn_layers=flow_wn_layers,
+        flow_kernel_size=flow_kernel_size,
         with_posterior_encoder=False,
     )
