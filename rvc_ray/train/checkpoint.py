@@ -204,8 +204,15 @@ def load_pretrained_pair(cfg: RunConfig, gen: Any, disc: Any) -> None:
 
     if cfg.train.pretrained_generator is None or cfg.train.pretrained_discriminator is None:
         return
-    load_pretrained(gen, cfg.train.pretrained_generator)
-    load_pretrained(disc, cfg.train.pretrained_discriminator)
+    load_pretrained(
+        gen,
+        disc,
+        cfg.train.pretrained_generator,
+        cfg.train.pretrained_discriminator,
+        cfg.model,
+        cfg.audio,
+        strict=True,
+    )
 
 
 def _set_scheduler_epoch(scheduler: Any, optimizer: Any, base_lr: float, epoch: int) -> None:
@@ -255,8 +262,9 @@ def restore_initial_state(
         from rvc_ray.model.weights import load_rvc_checkpoint
 
         g_path, d_path = find_latest_rvc_checkpoints(cfg.train.resume_from_rvc_dir)
-        load_rvc_checkpoint(d_path, disc, opt_d)
-        epoch = int(load_rvc_checkpoint(g_path, gen, opt_g))
+        # non-strict like RVC: a key missing from the file keeps its initialisation (shapes are still checked)
+        load_rvc_checkpoint(d_path, disc, opt_d, strict=False)
+        epoch = int(load_rvc_checkpoint(g_path, gen, opt_g, strict=False))
         step = int(_STEP_IN_NAME.match(g_path.name).group(2))  # type: ignore[union-attr]
         _set_scheduler_epoch(sched_g, opt_g, cfg.optim.lr_generator, epoch)
         _set_scheduler_epoch(sched_d, opt_d, cfg.optim.lr_discriminator, epoch)

@@ -89,8 +89,16 @@ def _read_content_encoder_info(features_dir: Path) -> dict[str, Any]:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise TrainingSetupError(f"{manifest} is not valid JSON: {exc}") from exc
-    info: dict[str, Any] = {"content_encoder": data.get("content_encoder", {"kind": "unknown"})}
-    for key in ("f0_method", "config_hash"):
+    if data.get("status") not in (None, "complete"):
+        raise TrainingSetupError(
+            f"{manifest} says the feature extraction is {data.get('status')!r}, not 'complete'; "
+            "re-run the extract stage (it resumes) before training"
+        )
+    encoder = data.get("content_encoder", {"kind": "unknown"})
+    info: dict[str, Any] = {"content_encoder": encoder}
+    if isinstance(encoder, dict):  # Applio's field name for the content encoder of a voice
+        info["embedder_model"] = Path(encoder["path"]).name if encoder.get("path") else encoder.get("kind", "unknown")
+    for key in ("f0_method", "pitch_extractor", "config_hash"):
         if key in data:
             info[key] = data[key]
     return info

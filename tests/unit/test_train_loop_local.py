@@ -155,3 +155,46 @@ def test_metric_accumulator_averages_present_finite_values() -> None:
     means = acc.mean_across_workers()
     assert means["loss/g/total"] == 3.0 and means["grad_norm_g"] == 1.0
     assert "unknown" not in means and "loss/d/total" not in means
+
+
+@pytest.mark.slow
+def test_local_mode_fit_saves_exports_and_resumes_from_rvc_files(tmp_path: Path) -> None:
+    """The whole loop in-process (Ray Train local mode): checkpoints, RVC G/D files, an export per save,
+    then a second run that continues from the RVC G_/D_ files at the next epoch with the same weights."""
+    from rvc_ray.config import load_run_config
+    from rvc_ray.data.dataset import write_synthetic_feature_table
+    from rvc_ray.train.launch import build_torch_trainer, train_result_from
+    from rvc_ray.train.loop import state_fingerprint
+
+    base = ["train.save_every_epochs=1", "train.batch_size=2", "scaling.num_workers=1", "train.log_every_steps=1"]
+    cfg = load_run_config("tiny_cpu", [*base, "train.epochs=2"])
+    features = tmp_path / "features"
+    write_synthetic_feature_table(
+        features,
+        content_dim=cfg.model.content_dim,
+        sample_rate=cfg.audio.sample_rate,
+        frames=[32, 32, 34, 34, 30],
+        splits=["train"] * 4 + ["val"],
+    )
+    storage = tmp_path / "train"
+    trainer = build_torch_trainer(cfg, features, run_name="local", storage_path=storage, local_mode=True)
+    result = train_result_from(trainer.fit(), cfg, run_dir=storage / "local")
+    assert result.epochs_completed == 2
+    assert [p.name for p in result.exported_voices] == ["demo_e1_s2.pth", "demo_e2_s4.pth"]
+    assert result.best_checkpoint is not None and result.last_checkpoint == storage / "local" / "epoch_00002"
+    assert {"G_4.pth", "D_4.pth", "state.pt", "config.yaml", "meta.json"} <= {
+        p.name for p in result.last_checkpoint.iterdir()
+    }
+    assert np.isfinite(result.metrics["val/mel_l1"]) and np.isfinite(result.metrics["val/mcd"])
+
+    cfg3 = load_run_config("tiny_cpu", [*base, "train.epochs=3", f"train.resume_from_rvc_dir={result.last_checkpoint}"])
+    trainer = build_torch_trainer(cfg3, features, run_name="from_rvc", storage_path=storage, local_mode=True)
+    resumed = train_result_from(trainer.fit(), cfg3, run_dir=storage / "from_rvc")
+    assert resumed.epochs_completed == 3
+    start = next(
+        json.loads(line)
+        for line in (storage / "from_rvc" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "start"
+    )
+    assert start["start_epoch"] == 3 and start["resumed_from"] == "rvc:G_4.pth"
+    assert start["state_sha256"] == state_fingerprint(load_train_state(result.last_checkpoint).generator)
