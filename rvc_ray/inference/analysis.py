@@ -12,12 +12,15 @@ HuBERT-base / ContentVec, which must then be configured locally (``features.cont
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rvc_ray.config import FeatureConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AnalysisModels", "AnalysisUnavailableError", "ContentEncoderSpec", "content_encoder_spec"]
 
@@ -53,6 +56,7 @@ class ContentEncoderSpec:
     random_encoder_size: str | None
     content_dim: int
     version: str
+    identity: str | None = None
 
 
 def content_encoder_spec(info: dict[str, Any] | None, content_dim: int, version: str) -> ContentEncoderSpec:
@@ -65,7 +69,7 @@ def content_encoder_spec(info: dict[str, Any] | None, content_dim: int, version:
     identity = str(record.get("identity", ""))
     if size is None and kind == "random" and identity.startswith("random:"):
         size = identity.split(":")[1]  # "random:<size>:<dim>:<version>:seed=...": rvc_ray.features.content
-    return ContentEncoderSpec(kind, str(size) if size is not None else None, content_dim, version)
+    return ContentEncoderSpec(kind, str(size) if size is not None else None, content_dim, version, identity or None)
 
 
 class AnalysisModels:
@@ -112,6 +116,15 @@ class AnalysisModels:
                     f"content encoder for voice {voice_name!r} could not be built: {exc}",
                     f"the content encoder of voice {voice_name!r} could not be loaded on this server",
                 ) from exc
+            built_identity = getattr(getattr(encoder, "info", None), "identity", None)
+            if spec.identity and built_identity and spec.identity != built_identity:
+                log.warning(
+                    "voice %r was trained with content encoder %r but this server built %r: outputs may differ "
+                    "(another HuBERT checkpoint, or other torch/transformers versions for the random encoder)",
+                    voice_name,
+                    spec.identity,
+                    built_identity,
+                )
             self._encoders[key] = encoder
             return encoder
 

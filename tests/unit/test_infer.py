@@ -281,3 +281,81 @@ def test_output_sample_rate_is_really_resampled():
 def test_speaker_id_beyond_the_voice_is_rejected():
     with pytest.raises(InvalidOptionError, match="speaker_id 2 is out of range.*2 speaker"):
         _fake_pipeline(num_speakers=2).convert(_tone(0.5), ConversionOptions(speaker_id=2))
+
+
+# --------------------------------------------------------------------------- a real tiny voice
+
+
+@pytest.fixture(scope="module")
+def tiny_voice_files(tmp_path_factory):
+    """A tiny v2 voice (random init, exported by rvc_ray.model.export) and a random IVF index."""
+    import faiss
+
+    from rvc_ray.config import load_run_config
+    from rvc_ray.features.content import describe_content_encoder
+    from rvc_ray.model.build import build_generator
+    from rvc_ray.model.export import export_voice
+
+    cfg = load_run_config("tiny_cpu", ["features.f0_method=fcpe"])
+    root = tmp_path_factory.mktemp("tiny_voice")
+    torch.manual_seed(0)
+    info = {"content_encoder": describe_content_encoder(cfg.features, cfg.model).to_json()}
+    voice = export_voice(
+        build_generator(cfg.model, cfg.audio).state_dict(),
+        cfg.model,
+        cfg.audio,
+        root / "tiny.pth",
+        epoch=1,
+        step=1,
+        name="tiny",
+        extra_info=info,
+    )
+    vectors = np.random.default_rng(0).standard_normal((300, cfg.model.content_dim)).astype(np.float32)
+    index = faiss.index_factory(cfg.model.content_dim, "IVF4,Flat")
+    index.train(vectors)
+    index.add(vectors)
+    faiss.write_index(index, str(root / "tiny.index"))
+    return cfg, voice, root / "tiny.index"
+
+
+@pytest.mark.slow
+def test_convert_file_with_a_tiny_exported_voice(tiny_voice_files, tmp_path):
+    from rvc_ray.infer import convert_file
+
+    cfg, voice, index = tiny_voice_files
+    source = tmp_path / "in.flac"
+    sf.write(source, _tone(1.2, rate=44100), 44100)
+    report = convert_file(
+        voice, index, source, tmp_path / "out.wav", ConversionOptions(f0_up_key=5, seed=0), cfg.features
+    )
+    wav, rate = sf.read(tmp_path / "out.wav", dtype="float32")
+    assert rate == 16000 and wav.shape == (int(1.2 * 16000),) and np.isfinite(wav).all()
+    assert report.used_index and report.f0_method == "fcpe" and report.output_path.endswith("out.wav")
+    assert report.median_f0_hz == pytest.approx(200 * 2 ** (5 / 12), rel=0.03)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_audio_and_retrieval_changes_it(tiny_voice_files):
+    from rvc_ray.infer import VoiceConverterPipeline
+    from rvc_ray.inference.analysis import AnalysisModels
+
+    cfg, voice, index = tiny_voice_files
+    pipeline = VoiceConverterPipeline.from_files(voice, index, AnalysisModels(cfg.features), default_f0_method="fcpe")
+    tone = _tone(0.8)
+    first = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
+    again = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
+    retrieved = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=1.0)).wav
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, retrieved, atol=1e-4)
+    assert pipeline.memory_bytes() > 300 * cfg.model.content_dim * 4
+
+
+def test_a_voice_needing_hubert_says_what_is_missing(tiny_voice_files):
+    from rvc_ray.infer import VoiceConverterPipeline
+    from rvc_ray.inference.analysis import AnalysisModels, AnalysisUnavailableError
+
+    cfg, voice, _ = tiny_voice_files
+    pipeline = VoiceConverterPipeline.from_files(voice, None, AnalysisModels(cfg.features), default_f0_method="fcpe")
+    pipeline.encoder_spec = content_encoder_spec({"content_encoder": {"kind": "hf"}}, 64, "v2")
+    with pytest.raises(AnalysisUnavailableError, match="features.content_encoder_path"):
+        pipeline.convert(_tone(0.5))
