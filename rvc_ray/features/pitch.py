@@ -16,8 +16,11 @@ raises a clear error if anything ever does.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
 import sys
 import types
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -85,25 +88,33 @@ def _torchaudio_stand_in_error(*_args, **_kwargs):
     )
 
 
-def _ensure_torchaudio_importable() -> None:
-    """Make ``import torchaudio`` succeed: the real package if it imports, else a stand-in that raises on use."""
-    existing = sys.modules.get("torchaudio")
-    if existing is not None:
+@contextlib.contextmanager
+def _torchaudio_stand_in() -> Iterator[None]:
+    """Make ``import torchaudio`` succeed inside the block: the real package if it imports, else a stand-in.
+
+    The stand-in is removed from ``sys.modules`` again on exit (the importing modules keep their own
+    reference), so later ``find_spec("torchaudio")`` checks, e.g. transformers', still see no torchaudio.
+    """
+    if "torchaudio" in sys.modules:
+        yield
         return
     try:
         import torchaudio  # noqa: F401
 
+        yield
         return
     except Exception:  # noqa: BLE001 - ImportError, or OSError from a CUDA-linked build
         for name in [n for n in sys.modules if n == "torchaudio" or n.startswith("torchaudio.")]:
             del sys.modules[name]
     stub = types.ModuleType("torchaudio")
     stub.__doc__ = "rvc-ray stand-in for torchaudio (not installed): every call raises."
+    stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
     setattr(stub, _STUB_MARKER, True)
     stub.load = _torchaudio_stand_in_error
     transforms = types.ModuleType("torchaudio.transforms")
+    transforms.__spec__ = importlib.machinery.ModuleSpec("torchaudio.transforms", None)
 
-    class Resample:  # noqa: D401 - stand-in
+    class Resample:
         def __init__(self, *args, **kwargs):
             _torchaudio_stand_in_error()
 
@@ -111,20 +122,26 @@ def _ensure_torchaudio_importable() -> None:
     stub.transforms = transforms
     sys.modules["torchaudio"] = stub
     sys.modules["torchaudio.transforms"] = transforms
+    try:
+        yield
+    finally:
+        for name in ("torchaudio", "torchaudio.transforms"):
+            if sys.modules.get(name) in (stub, transforms):
+                del sys.modules[name]
 
 
 def import_torchcrepe():
     """``import torchcrepe`` without torchaudio (see the module docstring)."""
-    _ensure_torchaudio_importable()
-    import torchcrepe
+    with _torchaudio_stand_in():
+        import torchcrepe
 
     return torchcrepe
 
 
 def import_torchfcpe():
     """``import torchfcpe`` without torchaudio (see the module docstring)."""
-    _ensure_torchaudio_importable()
-    import torchfcpe
+    with _torchaudio_stand_in():
+        import torchfcpe
 
     return torchfcpe
 
@@ -204,8 +221,11 @@ class FcpePitchExtractor:
     """torchfcpe's bundled model, ``local_argmax`` decoding, threshold 0.006 (rvc-spec §2.1)."""
 
     def __init__(self, *, f0_min: float, f0_max: float, device: str = "cpu", threshold: float = 0.006):
+        import io
+
         torchfcpe = import_torchfcpe()
-        self.model = torchfcpe.spawn_bundled_infer_model(device=device)
+        with contextlib.redirect_stdout(io.StringIO()):  # torchfcpe prints [INFO]/[WARN] config notes
+            self.model = torchfcpe.spawn_bundled_infer_model(device=device)
         self.device = device
         self.f0_min, self.f0_max = f0_min, f0_max
         self.threshold = threshold

@@ -25,19 +25,23 @@ def test_pitch_bins_dtype_range_and_below_min() -> None:
     assert bins[:3].tolist() == [1, 1, 1]  # below f0_min (or unvoiced) -> 1
 
 
-def test_torchaudio_stand_in_lets_crepe_and_fcpe_import_but_raises_on_use() -> None:
+def test_torchaudio_stand_in_lets_crepe_and_fcpe_import_and_then_leaves() -> None:
+    import importlib.util
     import sys
 
     from rvc_ray.features.pitch import import_torchcrepe, import_torchfcpe
 
-    import_torchcrepe()
+    torchcrepe = import_torchcrepe()
     import_torchfcpe()
-    stub = sys.modules["torchaudio"]
+    stub = torchcrepe.load.torchaudio  # the module torchcrepe bound at import
     if getattr(stub, "__rvc_ray_torchaudio_stand_in__", False):
         with pytest.raises(RuntimeError, match="never uses"):
             stub.load("x.wav")
         with pytest.raises(RuntimeError, match="stand-in"):
             stub.transforms.Resample(44100, 16000)
+        # gone from sys.modules again: transformers' availability probe must still see no torchaudio
+        assert "torchaudio" not in sys.modules and importlib.util.find_spec("torchaudio") is None
+        import transformers  # noqa: F401  (failed with "torchaudio.__spec__ is None" while a stub was registered)
 
 
 def test_rmvpe_without_path_is_a_clear_error(tiny_cfg) -> None:
