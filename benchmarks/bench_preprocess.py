@@ -1,6 +1,6 @@
 """Preprocessing benchmark: the Ray Data pipeline against a plain single-process loop, same files, same run.
 
-    .venv/bin/python benchmarks/bench_preprocess.py [--minutes 10] [--corpus-dir DIR] [--job tiny_cpu]
+    .venv/bin/python benchmarks/bench_preprocess.py [--minutes 10] [--corpus-dir DIR] [--job rvc_v2_40k]
 
 Generates (once, cached in --corpus-dir) a demo corpus of --minutes minutes (2 speakers), then:
 
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the full corpus (>= 10 for the issue)")
     parser.add_argument("--corpus-dir", type=Path, default=Path("/tmp/rvc_ray_bench_preprocess"))
     parser.add_argument(
-        "--job", default="tiny_cpu", help="preset or job YAML (only preprocess + audio.sample_rate matter)"
+        "--job", default="rvc_v2_40k", help="preset or job YAML (only preprocess + audio.sample_rate matter)"
     )
     args = parser.parse_args()
 

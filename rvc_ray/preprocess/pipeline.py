@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rvc_ray.config import RunConfig
+from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
 from rvc_ray.preprocess.inspection import FileInspection, inspect_file
 from rvc_ray.preprocess.report import build_report, format_report_text, write_report
@@ -173,8 +173,27 @@ def _prepare_segments_dir(output_dir: Path) -> Path:
     return segments_dir
 
 
-def _inspect_all(cfg: RunConfig, discovery: InputDiscovery) -> list[FileInspection]:
-    return [inspect_file(f, cfg.preprocess) for f in discovery.files]
+def _inspect_files(files: Sequence[SourceFile], raw_preprocess: dict[str, Any]) -> list[FileInspection]:
+    pp = PreprocessConfig.model_validate(raw_preprocess)
+    return [inspect_file(f, pp) for f in files]
+
+
+def _inspect_all(cfg: RunConfig, discovery: InputDiscovery, use_ray: bool) -> list[FileInspection]:
+    """The readiness pass: in Ray tasks (groups of files, one group per CPU slot, twice over) or in a loop."""
+    files = list(discovery.files)
+    raw = cfg.preprocess.model_dump(mode="json")
+    if not use_ray or len(files) < 2:
+        return _inspect_files(files, raw)
+    import ray
+
+    from rvc_ray.cluster import ensure_ray
+
+    ensure_ray()
+    slots = max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) // cfg.preprocess.cpus_per_task))
+    groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
+    task = ray.remote(num_cpus=cfg.preprocess.cpus_per_task)(_inspect_files)
+    by_index = {i.source_index: i for group in ray.get([task.remote(g, raw) for g in groups]) for i in group}
+    return [by_index[f.source_index] for f in files]
 
 
 def run_preprocess(
@@ -206,7 +225,7 @@ def run_preprocess(
         if reused is not None:
             return reused
 
-    inspections = _inspect_all(cfg, discovery)
+    inspections = _inspect_all(cfg, discovery, use_ray)
     readiness = build_report(discovery, inspections, pp)
     report_path = write_report(readiness, output_dir)
     print(format_report_text(readiness), end="")
