@@ -192,9 +192,11 @@ def test_fit_survives_a_killed_worker_then_resumes_in_a_new_job(ray_cluster: Non
     assert starts[1]["resumed_from"] == "checkpoint"
     epochs = [line["epoch"] for line in lines if line["kind"] == "epoch"]
     assert epochs == [1, 2, 3]
+    # the restarted group replays step 3 exactly: state, sampler order and noise were restored
+    step3 = [line for line in lines if line["kind"] == "step" and line["step"] == 3]
+    assert len(step3) == 2
+    assert {k: v for k, v in step3[0].items() if k != "time"} == {k: v for k, v in step3[1].items() if k != "time"}
     run_dir = result.run_dir
-    epoch1 = load_train_state(run_dir / "epoch_00001")
-    assert starts[1]["state_sha256"] == state_fingerprint(epoch1.generator)
 
     # checkpoints: batch sizes recorded, RVC G/D files, config; best + latest kept
     meta = read_checkpoint_meta(result.last_checkpoint)
@@ -204,7 +206,8 @@ def test_fit_survives_a_killed_worker_then_resumes_in_a_new_job(ray_cluster: Non
         p.name for p in result.last_checkpoint.iterdir()
     }
     assert result.best_checkpoint is not None and result.best_checkpoint.parent == run_dir
-    assert len(list(run_dir.glob("epoch_*"))) <= 3
+    kept = sorted(p.name for p in run_dir.glob("epoch_*"))
+    assert len(kept) == 2 and "epoch_00003" in kept  # keep_last_checkpoints=2 best by val/mel_l1, latest always
 
     # an export per save, the latest copy and the index next to it
     assert [p.name for p in result.exported_voices] == ["dist_e1_s2.pth", "dist_e2_s4.pth", "dist_e3_s6.pth"]
