@@ -88,7 +88,7 @@ def run_serve(cfg: RunConfig, voices_dir: Path | None = None, blocking: bool = T
 
     HTTP listens on ``cfg.serve.host:cfg.serve.port`` (only applied when this call starts Serve; a
     running Serve instance keeps its address). With ``blocking=True`` it serves until interrupted
-    (Ctrl+C), then deletes the app; with ``blocking=False`` it returns once the app is RUNNING and
+    (Ctrl+C or SIGTERM, e.g. ``ray job stop``), then deletes the app; with ``blocking=False`` it returns once the app is RUNNING and
     leaves it deployed.
 
     Returns:
@@ -106,6 +106,7 @@ def run_serve(cfg: RunConfig, voices_dir: Path | None = None, blocking: bool = T
     log.warning("rvc-ray serving voices of %s at %s (OpenAPI: %s/docs)", settings.voices_dir, url, url)
     print(f"serving {settings.voices_dir} at {url}  (API docs: {url}/docs)", flush=True)
     if blocking:
+        _interrupt_on_sigterm()  # `ray job stop` sends SIGTERM: take the app down with the job
         try:
             while True:
                 time.sleep(3600)
@@ -113,3 +114,16 @@ def run_serve(cfg: RunConfig, voices_dir: Path | None = None, blocking: bool = T
             print("shutting down the app", flush=True)
             serve.delete(settings.app_name)
     return settings
+
+
+def _interrupt_on_sigterm() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _raise(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
