@@ -112,6 +112,7 @@ def _run_once(cfg, corpus: Path, out_dir: Path, use_ray: bool, label: str) -> di
         "segments": result.num_segments,
         "peak_rss_mb_total": round(memory.peak_total_mb),
         "peak_rss_mb_driver": round(memory.peak_driver_mb),
+        "machine_load_1min": round(os.getloadavg()[0], 1),  # other users of a shared box skew every figure
     }
     if use_ray:
         line["peak_rss_mb_workers_sum"] = round(memory.peak_workers_mb)
