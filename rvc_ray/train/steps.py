@@ -261,7 +261,10 @@ def _optimizer_update(
     if settings.precision == "fp16" and scaler is None:
         raise ValueError("precision fp16 needs a GradScaler (build_grad_scaler)")
     optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler is not None else loss).backward()
+    # Gradients only for this optimizer's parameters: in the G step no weight gradient of D is computed
+    # (autograd still propagates through D's activations to the fake waveform).
+    own = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    (scaler.scale(loss) if scaler is not None else loss).backward(inputs=own)
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -354,7 +357,10 @@ def g_step(
     With a GradScaler, ``scaler.update()`` runs here, once per iteration (after :func:`d_step`).
     """
     _check_learning_rate(opt_g, settings, "generator")
-    with autocast_context(settings):
+    # D computes no parameter gradients here (backward(inputs=G params)), so a DDP-wrapped D must not expect a
+    # gradient reduction for this forward: run it under DDP's no_sync().
+    no_sync = getattr(disc, "no_sync", None)
+    with no_sync() if callable(no_sync) else contextlib.nullcontext(), autocast_context(settings):
         _, fake_logits, real_fmaps, fake_fmaps = disc(gpass.wav_real, gpass.wav_fake)
     terms = {
         "loss/g/adv": generator_adversarial_loss(fake_logits),

@@ -256,3 +256,35 @@ def test_fifty_steps_on_one_batch_cut_the_mel_loss(cfg) -> None:
     mels = [train_step(gen, disc, opt_g, opt_d, batch, settings)["loss/g/mel"] for _ in range(50)]
     first, last = sum(mels[:3]) / 3, sum(mels[-3:]) / 3
     assert last <= 0.7 * first, (first, last)
+
+
+def _ddp_worker(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        cfg = load_run_config("tiny_cpu")
+        gen, disc, opt_g, opt_d = make_models(cfg, seed=0)
+        gen_ddp, disc_ddp = DDP(gen), DDP(disc)
+        settings = StepSettings.from_config(cfg)
+        torch.manual_seed(100 + rank)
+        for step in range(2):
+            metrics = train_step(gen_ddp, disc_ddp, opt_g, opt_d, make_batch(cfg, seed=10 * step + rank), settings)
+            assert metrics["skipped"] == 0.0
+            assert all(p.grad is None for p in disc.parameters())
+        torch.save({"gen": gen.state_dict(), "disc": disc.state_dict()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_steps_work_under_ddp_and_keep_ranks_in_sync(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for part in ("gen", "disc"):
+        for k, v in a[part].items():
+            torch.testing.assert_close(v, b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
