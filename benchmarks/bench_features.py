@@ -8,7 +8,8 @@ Compare with docs/baselines.md §3 (Applio's torchcrepe harness on 60 s of speec
     .venv/bin/python benchmarks/bench_features.py                      # all stages, 60 s (crepe full: 10 s)
     .venv/bin/python benchmarks/bench_features.py --stages fcpe content-base --seconds 30
 
-Input: the demo corpus (speaker 0) resampled to 16 kHz with soxr, cut to ``--seconds``.
+Input: the demo corpus (speaker 0) resampled to 16 kHz with soxr, cut to ``--seconds``. F0 methods run
+on the whole clip (as the baseline); content encoders on consecutive 3.7 s pieces, as the pipeline feeds them.
 RMVPE runs with random weights (no rmvpe.pt here): its speed does not depend on the weights.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 
 # Applio on this machine (docs/baselines.md §3, set B medians, 60 s of speech, 2 threads): audio-s per wall-s.
 APPLIO_AUDIO_S_PER_S = {"crepe-tiny": 60.0 / 11.52, "crepe": 60.0 / 218.1}
+SEGMENT_S = 3.7  # content is encoded per preprocessed segment (attention cost grows with length)
 STAGES = ("fcpe", "crepe-tiny", "crepe", "rmvpe", "content-base", "content-tiny")
 
 
@@ -69,7 +71,9 @@ def _build(stage: str):
         size = stage.removeprefix("content-")
         model = cfg.model if size == "base" else load_run_config("tiny_cpu").model
         features = cfg.features.model_copy(update={"random_encoder_size": size, "content_encoder_path": None})
-        return build_content_encoder(features, model).encode
+        encode = build_content_encoder(features, model).encode
+        step = int(SEGMENT_S * 16000)  # as the pipeline does: one preprocessed segment at a time
+        return lambda wav: [encode(wav[i : i + step]) for i in range(0, len(wav), step) if len(wav) - i >= 400]
     from rvc_ray.features.pitch import build_pitch_extractor
 
     return build_pitch_extractor(stage, cfg.features).compute_f0
@@ -78,14 +82,15 @@ def _build(stage: str):
 def bench_stage(stage: str, wav: np.ndarray, repeats: int) -> dict:
     fn = _build(stage)
     fn(wav[: 16000 * 5])  # warm-up
-    times, foreign = [], []
+    times, foreign, own = [], [], []
     for _ in range(repeats):
         busy0, own0, t0 = _busy_jiffies(), _own_cpu_s(), time.perf_counter()
         fn(wav)
         wall = time.perf_counter() - t0
         busy = (_busy_jiffies() - busy0) / os.sysconf("SC_CLK_TCK")
         times.append(wall)
-        foreign.append(max(0.0, busy - (_own_cpu_s() - own0)))
+        own.append(_own_cpu_s() - own0)
+        foreign.append(max(0.0, busy - own[-1]))
     audio_s = len(wav) / 16000
     median = statistics.median(times)
     row = {
@@ -95,6 +100,7 @@ def bench_stage(stage: str, wav: np.ndarray, repeats: int) -> dict:
         "wall_s_median": round(median, 3),
         "wall_s_all": [round(t, 3) for t in times],
         "audio_s_per_wall_s": round(audio_s / median, 3),
+        "own_cpu_s": [round(o, 1) for o in own],
         "foreign_cpu_s": [round(f, 1) for f in foreign],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": __import__("torch").get_num_threads(),
