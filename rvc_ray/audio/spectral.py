@@ -55,9 +55,12 @@ def compute_linear_spectrogram(wav: Tensor, n_fft: int, hop_length: int, win_len
         [B, n_fft // 2 + 1, T // hop_length] magnitudes, in the dtype of ``wav`` (fp32 recommended).
     """
     wav = _as_batch(wav)
-    if wav.shape[-1] < hop_length:
-        raise ValueError(f"waveform has {wav.shape[-1]} samples, fewer than one hop ({hop_length})")
     pad = (n_fft - hop_length) // 2
+    if wav.shape[-1] < hop_length or wav.shape[-1] <= pad:
+        raise ValueError(
+            f"waveform has {wav.shape[-1]} samples; the spectrogram (n_fft={n_fft}, hop={hop_length}) needs more "
+            f"than {max(pad, hop_length - 1)}"
+        )
     padded = torch.nn.functional.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]
     window = torch.hann_window(win_length, dtype=wav.dtype, device=wav.device)
     stft = torch.stft(

@@ -92,3 +92,8 @@ def test_mel_module_equals_function_and_spec_path(audio_tiny) -> None:
 def test_spectrogram_to_mel_rejects_wrong_bins(audio_tiny) -> None:
     with pytest.raises(ValueError, match="frequency bins"):
         spectrogram_to_mel(torch.ones(1, 100, 5), audio_tiny)
+
+
+def test_too_short_waveform_is_refused_clearly(audio40k) -> None:
+    with pytest.raises(ValueError, match="samples"):
+        compute_mel_spectrogram(torch.zeros(1, 500), audio40k)
