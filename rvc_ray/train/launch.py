@@ -222,7 +222,7 @@ def build_torch_trainer(
         cfg.per_worker_batch_size,
     )
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker,  # type: ignore[arg-type]  # returns rank 0's final metrics (Result.return_value)
         train_loop_config={
             "run": cfg.model_dump(mode="json"),
             "paths": paths.__dict__,
@@ -244,7 +244,7 @@ def build_torch_trainer(
                 checkpoint_score_attribute="val/mel_l1",
                 checkpoint_score_order="min",
             ),
-            callbacks=list(callbacks),
+            callbacks=list(callbacks),  # type: ignore[arg-type]  # UserCallback is a Train V2 Callback
         ),
     )
 

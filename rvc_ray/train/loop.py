@@ -158,9 +158,9 @@ def _load_items(cfg: RunConfig, features_dir: Path) -> tuple[TrainingItems, Trai
             f"model.content_dim={cfg.model.content_dim}"
         )
     val_table = load_feature_table(features_dir, "val", hop_length=hop)
-    kwargs = {"max_frames": cfg.data.max_frames, "use_f0": cfg.model.use_f0}
-    train = TrainingItems(train_table, cfg.audio, **kwargs)
-    val = TrainingItems(val_table, cfg.audio, **kwargs) if len(val_table) else None
+    max_frames, use_f0 = cfg.data.max_frames, cfg.model.use_f0
+    train = TrainingItems(train_table, cfg.audio, max_frames=max_frames, use_f0=use_f0)
+    val = TrainingItems(val_table, cfg.audio, max_frames=max_frames, use_f0=use_f0) if len(val_table) else None
     return train, val
 
 
