@@ -115,7 +115,7 @@ def collect_trial_records(
     paths: Sequence[str],
     voices_dir_of: Callable[[str], Path] | None = None,
 ) -> list[TrialRecord]:
-    """One :class:`TrialRecord` per Tune trial, in trial order.
+    """One :class:`TrialRecord` per Tune trial, ordered by trial id (= the order Tune created them).
 
     Args:
         metric: the scored metric (``cfg.tune.metric``), recorded for every epoch.
@@ -131,7 +131,8 @@ def collect_trial_records(
         frame = result.metrics_dataframe
         per_epoch = _metric_per_epoch(frame, metric)
         reason, detail = describe_error(result.error)
-        config = {path: (result.config or {}).get(path) for path in paths}
+        sampled = result.config or metrics.get("config") or _read_params(Path(result.path))
+        config = {path: sampled.get(path) for path in paths}
         checkpoint = _latest_checkpoint(frame)
         if checkpoint is None and result.checkpoint is not None:
             checkpoint = result.checkpoint.path
@@ -157,7 +158,19 @@ def collect_trial_records(
                 extra_metrics=extras,
             )
         )
-    return records
+    return sorted(records, key=lambda r: r.trial_id)
+
+
+def _read_params(trial_dir: Path) -> dict[str, Any]:
+    """A trial's sampled config from its ``params.json`` (a restored sweep's failed trials carry no config)."""
+    path = trial_dir / "params.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _metric_per_epoch(frame: Any, metric: str) -> tuple[float, ...]:

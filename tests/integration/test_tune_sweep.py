@@ -110,3 +110,7 @@ def test_sweep_grid_asha_failure_best_config_and_resume(tmp_path: Path, ray_clus
     resumed = run_tune(cfg, features, search=SEARCH, resume=True)
     assert resumed.num_trials == 4 and resumed.num_failed == 2
     assert resumed.best_trial_id == result.best_trial_id
+    resumed_rows = list(csv.DictReader(resumed.results_csv.open(encoding="utf-8")))
+    assert [(r["trial_id"], r["status"], r["train.batch_size"], r["loss.c_adv"]) for r in resumed_rows] == [
+        (r["trial_id"], r["status"], r["train.batch_size"], r["loss.c_adv"]) for r in rows
+    ]

@@ -143,18 +143,23 @@ def test_collect_trial_records_from_tune_results(tmp_path: Path) -> None:
             metrics_dataframe=frame_a, error=None, config={"loss.c_adv": 0.5, "train.batch_size": 2},
             checkpoint=None, path=str(tmp_path / "sweep" / "trial_a"),
         ),
-        SimpleNamespace(
+        SimpleNamespace(  # a restored sweep's failed trial: no config on the Result, only params.json
             metrics={"trial_id": "b"}, metrics_dataframe=pd.DataFrame(), error=RuntimeError("CUDA out of memory"),
-            config={"loss.c_adv": 1.5, "train.batch_size": 32}, checkpoint=None, path=str(tmp_path / "trial_b"),
+            config=None, checkpoint=None, path=str(tmp_path / "trial_b"),
         ),
         SimpleNamespace(
             metrics={"trial_id": "c"}, metrics_dataframe=pd.DataFrame({"epoch": [1], METRIC: [3.2]}), error=None,
             config={"loss.c_adv": 1.0, "train.batch_size": 4}, checkpoint=None, path=str(tmp_path / "trial_c"),
         ),
     ]  # fmt: skip
+    (tmp_path / "trial_b").mkdir()
+    (tmp_path / "trial_b" / "params.json").write_text('{"loss.c_adv": 1.5, "train.batch_size": 32}')
     records = collect_trial_records(
         results, metric=METRIC, max_epochs=3, paths=PATHS, voices_dir_of=lambda tid: tmp_path / f"trial_{tid}" / "voices"
     )
+    assert [r.trial_id for r in collect_trial_records(results[::-1], metric=METRIC, max_epochs=3, paths=PATHS)] == [
+        "a", "b", "c"
+    ]
     a, b, c = records
     assert (a.trial_id, a.status, a.metric_per_epoch) == ("a", "completed", (3.0, 2.5, 2.0))
     assert a.checkpoint_path == str(checkpoint)  # the last one that still exists
@@ -162,5 +167,6 @@ def test_collect_trial_records_from_tune_results(tmp_path: Path) -> None:
     assert a.config == {"train.batch_size": 2, "loss.c_adv": 0.5} and a.time_total_s == 12.5
     assert a.extra_metrics == {"val/mcd": 9.0}
     assert (b.status, b.error, b.metric_per_epoch) == ("failed", "RuntimeError: CUDA out of memory", ())
+    assert b.config == {"train.batch_size": 32, "loss.c_adv": 1.5}
     assert (c.status, c.voice_path, c.checkpoint_path) == ("early_stopped", None, None)
     assert select_best(records) is a
