@@ -136,12 +136,19 @@ class MetricAccumulator:
 
 
 def wrap_models(gen: torch.nn.Module, disc: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Each model in its own DDP wrapper (none for one worker). D does not broadcast buffers (it has
-    no running statistics, and its second forward per iteration must not re-sync them)."""
+    """Each model in its own DDP wrapper (none for one worker); every parameter of G gets a gradient each
+    step, so no ``find_unused_parameters`` (the 2-worker tests would hang or raise otherwise).
+
+    D runs two forwards per iteration (D step, G step). Its only possible buffers are spectral-norm power
+    iteration vectors, computed from the (identical) weights, so they need no broadcast: with buffers D is
+    wrapped with ``broadcast_buffers=False``; without (the default weight-norm D) the flag is left out, as
+    torch 2.13 deprecates it.
+    """
     from ray.train.torch import prepare_model
 
     gen_ddp = prepare_model(gen, parallel_strategy_kwargs={"find_unused_parameters": False})
-    disc_ddp = prepare_model(disc, parallel_strategy_kwargs={"broadcast_buffers": False})
+    disc_kwargs = {"broadcast_buffers": False} if any(True for _ in disc.buffers()) else {}
+    disc_ddp = prepare_model(disc, parallel_strategy_kwargs=disc_kwargs)
     return gen_ddp, disc_ddp
 
 

@@ -198,3 +198,56 @@ def test_local_mode_fit_saves_exports_and_resumes_from_rvc_files(tmp_path: Path)
     )
     assert start["start_epoch"] == 3 and start["resumed_from"] == "rvc:G_4.pth"
     assert start["state_sha256"] == state_fingerprint(load_train_state(result.last_checkpoint).generator)
+
+
+@pytest.fixture
+def small_features(tmp_path: Path, tiny_cfg: RunConfig) -> Path:
+    from rvc_ray.data.dataset import write_synthetic_feature_table
+
+    features = tmp_path / "features"
+    write_synthetic_feature_table(
+        features, content_dim=tiny_cfg.model.content_dim, sample_rate=tiny_cfg.audio.sample_rate, frames=[32, 32]
+    )
+    return features
+
+
+def test_driver_rejects_missing_table_and_wrong_content_dim(tmp_path: Path, small_features: Path) -> None:
+    from rvc_ray.config import load_run_config
+    from rvc_ray.train.launch import TrainingSetupError, build_torch_trainer
+
+    cfg = load_run_config("tiny_cpu")
+    with pytest.raises(TrainingSetupError, match="no feature table in .*run the extract stage"):
+        build_torch_trainer(cfg, tmp_path / "nowhere", run_name="x", storage_path=tmp_path)
+    wrong = load_run_config("tiny_cpu", ["model.content_dim=32"])
+    with pytest.raises(TrainingSetupError, match=r"content dim\(s\) \[64\] but model.content_dim=32"):
+        build_torch_trainer(wrong, small_features, run_name="x", storage_path=tmp_path)
+
+
+def test_driver_rejects_unfinished_extraction(tmp_path: Path, small_features: Path, tiny_cfg: RunConfig) -> None:
+    from rvc_ray.train.launch import TrainingSetupError, build_torch_trainer
+
+    (small_features / "manifest.json").write_text(json.dumps({"status": "running", "content_encoder": {}}))
+    with pytest.raises(TrainingSetupError, match="extraction is 'running', not 'complete'"):
+        build_torch_trainer(tiny_cfg, small_features, run_name="x", storage_path=tmp_path)
+
+
+def test_driver_rejects_pretrained_weights_that_do_not_fit(tmp_path: Path, small_features: Path) -> None:
+    from rvc_ray.config import load_run_config
+    from rvc_ray.model.build import build_discriminator, build_generator
+    from rvc_ray.train.launch import TrainingSetupError, build_torch_trainer
+
+    other = load_run_config("tiny_cpu", ["model.hidden_channels=32"])
+    torch.save({"model": build_generator(other.model, other.audio).state_dict()}, tmp_path / "G.pth")
+    torch.save({"model": build_discriminator(other.model).state_dict()}, tmp_path / "D.pth")
+    cfg = load_run_config(
+        "tiny_cpu",
+        [f"train.pretrained_generator={tmp_path / 'G.pth'}", f"train.pretrained_discriminator={tmp_path / 'D.pth'}"],
+    )
+    with pytest.raises(TrainingSetupError, match="do not fit the configured model"):
+        build_torch_trainer(cfg, small_features, run_name="x", storage_path=tmp_path)
+    missing = load_run_config(
+        "tiny_cpu",
+        [f"train.pretrained_generator={tmp_path / 'no.pth'}", f"train.pretrained_discriminator={tmp_path / 'D.pth'}"],
+    )
+    with pytest.raises(TrainingSetupError, match=r"train.pretrained_generator=.*no.pth does not exist"):
+        build_torch_trainer(missing, small_features, run_name="x", storage_path=tmp_path)
