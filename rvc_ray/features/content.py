@@ -150,6 +150,12 @@ def _build_random_network(size: str, hidden_size: int, proj_size: int, seed: int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _hubert_with_final_proj_class()(config)
+        # transformers initialises every bias to zero, so silence would map to all-zero features (a trained
+        # HuBERT maps it to non-zero ones, e.g. RVC's mute.npy); random biases keep the demo realistic there.
+        with torch.no_grad():
+            for name, param in net.named_parameters():
+                if name.endswith(".bias"):
+                    param.normal_(0.0, 0.1)
     return net.eval()
 
 
