@@ -107,11 +107,12 @@ async def _level(url: str, body: bytes, clients: int, max_requests: int, timeout
 
     latencies: list[float] = []
     errors = 0
+    timeouts = 0
     issued = 0
     deadline = time.perf_counter() + timeout_s
 
     async def worker(session: httpx.AsyncClient) -> None:
-        nonlocal issued, errors
+        nonlocal issued, errors, timeouts
         while issued < max_requests and time.perf_counter() < deadline:
             issued += 1
             started = time.perf_counter()
@@ -120,6 +121,9 @@ async def _level(url: str, body: bytes, clients: int, max_requests: int, timeout
                     url, content=body, headers={"Content-Type": "audio/wav"}, params={"seed": 0}
                 )
                 ok = response.status_code == 200
+            except httpx.TimeoutException:  # queued longer than the level's time cap
+                timeouts += 1
+                continue
             except httpx.HTTPError:
                 ok = False
             if ok:
@@ -136,6 +140,7 @@ async def _level(url: str, body: bytes, clients: int, max_requests: int, timeout
         "clients": clients,
         "completed": len(latencies),
         "errors": errors,
+        "client_timeouts": timeouts,
         "wall_s": round(wall, 3),
         "throughput_rps": round(len(latencies) / wall, 3),
         "p50_s": round(float(np.percentile(lat, 50)), 3),
