@@ -37,6 +37,7 @@ __all__ = [
     "should_stop_early",
     "state_fingerprint",
     "track_best",
+    "usable_min_frames",
     "train_loop_per_worker",
     "wrap_models",
 ]
@@ -150,6 +151,15 @@ def wrap_models(gen: torch.nn.Module, disc: torch.nn.Module) -> tuple[torch.nn.M
     disc_kwargs = {"broadcast_buffers": False} if any(True for _ in disc.buffers()) else {}
     disc_ddp = prepare_model(disc, parallel_strategy_kwargs=disc_kwargs)
     return gen_ddp, disc_ddp
+
+
+def usable_min_frames(cfg: RunConfig) -> int:
+    """The fewest frames a clip may have: ``data.min_frames`` if set, and always enough for the STFT's
+    reflect padding (``(n_fft - hop) / 2`` samples) — shorter rows (e.g. failed extractions with 0 frames)
+    are left out and counted in the start record's ``dropped_short_items``."""
+    pad = (cfg.audio.n_fft - cfg.audio.hop_length) // 2
+    stft_min = pad // cfg.audio.hop_length + 1
+    return max(stft_min, cfg.data.min_frames or 0)
 
 
 def _load_items(cfg: RunConfig, features_dir: Path) -> tuple[TrainingItems, TrainingItems | None]:
@@ -284,7 +294,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         num_replicas=world,
         rank=rank,
         seed=seed,
-        min_length=cfg.data.min_frames,
+        min_length=usable_min_frames(cfg),
     )
     torch.manual_seed(seed)
     gen = build_generator(cfg.model, cfg.audio).to(device)
@@ -439,7 +449,9 @@ def _validate(
     scored instead, and ``val/on_train_items`` is 1 so nobody mistakes it for a held-out score.
     """
     items = val_items if val_items is not None else train_items
-    indices = list(range(len(items))) if val_items is not None else list(range(min(4, len(items))))
+    shortest = usable_min_frames(cfg)
+    usable = [i for i, n in enumerate(items.lengths) if n >= shortest]
+    indices = usable if val_items is not None else usable[:4]
     share = -(-len(indices) // world)
     mine = indices[rank * share : (rank + 1) * share]  # contiguous: rank 0 holds the first clips (previews)
     previews = cfg.train.num_preview_clips if rank == 0 else 0

@@ -251,3 +251,16 @@ def test_driver_rejects_pretrained_weights_that_do_not_fit(tmp_path: Path, small
     )
     with pytest.raises(TrainingSetupError, match=r"train.pretrained_generator=.*no.pth does not exist"):
         build_torch_trainer(missing, small_features, run_name="x", storage_path=tmp_path)
+
+
+def test_rows_too_short_for_the_stft_are_left_out(tiny_cfg: RunConfig) -> None:
+    from rvc_ray.config import load_run_config
+    from rvc_ray.data.sampler import DistributedBucketSampler
+    from rvc_ray.train.loop import usable_min_frames
+
+    assert usable_min_frames(tiny_cfg) == 2  # (512 - 160) // 2 = 176 samples of reflect padding -> 2 frames
+    assert usable_min_frames(load_run_config("tiny_cpu", ["data.min_frames=40"])) == 40
+    sampler = DistributedBucketSampler(
+        [0, 1, 30, 40], global_batch_size=2, boundaries=(100,), min_length=usable_min_frames(tiny_cfg)
+    )
+    assert sampler.dropped == [0, 1] and sorted(i for batch in sampler for i in batch) == [2, 3]
