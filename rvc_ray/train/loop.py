@@ -261,6 +261,117 @@ def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -
     os._exit(1)
 
 
+@dataclass
+class _Trainables:
+    """The un-wrapped models and everything that is stepped with them."""
+
+    gen: Any
+    disc: Any
+    opt_g: Any
+    opt_d: Any
+    sched_g: Any
+    sched_d: Any
+    scaler: Any
+
+
+@dataclass
+class _RunState:
+    """Mutable per-worker progress."""
+
+    rank: int
+    device: Any
+    global_step: int
+    trainables: _Trainables
+    skipped_steps: int = 0
+
+
+def _train_epoch(
+    cfg: RunConfig,
+    epoch: int,
+    run: _RunState,
+    gen_ddp: Any,
+    disc_ddp: Any,
+    sampler: Any,
+    items: TrainingItems,
+    settings: Any,
+    reporter: Any,
+    fault: dict[str, Any] | None,
+) -> tuple[MetricAccumulator, int, float]:
+    """All steps of one epoch on this worker's slices; returns (metric sums, steps, seconds)."""
+    from rvc_ray.train import steps
+
+    t = run.trainables
+    epoch_sums = MetricAccumulator()
+    steps_done, started = 0, time.perf_counter()
+    gen_ddp.train()
+    disc_ddp.train()
+    for indices in sampler:
+        batch = items.batch(indices).to(run.device)
+        metrics = steps.train_step(gen_ddp, disc_ddp, t.opt_g, t.opt_d, batch, settings, scaler=t.scaler)
+        metrics["learning_rate"] = float(t.opt_g.param_groups[0]["lr"])
+        run.global_step += 1
+        steps_done += 1
+        epoch_sums.add(metrics)
+        run.skipped_steps += int(metrics.get("skipped", 0.0) > 0)
+        if run.skipped_steps > cfg.train.max_skipped_steps:
+            raise steps.TrainingHealthError(
+                f"rank {run.rank} skipped {run.skipped_steps} steps (train.max_skipped_steps={cfg.train.max_skipped_steps})"
+            )
+        if run.global_step % cfg.train.log_every_steps == 0:
+            step_sums = MetricAccumulator()
+            step_sums.add(metrics)
+            reporter.log_step(epoch=epoch, step=run.global_step, metrics=step_sums.mean_across_workers())
+        if steps_done == 1:
+            _maybe_inject_failure(fault, run.rank, epoch)
+    return epoch_sums, steps_done, time.perf_counter() - started
+
+
+def _save_checkpoint(
+    cfg: RunConfig,
+    paths: WorkerPaths,
+    run: _RunState,
+    epoch: int,
+    world: int,
+    best: BestTracker,
+    epoch_metrics: dict[str, Any],
+    config: dict[str, Any],
+) -> Path:
+    """Rank 0: write the checkpoint directory (+ the epoch's exported voice); returns it for ``report``."""
+    from rvc_ray.train.checkpoint import TrainState, capture_rng_state
+
+    t = run.trainables
+    state = TrainState(
+        epoch=epoch,
+        global_step=run.global_step,
+        generator=t.gen.state_dict(),
+        discriminator=t.disc.state_dict(),
+        optimizer_g=t.opt_g.state_dict(),
+        optimizer_d=t.opt_d.state_dict(),
+        scheduler_g=t.sched_g.state_dict(),
+        scheduler_d=t.sched_d.state_dict(),
+        scaler=t.scaler.state_dict() if t.scaler is not None else None,
+        global_batch_size=cfg.train.batch_size,
+        per_worker_batch_size=cfg.train.batch_size // world,
+        num_workers=world,
+        rng=capture_rng_state(),
+        best_val_mel_l1=best.value,
+        best_epoch=best.epoch,
+        epochs_without_improvement=best.epochs_without_improvement,
+        metrics={k: float(v) for k, v in epoch_metrics.items() if isinstance(v, int | float)},
+    )
+    if paths.checkpoint_root:
+        staging = Path(paths.checkpoint_root) / f"epoch_{epoch:05d}"
+    else:
+        staging = Path(tempfile.mkdtemp(prefix=f"rvc-ckpt-e{epoch}-"))
+    _write_checkpoint_dir(staging, state, cfg, t.gen, t.disc, t.opt_g, t.opt_d)
+    if cfg.train.export_every_save:
+        extra = dict(config.get("content_encoder") or {})
+        voice = _export(cfg, t.gen, paths, epoch, run.global_step, extra)
+        shutil.copyfile(voice, staging / "voice.pth")
+        epoch_metrics["voice_path"] = str(voice)
+    return staging
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point. ``config`` = ``{"run": cfg.model_dump(mode="json"), "paths": {...},
     "content_encoder": {...} | None, "fault": {...} | None}`` (see :mod:`rvc_ray.train.launch`).
@@ -274,7 +385,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from rvc_ray.data.sampler import DistributedBucketSampler
     from rvc_ray.model.build import build_discriminator, build_generator
     from rvc_ray.train import steps
-    from rvc_ray.train.checkpoint import TrainState, capture_rng_state, restore_initial_state
+    from rvc_ray.train.checkpoint import restore_initial_state
     from rvc_ray.train.reporting import TrainingReporter
     from rvc_ray.train.validation import evaluate_items
 
@@ -306,10 +417,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     restored = restore_initial_state(cfg, gen, disc, opt_g, opt_d, sched_g, sched_d, scaler, ray.train.get_checkpoint())
     start_epoch, global_step = restored.epoch + 1, restored.global_step
-    best, best_epoch, stale = restored.best_val_mel_l1, restored.best_epoch, restored.epochs_without_improvement
+    tracker = BestTracker(restored.best_val_mel_l1, restored.best_epoch, restored.epochs_without_improvement)
     fingerprint = state_fingerprint(gen.state_dict())
 
     gen_ddp, disc_ddp = wrap_models(gen, disc)
+    trainables = _Trainables(gen, disc, opt_g, opt_d, sched_g, sched_d, scaler)
     reporter = TrainingReporter(
         Path(paths.tensorboard_dir), Path(paths.metrics_path), enabled=rank == 0, purge_step=global_step + 1
     )
@@ -335,33 +447,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             handle.write(json.dumps({**start_note, "time": time.time()}) + "\n")
 
     final: dict[str, Any] = {"epoch": restored.epoch, "step": global_step}
-    skipped_steps = 0
+    run = _RunState(rank=rank, device=device, global_step=global_step, trainables=trainables)
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(seed, epoch, rank))
-        epoch_sums = MetricAccumulator()
-        steps_done, started = 0, time.perf_counter()
-        gen_ddp.train()
-        disc_ddp.train()
-        for indices in sampler:
-            batch = train_items.batch(indices).to(device)
-            metrics = steps.train_step(gen_ddp, disc_ddp, opt_g, opt_d, batch, settings, scaler=scaler)
-            metrics["learning_rate"] = float(opt_g.param_groups[0]["lr"])
-            global_step += 1
-            steps_done += 1
-            epoch_sums.add(metrics)
-            skipped_steps += int(metrics.get("skipped", 0.0) > 0)
-            if skipped_steps > cfg.train.max_skipped_steps:
-                raise steps.TrainingHealthError(
-                    f"rank {rank} skipped {skipped_steps} steps (train.max_skipped_steps={cfg.train.max_skipped_steps})"
-                )
-            if global_step % cfg.train.log_every_steps == 0:
-                step_sums = MetricAccumulator()
-                step_sums.add(metrics)
-                reporter.log_step(epoch=epoch, step=global_step, metrics=step_sums.mean_across_workers())
-            if steps_done == 1:
-                _maybe_inject_failure(config.get("fault"), rank, epoch)
-        elapsed = time.perf_counter() - started
+        epoch_sums, steps_done, elapsed = _train_epoch(
+            cfg, epoch, run, gen_ddp, disc_ddp, sampler, train_items, settings, reporter, config.get("fault")
+        )
         sched_g.step()
         sched_d.step()
         epoch_metrics: dict[str, Any] = epoch_sums.mean_across_workers()
@@ -369,56 +461,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         epoch_metrics.update(val_metrics)
         epoch_metrics.update(
             epoch=epoch,
-            step=global_step,
+            step=run.global_step,
             samples_per_s=steps_done * cfg.train.batch_size / max(elapsed, 1e-9),
             epoch_time_s=elapsed,
             global_batch_size=cfg.train.batch_size,
             per_worker_batch_size=per_worker,
         )
-        tracker = track_best(BestTracker(best, best_epoch, stale), epoch_metrics["val/mel_l1"], epoch)
-        best, best_epoch, stale = tracker.value, tracker.epoch, tracker.epochs_without_improvement
-        epoch_metrics.update({"best/val_mel_l1": best, "best/epoch": best_epoch})
+        tracker = track_best(tracker, epoch_metrics["val/mel_l1"], epoch)
+        epoch_metrics.update({"best/val_mel_l1": tracker.value, "best/epoch": tracker.epoch})
         stop_early = should_stop_early(tracker, cfg.train.early_stop_patience)
         save = epoch % cfg.train.save_every_epochs == 0 or epoch == cfg.train.epochs or stop_early
         epoch_metrics["stopped_early"] = bool(stop_early)
-        reporter.log_epoch(epoch=epoch, step=global_step, metrics=epoch_metrics)
+        reporter.log_epoch(epoch=epoch, step=run.global_step, metrics=epoch_metrics)
         if val_sums is not None and val_sums.mel_org is not None and val_sums.mel_gen is not None:
-            reporter.log_mel_images(step=global_step, mel_org=val_sums.mel_org, mel_gen=val_sums.mel_gen)
+            reporter.log_mel_images(step=run.global_step, mel_org=val_sums.mel_org, mel_gen=val_sums.mel_gen)
         checkpoint, staging = None, None
         if save and rank == 0:
             if val_sums is not None:
                 for i, wav in enumerate(val_sums.previews):
                     reporter.log_audio(
-                        step=global_step, name=f"preview/{i}", wav=wav, sample_rate=cfg.audio.sample_rate
+                        step=run.global_step, name=f"preview/{i}", wav=wav, sample_rate=cfg.audio.sample_rate
                     )
-            state = TrainState(
-                epoch=epoch,
-                global_step=global_step,
-                generator=gen.state_dict(),
-                discriminator=disc.state_dict(),
-                optimizer_g=opt_g.state_dict(),
-                optimizer_d=opt_d.state_dict(),
-                scheduler_g=sched_g.state_dict(),
-                scheduler_d=sched_d.state_dict(),
-                scaler=scaler.state_dict() if scaler is not None else None,
-                global_batch_size=cfg.train.batch_size,
-                per_worker_batch_size=per_worker,
-                num_workers=world,
-                rng=capture_rng_state(),
-                best_val_mel_l1=best,
-                best_epoch=best_epoch,
-                epochs_without_improvement=stale,
-                metrics={k: float(v) for k, v in epoch_metrics.items() if isinstance(v, int | float)},
-            )
-            if paths.checkpoint_root:
-                staging = Path(paths.checkpoint_root) / f"epoch_{epoch:05d}"
-            else:
-                staging = Path(tempfile.mkdtemp(prefix=f"rvc-ckpt-e{epoch}-"))
-            _write_checkpoint_dir(staging, state, cfg, gen, disc, opt_g, opt_d)
-            if cfg.train.export_every_save:
-                voice = _export(cfg, gen, paths, epoch, global_step, dict(config.get("content_encoder") or {}))
-                shutil.copyfile(voice, staging / "voice.pth")
-                epoch_metrics["voice_path"] = str(voice)
+            staging = _save_checkpoint(cfg, paths, run, epoch, world, tracker, epoch_metrics, config)
             checkpoint = ray.train.Checkpoint.from_directory(str(staging))
         ray.train.report(
             epoch_metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:05d}" if save else None
@@ -427,7 +491,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(staging, ignore_errors=True)
         final = epoch_metrics
         if stop_early:
-            log.warning("early stop at epoch %d: val/mel_l1 did not improve for %d epochs", epoch, stale)
+            log.warning(
+                "early stop at epoch %d: val/mel_l1 did not improve for %d epochs",
+                epoch,
+                tracker.epochs_without_improvement,
+            )
             break
     reporter.close()
     return {k: v for k, v in final.items() if not (isinstance(v, float) and math.isnan(v))}
