@@ -377,7 +377,7 @@ def write_sweep_results(
         metric=metric,
         max_epochs=lambda config: int(config.get("train.epochs") or cfg.train.epochs),
         paths=space.paths,
-        voices_dir_of=lambda trial_id: trials_dir / f"trial_{trial_id}" / "voices",
+        train_run_dir_of=lambda trial_id: trials_dir / f"trial_{trial_id}",
     )
     results_csv, results_json = sweep_dir / "results.csv", sweep_dir / "results.json"
     write_results_table(records, results_csv, results_json, metric=metric, paths=space.paths)

@@ -49,7 +49,10 @@ _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt))\b:
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial of a sweep, as written to ``results.csv`` / ``results.json``."""
+    """One trial of a sweep, as written to ``results.csv`` / ``results.json``.
+
+    ``metric_per_epoch[k - 1]`` is the metric of epoch ``k`` (NaN for an epoch whose report was lost).
+    """
 
     trial_id: str
     status: TrialStatus
@@ -113,7 +116,7 @@ def collect_trial_records(
     metric: str,
     max_epochs: int | Callable[[Mapping[str, Any]], int],
     paths: Sequence[str],
-    voices_dir_of: Callable[[str], Path] | None = None,
+    train_run_dir_of: Callable[[str], Path] | None = None,
 ) -> list[TrialRecord]:
     """One :class:`TrialRecord` per Tune trial, ordered by trial id (= the order Tune created them).
 
@@ -122,21 +125,26 @@ def collect_trial_records(
         max_epochs: ``train.epochs`` (or trial config -> epochs when it is searched); fewer reported
             epochs without an error = early stopped.
         paths: the searched config paths shown as the trial's config.
-        voices_dir_of: trial id -> the directory the trial's training exported its voices to.
+        train_run_dir_of: trial id -> the trial's Ray Train run directory (``voices/``, ``metrics.jsonl``).
+            Its ``metrics.jsonl`` fills in epochs whose Tune report was lost (a trial restarted by a
+            resumed sweep continues its Train checkpoint, but Tune restarts its result history).
     """
     records = []
     for result in result_grid:
         metrics = dict(result.metrics or {})
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
         frame = result.metrics_dataframe
-        per_epoch = _metric_per_epoch(frame, metric)
+        run_dir = train_run_dir_of(trial_id) if train_run_dir_of is not None else None
+        by_epoch = _metric_from_jsonl(run_dir / "metrics.jsonl", metric) if run_dir is not None else {}
+        by_epoch.update(_metric_from_frame(frame, metric))
+        per_epoch = tuple(by_epoch.get(k, math.nan) for k in range(1, max(by_epoch, default=0) + 1))
         reason, detail = describe_error(result.error)
         sampled = result.config or metrics.get("config") or _read_params(Path(result.path))
         config = {path: sampled.get(path) for path in paths}
         checkpoint = _latest_checkpoint(frame)
         if checkpoint is None and result.checkpoint is not None:
             checkpoint = result.checkpoint.path
-        voice = _latest_voice(voices_dir_of(trial_id)) if voices_dir_of is not None else None
+        voice = _latest_voice(run_dir / "voices") if run_dir is not None else None
         extras = {
             key: float(value)
             for key, value in metrics.items()
@@ -173,18 +181,32 @@ def _read_params(trial_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _metric_per_epoch(frame: Any, metric: str) -> tuple[float, ...]:
-    """The metric of every epoch, ordered by the reported ``epoch`` (a resumed trial's repeats: last wins)."""
+def _metric_from_frame(frame: Any, metric: str) -> dict[int, float]:
+    """``{epoch: metric}`` from Tune's per-trial results (by the reported ``epoch``; repeats: last wins)."""
     if frame is None or metric not in frame.columns:
-        return ()
+        return {}
     values = [float(v) for v in frame[metric].tolist()]
-    if "epoch" not in frame.columns:
-        return tuple(values)
+    epochs = frame["epoch"].tolist() if "epoch" in frame.columns else list(range(1, len(values) + 1))
     by_epoch: dict[int, float] = {}
-    for epoch, value in zip(frame["epoch"].tolist(), values, strict=True):
+    for epoch, value in zip(epochs, values, strict=True):
         if isinstance(epoch, (int, float)) and math.isfinite(epoch):
             by_epoch[int(epoch)] = value
-    return tuple(by_epoch[k] for k in sorted(by_epoch))
+    return by_epoch
+
+
+def _metric_from_jsonl(path: Path, metric: str) -> dict[int, float]:
+    """``{epoch: metric}`` from a training run's ``metrics.jsonl`` (``kind=epoch`` lines; repeats: last wins)."""
+    if not path.is_file():
+        return {}
+    by_epoch: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed worker
+        if isinstance(record, dict) and record.get("kind") == "epoch" and isinstance(record.get(metric), (int, float)):
+            by_epoch[int(record["epoch"])] = float(record[metric])
+    return by_epoch
 
 
 def _latest_checkpoint(frame: Any) -> str | None:

@@ -129,14 +129,21 @@ def test_collect_trial_records_from_tune_results(tmp_path: Path) -> None:
     voices = tmp_path / "trial_a" / "voices"
     voices.mkdir()
     (voices / "demo_e2_s8.pth").write_bytes(b"v")
-    # trial a: resumed after a driver restart -> epoch 2 reported twice (last wins), then epoch 3
+    # trial a: restarted by a resumed sweep -> Tune's history starts again at epoch 2 (epoch 2 twice: last
+    # wins); epoch 1 only survives in the Train run's metrics.jsonl
     frame_a = pd.DataFrame(
         {
-            "epoch": [1, 2, 2, 3],
-            METRIC: [3.0, 2.9, 2.5, 2.0],
-            "checkpoint_path": [None, str(checkpoint), str(checkpoint), str(tmp_path / "deleted")],
+            "epoch": [2, 2, 3],
+            METRIC: [2.9, 2.5, 2.0],
+            "checkpoint_path": [str(checkpoint), str(checkpoint), str(tmp_path / "deleted")],
         }
     )
+    (tmp_path / "trial_a" / "metrics.jsonl").write_text(
+        json.dumps({"kind": "step", "step": 1, METRIC: 0.1}) + "\n"
+        + json.dumps({"kind": "epoch", "epoch": 1, METRIC: 3.0}) + "\n"
+        + json.dumps({"kind": "epoch", "epoch": 2, METRIC: 9.9}) + "\n"
+        + '{"kind": "epo'
+    )  # fmt: skip
     results = [
         SimpleNamespace(
             metrics={"trial_id": "a", "time_total_s": 12.5, "val/mcd": 9.0, "epoch": 3},
@@ -155,7 +162,7 @@ def test_collect_trial_records_from_tune_results(tmp_path: Path) -> None:
     (tmp_path / "trial_b").mkdir()
     (tmp_path / "trial_b" / "params.json").write_text('{"loss.c_adv": 1.5, "train.batch_size": 32}')
     records = collect_trial_records(
-        results, metric=METRIC, max_epochs=3, paths=PATHS, voices_dir_of=lambda tid: tmp_path / f"trial_{tid}" / "voices"
+        results, metric=METRIC, max_epochs=3, paths=PATHS, train_run_dir_of=lambda tid: tmp_path / f"trial_{tid}"
     )
     assert [r.trial_id for r in collect_trial_records(results[::-1], metric=METRIC, max_epochs=3, paths=PATHS)] == [
         "a", "b", "c"
@@ -169,4 +176,11 @@ def test_collect_trial_records_from_tune_results(tmp_path: Path) -> None:
     assert (b.status, b.error, b.metric_per_epoch) == ("failed", "RuntimeError: CUDA out of memory", ())
     assert b.config == {"train.batch_size": 32, "loss.c_adv": 1.5}
     assert (c.status, c.voice_path, c.checkpoint_path) == ("early_stopped", None, None)
+    lost = collect_trial_records(
+        [SimpleNamespace(metrics={"trial_id": "d"}, metrics_dataframe=pd.DataFrame({"epoch": [2], METRIC: [2.2]}),
+                         error=None, config={}, checkpoint=None, path=str(tmp_path / "trial_d"))],
+        metric=METRIC, max_epochs=3, paths=PATHS,
+    )[0]  # fmt: skip
+    assert math.isnan(lost.metric_per_epoch[0]) and lost.metric_per_epoch[1:] == (2.2,)
+    assert (lost.epochs, lost.score, lost.best_metric) == (2, 2.2, 2.2)
     assert select_best(records) is a
