@@ -121,6 +121,14 @@ class Synthesizer(nn.Module):
         """Drop ``enc_q`` (inference only), as RVC does before exporting or loading a voice."""
         self.enc_q = None
 
+    def _check_frames(self, content: Tensor, pitch_bins: Tensor | None, f0_hz: Tensor | None) -> None:
+        frames = content.shape[1]
+        if content.dim() != 3 or content.shape[2] != self.content_dim:
+            raise ValueError(f"content must be [B, F, {self.content_dim}], got {tuple(content.shape)}")
+        for name, value in (("pitch_bins", pitch_bins), ("f0_hz", f0_hz)):
+            if self.use_f0 and value is not None and value.shape[-1] != frames:
+                raise ValueError(f"{name} has {value.shape[-1]} frames but content has {frames}; align them first")
+
     def _speaker(self, speaker_id: Tensor) -> Tensor:
         if speaker_id.numel() and (int(speaker_id.min()) < 0 or int(speaker_id.max()) >= self.num_speakers):
             raise ValueError(
@@ -147,6 +155,7 @@ class Synthesizer(nn.Module):
         """
         if self.enc_q is None:
             raise RuntimeError("this generator has no posterior encoder (inference-only); it cannot be trained")
+        self._check_frames(content, pitch_bins, f0_hz)
         g = self._speaker(speaker_id)
         m_p, logs_p, x_mask = self.enc_p(content, pitch_bins if self.use_f0 else None, content_lengths)
         z, _m_q, logs_q, y_mask = self.enc_q(spec, spec_lengths, g)
@@ -173,6 +182,7 @@ class Synthesizer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Content (+ pitch) -> waveform [B, 1, F * hop] (prior sample, reverse flow, decoder)."""
+        self._check_frames(content, pitch_bins, f0_hz)
         g = self._speaker(speaker_id)
         m_p, logs_p, x_mask = self.enc_p(content, pitch_bins if self.use_f0 else None, content_lengths)
         if generator is None:

@@ -125,3 +125,11 @@ def test_slice_of_too_short_item_is_zero_padded() -> None:
     sliced, starts = rand_slice_segments(x, torch.tensor([3]), 5)
     assert int(starts[0]) == 0 and sliced.shape == (1, 2, 5)
     assert torch.equal(sliced[0, :, 3:], torch.zeros(2, 2))
+
+
+def test_misaligned_pitch_is_named(cfg) -> None:
+    gen = build_generator(cfg.model, cfg.audio)
+    x = _inputs(cfg)
+    x["f0_hz"] = x["f0_hz"][:, :-3]
+    with pytest.raises(ValueError, match="f0_hz has 37 frames but content has 40"):
+        gen.infer(**x)
