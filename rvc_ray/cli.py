@@ -206,7 +206,20 @@ def convert(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if index_path is None:
+        index_path = _index_beside(voice)
+        typer.echo(f"index: {index_path}" if index_path else "index: none found beside the voice, retrieval off", err=True)
     _print_result(convert_file(voice, index_path, input_path, output_path, options, cfg.features))
+
+
+def _index_beside(voice: Path) -> Path | None:
+    """``<stem>.index`` beside a voice, or ``<name>.index`` for a training export ``<name>_e<E>_s<S>.pth``."""
+    from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceNotFoundError, VoiceRegistry
+
+    try:
+        return VoiceRegistry(voice.parent).resolve(voice.stem).index_path
+    except (InvalidVoiceIdError, VoiceNotFoundError):
+        return None
 
 
 @app.command("demo-corpus")
