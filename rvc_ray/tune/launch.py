@@ -190,7 +190,9 @@ def _build_scheduler(cfg: RunConfig, max_epochs: int) -> Any:
             f"(train.epochs={max_epochs}); ASHA could never stop a trial"
         )
     return ASHAScheduler(
-        time_attr="training_iteration",  # one Train report (= one epoch) per iteration
+        # the reported epoch, not Tune's training_iteration: a trial restarted by a resumed sweep continues
+        # its Train checkpoint at epoch k while Tune's iteration count starts again at 1
+        time_attr="epoch",
         max_t=max_epochs,
         grace_period=cfg.tune.grace_period_epochs,
         reduction_factor=cfg.tune.reduction_factor,
