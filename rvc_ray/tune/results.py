@@ -22,14 +22,11 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
 from rvc_ray.config import RunConfig
-
-if TYPE_CHECKING:
-    from ray.tune import ResultGrid
 
 __all__ = [
     "BestTrialFiles",
@@ -111,7 +108,7 @@ def _status(metric_per_epoch: Sequence[float], error: str | None, max_epochs: in
 
 
 def collect_trial_records(
-    result_grid: ResultGrid,
+    result_grid: Iterable[Any],
     *,
     metric: str,
     max_epochs: int | Callable[[Mapping[str, Any]], int],
@@ -119,6 +116,8 @@ def collect_trial_records(
     train_run_dir_of: Callable[[str], Path] | None = None,
 ) -> list[TrialRecord]:
     """One :class:`TrialRecord` per Tune trial, ordered by trial id (= the order Tune created them).
+
+    ``result_grid`` is Tune's ``ResultGrid`` (or any iterable of its ``Result`` objects).
 
     Args:
         metric: the scored metric (``cfg.tune.metric``), recorded for every epoch.
@@ -316,7 +315,7 @@ def plot_results(
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     ok = [r for r in records if r.score is not None and r.status != "failed"]
     failed = [r for r in records if r not in ok]
-    floor = min((r.score for r in ok), default=0.0)
+    floor = min((r.score for r in ok if r.score is not None), default=0.0)
     markers = {"completed": "o", "early_stopped": "v"}
     for ax, x_path, colour_path in ((axes[0], batch_path, c_adv_path), (axes[1], c_adv_path, batch_path)):
         colours = [_as_float(r.config.get(colour_path)) for r in ok]
