@@ -145,17 +145,26 @@ def tune(
     ] = None,
     search_file: Annotated[Path | None, typer.Option(help="YAML search space {path: expression}.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted sweep of the same name.")] = False,
+    index_path: Annotated[Path | None, typer.Option("--index", help="Index copied beside the trial voices.")] = None,
 ) -> None:
     """Search the global batch size and adversarial weight (and more) with Ray Tune + ASHA."""
     cfg = _load(config, set_)
-    from rvc_ray.cluster import ensure_ray
     from rvc_ray.tune.launch import run_tune
 
-    ensure_ray()
     layout = RunLayout.from_config(cfg)
-    _print_result(
-        run_tune(cfg, features or layout.features_dir, search=search or [], search_file=search_file, resume=resume)
-    )
+    try:  # run_tune validates the whole search space before it connects to Ray
+        result = run_tune(
+            cfg,
+            features or layout.features_dir,
+            search=search or [],
+            search_file=search_file,
+            resume=resume,
+            index_path=index_path,
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_result(result)
 
 
 @app.command()

@@ -54,3 +54,16 @@ def test_train_job_rejects_bad_config_before_starting_anything() -> None:
     )
     assert out.returncode == 2
     assert "does not divide across scaling.num_workers=2" in out.stderr
+
+
+def test_tune_rejects_a_bad_search_path_with_exit_2_before_starting_ray(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["tune", "--config", "tiny_cpu", "--set", f"experiment.work_dir={tmp_path}", "--features", str(tmp_path),
+         "--search", "optim.nope=uniform(1,2)"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "optim.nope" in result.output
+    import ray
+
+    assert not ray.is_initialized()
