@@ -86,13 +86,14 @@ def bench_train_step(cfg, args) -> dict:
     batch = _make_batch(cfg, args.batch, frames)
     for _ in range(args.warmup):
         train_step(gen, disc, opt_g, opt_d, batch, settings)
-    times, foreign = [], []
+    times, foreign, own = [], [], []
     for _ in range(args.steps):
         busy0, own0, wall0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
         metrics = train_step(gen, disc, opt_g, opt_d, batch, settings)
         wall = time.perf_counter() - wall0
         busy1, own1 = _busy_cpu_s(), _own_cpu_s()
         times.append(wall)
+        own.append(own1 - own0)
         if busy0 is not None and busy1 is not None:
             foreign.append(max(0.0, (busy1 - busy0) - (own1 - own0)))
     median = statistics.median(times)
@@ -109,6 +110,7 @@ def bench_train_step(cfg, args) -> dict:
         "min_s": round(min(times), 3),
         "max_s": round(max(times), 3),
         "foreign_cpu_s_per_step": [round(f, 2) for f in foreign],
+        "own_cpu_s_median": round(statistics.median(own), 2),
         "peak_rss_gib": round(peak, 3),
         "generator_params": sum(p.numel() for p in gen.parameters()),
         "discriminator_params": sum(p.numel() for p in disc.parameters()),
