@@ -202,6 +202,7 @@ class ModelConfig(_Node):
     flow_kernel_size: int = Field(5, ge=1)
     segment_frames: int = Field(32, ge=1)
     discriminator_periods: tuple[int, ...] = (2, 3, 5, 7, 11, 17, 23, 37)
+    discriminator_channel_divisor: Literal[1, 2, 4, 8, 16] = 1
     use_spectral_norm: bool = False
 
     @model_validator(mode="after")
@@ -214,6 +215,11 @@ class ModelConfig(_Node):
             raise ValueError(f"model.hidden_channels ({self.hidden_channels}) must divide by n_heads ({self.n_heads})")
         if self.upsample_initial_channel % (2 ** len(self.upsample_rates)):
             raise ValueError("model.upsample_initial_channel must divide by 2**len(upsample_rates)")
+        if self.discriminator_channel_divisor != 1 and self.content_dim in (256, 768) and self.hidden_channels == 192:
+            raise ValueError(
+                "model.discriminator_channel_divisor shrinks the discriminator below RVC's widths: it is for tiny "
+                "test models only, and RVC-sized runs need 1 (pretrained f0D*.pth files have the full widths)"
+            )
         if any(p < 2 for p in self.discriminator_periods) or len(set(self.discriminator_periods)) != len(
             self.discriminator_periods
         ):

@@ -60,14 +60,15 @@ def build_generator(model: ModelConfig, audio: AudioConfig, *, with_posterior_en
     )
 
 
-def build_discriminator(model: ModelConfig, *, channel_divisor: int = 1) -> MultiPeriodDiscriminator:
+def build_discriminator(model: ModelConfig, *, channel_divisor: int | None = None) -> MultiPeriodDiscriminator:
     """The multi-period discriminator (scale + ``model.discriminator_periods``).
 
-    ``channel_divisor`` (1 = RVC widths) shrinks every channel count for fast tests; there is no config field
-    for it yet, so runs always use the RVC widths (the full D is ~22 M parameters even with 2 periods).
+    ``channel_divisor`` (default ``model.discriminator_channel_divisor``; 1 = RVC widths) shrinks every channel
+    count for tiny models: with RVC widths the discriminator is ~22 M parameters even with 2 periods.
     """
+    divisor = model.discriminator_channel_divisor if channel_divisor is None else channel_divisor
     return MultiPeriodDiscriminator(
-        periods=model.discriminator_periods, use_spectral_norm=model.use_spectral_norm, channel_divisor=channel_divisor
+        periods=model.discriminator_periods, use_spectral_norm=model.use_spectral_norm, channel_divisor=divisor
     )
 
 
