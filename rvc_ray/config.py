@@ -399,6 +399,11 @@ class RunConfig(_Node):
                 f"model.segment_frames ({self.model.segment_frames}) is longer than a preprocessed segment "
                 f"({segment_frames_available} frames for preprocess.segment_s={self.preprocess.segment_s})"
             )
+        if self.train.nonfinite_loss_policy == "skip" and self.scaling.num_workers > 1:
+            raise ValueError(
+                "train.nonfinite_loss_policy=skip needs scaling.num_workers=1: a step skipped on one DDP worker "
+                "but not the others would desynchronise them; use 'raise' (the run restarts from its checkpoint)"
+            )
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision=fp16 needs GPUs (a GradScaler on CUDA); use bf16 or fp32 on CPU")
         if self.model.version == "v1" and self.model.content_dim not in (256,):

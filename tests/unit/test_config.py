@@ -76,6 +76,8 @@ def test_per_worker_batch_is_global_divided_by_workers() -> None:
         (["features.f0_method=yin"], "f0_method"),
         (["model.segment_frames=500"], "longer than a preprocessed segment"),
         (["train.pretrained_generator=/x/f0G40k.pth"], "must be given together"),
+        (["train.nonfinite_loss_policy=skip", "scaling.num_workers=2"], "skip needs scaling.num_workers=1"),
+        (["model.discriminator_channel_divisor=4"], "tiny test models only"),
     ],
 )
 def test_cross_field_errors_are_readable(overrides: list[str], message: str) -> None:
