@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from rvc_ray.config import PRESET_NAMES, ConfigError, RunConfig, load_run_config, parse_override
 
@@ -87,7 +88,7 @@ def test_cross_field_errors_are_readable(overrides: list[str], message: str) -> 
 
 def test_config_is_frozen_and_round_trips_through_json() -> None:
     cfg = load_run_config("tiny_cpu", ["loss.c_adv=0.5"])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.loss.c_adv = 2.0  # type: ignore[misc]
     again = RunConfig.model_validate(cfg.model_dump(mode="json"))
     assert again == cfg and again.loss.c_adv == 0.5
