@@ -46,7 +46,7 @@ __all__ = ["FEATURE_FORMAT_VERSION", "ExtractResult", "compute_feature_config_ha
 
 log = logging.getLogger(__name__)
 
-FEATURE_FORMAT_VERSION = 1
+FEATURE_FORMAT_VERSION = 2  # 2: random encoder biases initialised non-zero (94da4b6)
 ROWS_PER_SHARD = 64
 MUTE_SECONDS = 3.0
 _INPUT_COLUMNS = ["segment_id", "speaker_id", "wav", "wav_16k"]
