@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -41,18 +42,28 @@ class RVCBatch:
         """Number of items B."""
         return int(self.content.shape[0])
 
+    def map(self, fn: Callable[[Tensor], Tensor]) -> RVCBatch:
+        """Apply ``fn`` to every tensor (``None`` streams stay ``None``)."""
+
+        def maybe(t: Tensor | None) -> Tensor | None:
+            return None if t is None else fn(t)
+
+        return RVCBatch(
+            content=fn(self.content),
+            content_lengths=fn(self.content_lengths),
+            pitch_bins=maybe(self.pitch_bins),
+            f0_hz=maybe(self.f0_hz),
+            spec=fn(self.spec),
+            spec_lengths=fn(self.spec_lengths),
+            wav=fn(self.wav),
+            wav_lengths=fn(self.wav_lengths),
+            speaker_id=fn(self.speaker_id),
+        )
+
     def to(self, device: torch.device | str) -> RVCBatch:
         """Move every tensor to ``device``."""
-        moved = {
-            f.name: (getattr(self, f.name).to(device) if getattr(self, f.name) is not None else None)
-            for f in fields(self)
-        }
-        return replace(self, **moved)
+        return self.map(lambda t: t.to(device))
 
     def select(self, index: Tensor | slice) -> RVCBatch:
         """Rows ``index`` of every tensor (used to split a global batch across workers in tests)."""
-        picked = {
-            f.name: (getattr(self, f.name)[index] if getattr(self, f.name) is not None else None)
-            for f in fields(self)
-        }
-        return replace(self, **picked)
+        return self.map(lambda t: t[index])
