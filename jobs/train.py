@@ -17,16 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from _package_path import make_package_importable
+
 JOBS_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = JOBS_DIR / "configs" / "demo.yaml"
 
-
-def _make_package_importable() -> None:
-    # `python jobs/train.py` puts jobs/ (not the repo root) on sys.path; under `ray job submit` the working
-    # dir is the repo root. Either way, make the rvc_ray package beside jobs/ importable.
-    root = str(JOBS_DIR.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _make_package_importable()
+    make_package_importable()
     from rvc_ray.config import ConfigError, load_run_config
     from rvc_ray.pipeline import prepare_demo_inputs, run_pipeline
 

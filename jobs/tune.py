@@ -21,16 +21,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from _package_path import make_package_importable
+
 JOBS_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = JOBS_DIR / "configs" / "tune_demo.yaml"
 
-
-def _make_package_importable() -> None:
-    # `python jobs/tune.py` puts jobs/ (not the repo root) on sys.path; under `ray job submit` the working
-    # dir is the repo root. Either way, make the rvc_ray package beside jobs/ importable.
-    root = str(JOBS_DIR.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _make_package_importable()
+    make_package_importable()
     from rvc_ray.config import ConfigError, load_run_config
     from rvc_ray.layout import RunLayout
     from rvc_ray.tune.launch import run_tune

@@ -67,3 +67,12 @@ def test_tune_rejects_a_bad_search_path_with_exit_2_before_starting_ray(tmp_path
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_every_job_script_starts_and_shows_its_help() -> None:
+    for script in ("train", "tune", "serve", "preprocess", "extract", "index"):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "jobs" / f"{script}.py"), "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, (script, out.stderr)
+        assert "--config" in out.stdout

@@ -133,7 +133,7 @@ def test_settings_come_from_the_run_config(voices_dir, tmp_path):
     cfg = load_run_config("tiny_cpu", ["serve.max_voices_per_replica=2", "serve.api_key=k", "serve.port=8123"])
     settings = build_settings(cfg, voices_dir)
     assert settings.voices_dir == voices_dir.resolve() and settings.port == 8123 and settings.api_key == "k"
-    assert settings.features["f0_method"] == "crepe-tiny" and settings.max_voices_per_replica == 2
+    assert settings.features["f0_method"] == cfg.features.f0_method and settings.max_voices_per_replica == 2
     with pytest.raises(FileNotFoundError, match="voices directory .* does not exist"):
         build_settings(cfg, tmp_path / "nope")
     fixed = _converter_options(settings)
