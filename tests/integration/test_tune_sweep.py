@@ -5,7 +5,9 @@ float32 generator loss, so the training's non-finite guard (train.nonfinite_loss
 those two trials for real: the sweep must record them as failed and go on. Trials run one after
 another (tune.max_concurrent_trials=1), so ASHA's decision is reproducible: the batch-2 trial reaches
 epoch 1 first, and the batch-4 trial (half the optimizer steps per epoch, a worse epoch-1 val/mel_l1)
-is stopped at the grace period. Then: the best config file reloads with the winning values and
+is stopped at the grace period. The test also checks the rule itself: the later trial is stopped
+exactly when its epoch-1 metric is worse than the earlier one's. Epochs must last long enough for
+ASHA's stop to reach a trial before it finishes (with 0.2 s epochs a 2-epoch trial completed first). Then: the best config file reloads with the winning values and
 trains one epoch, and resuming the finished sweep restores it without running anything again.
 """
 
@@ -32,8 +34,8 @@ def _sweep_config(work_dir: Path) -> RunConfig:
         [
             f"experiment.work_dir={work_dir}",
             "experiment.name=sweep_test",
-            "train.epochs=2",
-            "train.save_every_epochs=2",
+            "train.epochs=6",
+            "train.save_every_epochs=6",
             "train.num_preview_clips=0",
             "scaling.max_failures=0",
             "tune.num_samples=1",
@@ -46,7 +48,7 @@ def _sweep_config(work_dir: Path) -> RunConfig:
 
 
 def _write_features(features_dir: Path, cfg: RunConfig) -> None:
-    num_train = 8  # batch 2: 4 steps per epoch, batch 4: 2 steps
+    num_train = 32  # batch 2: 16 steps per epoch, batch 4: 8 steps
     frames = [36 + (i * 5) % 16 for i in range(num_train)] + [40, 48]
     write_synthetic_feature_table(
         features_dir,
@@ -81,6 +83,11 @@ def test_sweep_grid_asha_failure_best_config_and_resume(tmp_path: Path, ray_clus
     statuses = {by_config[(2, 1.0)]["status"], by_config[(4, 1.0)]["status"]}
     assert "early_stopped" in statuses
     payload = json.loads(result.results_json.read_text(encoding="utf-8"))
+    survivors = {t["config"]["train.batch_size"]: t for t in payload["trials"] if t["status"] != "failed"}
+    first, later = survivors[2], survivors[4]  # grid order: batch 2 runs first
+    later_is_worse = later["metric_per_epoch"][0] > first["metric_per_epoch"][0]
+    assert (later["status"] == "early_stopped") == later_is_worse, (first, later)
+    assert first["status"] != "early_stopped"
     finished = [t for t in payload["trials"] if t["status"] != "failed"]
     assert all(t["metric_per_epoch"] and all(math.isfinite(v) for v in t["metric_per_epoch"]) for t in finished)
     assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
