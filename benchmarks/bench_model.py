@@ -130,15 +130,19 @@ def bench_inference(cfg, args) -> dict:
     frames = int(round(args.infer_s * 100))
     batch = _make_batch(cfg, 1, frames)
     noise = torch.Generator().manual_seed(0)
-    times = []
+    times, foreign = [], []
     with torch.inference_mode():
         for i in range(args.infer_runs + 1):
+            busy0, own0 = _busy_cpu_s(), _own_cpu_s()
             started = time.perf_counter()
             wav = gen.infer(
                 batch.content, batch.content_lengths, batch.pitch_bins, batch.f0_hz, batch.speaker_id, generator=noise
             )
             if i:  # the first run is a warm-up
                 times.append(time.perf_counter() - started)
+                busy1, own1 = _busy_cpu_s(), _own_cpu_s()
+                if busy0 is not None and busy1 is not None:
+                    foreign.append(round(max(0.0, (busy1 - busy0) - (own1 - own0)), 2))
     median = statistics.median(times)
     return {
         "bench": "infer",
@@ -148,6 +152,7 @@ def bench_inference(cfg, args) -> dict:
         "output_samples": int(wav.shape[-1]),
         "median_s": round(median, 3),
         "real_time_factor": round(median / args.infer_s, 4),
+        "foreign_cpu_s_per_run": foreign,
         "inference_generator_params": sum(p.numel() for p in gen.parameters()),
         "peak_rss_gib": round(_peak_rss_gib(), 3),
     }
