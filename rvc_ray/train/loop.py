@@ -258,6 +258,10 @@ def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"rank {rank} killed itself in epoch {epoch}\n")
+    # Train V2's controller picks up reports (and registers their checkpoints) when it polls the workers,
+    # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s). Dying right after a fast epoch's report could beat that
+    # poll and restart from the checkpoint before; a real crash is not that well timed, so wait a few polls.
+    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
     os._exit(1)
 
 
