@@ -141,7 +141,7 @@ def test_same_seed_gives_identical_metrics(cfg) -> None:
         gen, disc, opt_g, opt_d = make_models(cfg, seed=3)
         torch.manual_seed(11)
         settings = StepSettings.from_config(cfg)
-        runs.append([train_step(gen, disc, opt_g, opt_d, make_batch(cfg), settings) for _ in range(2)])
+        runs.append(train_step(gen, disc, opt_g, opt_d, make_batch(cfg), settings))
     assert runs[0] == runs[1]
 
 
@@ -240,6 +240,7 @@ def test_optimizers_and_schedulers_follow_rvc(cfg) -> None:
         cfg.optim.weight_decay,
     )
     sched_g, _ = build_schedulers(opt_g, opt_d, cfg.optim)
+    opt_g.step()  # no gradients: a no-op that keeps the scheduler's call-order check quiet
     sched_g.step()
     assert math.isclose(opt_g.param_groups[0]["lr"], cfg.optim.lr_generator * cfg.optim.lr_decay, rel_tol=1e-12)
     gen, disc, opt_g, opt_d = make_models(cfg)
