@@ -158,5 +158,7 @@ class MelSpectrogram(nn.Module):
     def forward(self, wav: Tensor) -> Tensor:
         """[B, T] or [B, 1, T] -> [B, n_mels, T // hop] log-mel."""
         spec = compute_linear_spectrogram(wav, self.n_fft, self.hop_length, self.win_length)
-        basis = self.mel_basis.to(spec.dtype)
+        mel_basis = self.mel_basis
+        assert isinstance(mel_basis, Tensor)
+        basis = mel_basis.to(spec.dtype)
         return torch.log(torch.clamp(torch.matmul(basis, spec), min=MEL_CLAMP_MIN))

@@ -65,7 +65,9 @@ def apply_weight_norm(module: nn.Module, init_std: float | None = None) -> nn.Mo
     Optionally initialises the raw weight N(0, init_std) first (HiFi-GAN's intended init).
     """
     if init_std is not None:
-        nn.init.normal_(module.weight, 0.0, init_std)
+        weight = module.weight
+        assert isinstance(weight, Tensor)
+        nn.init.normal_(weight, 0.0, init_std)
     torch.nn.utils.parametrizations.weight_norm(module, name="weight", dim=0)
     module.register_state_dict_post_hook(_state_dict_to_classic_names)
     module.register_load_state_dict_pre_hook(_load_classic_names)
