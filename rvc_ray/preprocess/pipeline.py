@@ -7,10 +7,13 @@ Order of work:
    shards that are there, return at once (a rerun is a no-op);
 3. the readiness pass over every file (:mod:`.inspection`), written as ``report.json``/``report.txt``
    and printed, before any heavy work; an ``insufficient`` verdict is a loud warning, not an error;
-4. the per-file function (:func:`.shards.iter_file_tables`) over all good files, as a Ray Data
-   ``map_batches`` over every CPU of the cluster (``use_ray=True``) or as a plain loop (``use_ray=False``,
-   same function, used by the benchmark and fast tests), rows streamed in file order to the driver, which
-   writes fixed-size shards (:class:`.shards.ShardWriter`): byte-identical on a rerun;
+4. the per-file function (:func:`.shards.iter_file_tables`) over all good files, in groups of
+   :data:`FILES_PER_GROUP` consecutive files, as a Ray Data ``map_batches`` over every CPU of the cluster
+   (``use_ray=True``) or as a plain loop (``use_ray=False``, same function, used by the benchmark and fast
+   tests). Each group's worker writes its own fixed-size shards ``part-<group>-<n>.parquet``
+   (:class:`.shards.ShardWriter`), so audio never travels through the driver, and only small outcome
+   summaries come back: byte-identical on a rerun, whatever the cluster size (``output_dir`` must be on
+   storage every node can write, e.g. NFS, on a multi-node cluster);
 5. the final report, then the manifest (written last: its presence marks a complete dataset), and one
    throughput line (audio seconds per wall second).
 """
@@ -22,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
 from rvc_ray.preprocess.inspection import FileInspection, inspect_file
 from rvc_ray.preprocess.report import build_report, format_report_text, write_report
-from rvc_ray.preprocess.shards import ShardWriter, iter_file_tables
+from rvc_ray.preprocess.shards import ShardInfo, ShardWriter, iter_file_tables
 
 __all__ = ["BadFile", "FORMAT_VERSION", "PreprocessResult", "run_preprocess"]
 
@@ -121,15 +124,47 @@ def _reuse_if_current(output_dir: Path, config_hash: str, inputs_hash: str, star
     )
 
 
-def _process_file_batch(batch: Any, raw_config: dict[str, Any]) -> Iterator[Any]:
-    """Ray Data UDF: one input row (a file) -> its segment tables and outcome row (pyarrow)."""
+FILES_PER_GROUP = 4  # input files per worker task: fixed, so the output bytes do not depend on the cluster
+
+
+def file_groups(files: Sequence[SourceFile]) -> list[list[SourceFile]]:
+    """Consecutive groups of :data:`FILES_PER_GROUP` files: the unit of work (and of shard naming)."""
+    return [list(files[i : i + FILES_PER_GROUP]) for i in range(0, len(files), FILES_PER_GROUP)]
+
+
+def process_file_group(
+    group_index: int, files: Sequence[SourceFile], cfg: RunConfig, segments_dir: Path
+) -> tuple[dict[int, dict], list[ShardInfo]]:
+    """Process ``files`` in order and write their segments to ``part-<group_index>-NNNNN.parquet`` shards.
+
+    Runs in a Ray worker (or in the driver's loop), so the audio is written where it is computed.
+    Returns the per-file outcome summaries (by source index) and the shards written.
+    """
+    writer = ShardWriter(segments_dir, cfg.preprocess.rows_per_shard, prefix=f"part-{group_index:05d}")
+    for source in files:
+        for table in iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate):
+            writer.write(table)
+    shards = writer.close(allow_no_shard=True)
+    return writer.outcomes, shards
+
+
+def _process_group_batch(batch: Any, raw_config: dict[str, Any], segments_dir: str) -> Any:
+    """Ray Data UDF: one row (a group of files) -> one row with its outcomes and shards as JSON."""
+    import pyarrow as pa
+
     cfg = RunConfig.model_validate(raw_config)
+    rows = []
     for row in batch.to_pylist():
-        source = SourceFile(Path(row["path"]), row["speaker_id"], row["speaker_name"], row["source_index"])
-        yield from iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate)
+        files = [SourceFile(Path(f["path"]), f["speaker_id"], f["speaker_name"], f["source_index"]) for f in row["files"]]
+        outcomes, shards = process_file_group(row["group_index"], files, cfg, Path(segments_dir))
+        result = {"outcomes": outcomes, "shards": [vars(s) for s in shards]}
+        rows.append({"group_index": row["group_index"], "result": json.dumps(result)})
+    return pa.Table.from_pylist(rows)
 
 
-def _iter_tables_with_ray(cfg: RunConfig, files: Sequence[SourceFile]) -> Iterator[Any]:
+def _run_groups_with_ray(
+    cfg: RunConfig, groups: Sequence[Sequence[SourceFile]], segments_dir: Path
+) -> list[tuple[dict[int, dict], list[ShardInfo]]]:
     import ray
     import ray.data
 
@@ -137,31 +172,32 @@ def _iter_tables_with_ray(cfg: RunConfig, files: Sequence[SourceFile]) -> Iterat
 
     ensure_ray()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    size = max(1, min(len(files), int(cpus // cfg.preprocess.cpus_per_task)))
+    size = max(1, min(len(groups), int(cpus // cfg.preprocess.cpus_per_task)))
     items = [
         {
-            "path": str(f.path),
-            "speaker_id": f.speaker_id,
-            "speaker_name": f.speaker_name,
-            "source_index": f.source_index,
+            "group_index": index,
+            "files": [
+                {"path": str(f.path), "speaker_id": f.speaker_id, "speaker_name": f.speaker_name,
+                 "source_index": f.source_index}
+                for f in group
+            ],
         }
-        for f in files
+        for index, group in enumerate(groups)
     ]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _process_file_batch,
+        _process_group_batch,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"raw_config": cfg.model_dump(mode="json")},
+        fn_kwargs={"raw_config": cfg.model_dump(mode="json"), "segments_dir": str(segments_dir)},
         compute=ray.data.TaskPoolStrategy(size=size),
         num_cpus=cfg.preprocess.cpus_per_task,
     )
-    ds.context.execution_options.preserve_order = True
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-
-
-def _iter_tables_locally(cfg: RunConfig, files: Sequence[SourceFile]) -> Iterator[Any]:
-    for source in files:
-        yield from iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate)
+    results = []
+    for row in sorted(ds.take_all(), key=lambda r: r["group_index"]):
+        payload = json.loads(row["result"])
+        outcomes = {int(k): v for k, v in payload["outcomes"].items()}
+        results.append((outcomes, [ShardInfo(**s) for s in payload["shards"]]))
+    return results
 
 
 def _prepare_segments_dir(output_dir: Path) -> Path:
@@ -239,13 +275,15 @@ def run_preprocess(
 
     segments_dir = _prepare_segments_dir(output_dir)
     good = [f for f, i in zip(discovery.files, inspections, strict=True) if not i.is_bad]
-    writer = ShardWriter(segments_dir, pp.rows_per_shard)
-    if good:
-        tables = _iter_tables_with_ray(cfg, good) if use_ray else _iter_tables_locally(cfg, good)
-        for table in tables:
-            writer.write(table)
-    shards = writer.close()
-    outcomes = writer.outcomes
+    groups = file_groups(good)
+    if use_ray and groups:
+        results = _run_groups_with_ray(cfg, groups, segments_dir)
+    else:
+        results = [process_file_group(index, group, cfg, segments_dir) for index, group in enumerate(groups)]
+    outcomes = {index: summary for group_outcomes, _ in results for index, summary in group_outcomes.items()}
+    shards = [shard for _, group_shards in results for shard in group_shards]
+    if not shards:  # no segment at all: still leave one (empty) shard with the schema
+        shards = ShardWriter(segments_dir, pp.rows_per_shard).close()
 
     final = build_report(discovery, inspections, pp, outcomes)
     report_path = write_report(final, output_dir)

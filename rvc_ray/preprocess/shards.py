@@ -2,9 +2,11 @@
 
 Workers turn each file into Arrow tables with :data:`STREAM_SCHEMA` (the segment columns plus a
 ``file_outcome`` column that is empty on segment rows and holds a JSON summary on the one extra row that
-closes every file). :class:`ShardWriter` (in the driver) separates the two, and writes segment rows into
-``part-00000.parquet``, ``part-00001.parquet``, ... of exactly ``rows_per_shard`` rows (the last one fewer),
-in fixed-size row groups, so the same rows always give byte-identical files.
+closes every file). :class:`ShardWriter` separates the two, and writes segment rows into
+``<prefix>-00000.parquet``, ``<prefix>-00001.parquet``, ... of exactly ``rows_per_shard`` rows (the last one
+fewer), in fixed-size row groups, so the same rows always give byte-identical files. The pipeline runs one
+writer per group of input files, inside the worker that processes the group (prefix ``part-<group>``), so
+audio never travels through the driver.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ SEGMENT_SCHEMA = pa.schema(
     ]
 )
 STREAM_SCHEMA = SEGMENT_SCHEMA.append(pa.field("file_outcome", pa.string()))
-SHARD_PATTERN = "part-{:05d}.parquet"
+SHARD_PATTERN = "{}-{:05d}.parquet"
 ROW_GROUP_ROWS = 32
 ROWS_PER_TABLE = 8
 # Dictionary encoding and min/max statistics only for the scalar columns: on the audio lists they cost half
@@ -143,8 +145,11 @@ class ShardInfo:
 class ShardWriter:
     """Writes segment rows into fixed-size Parquet shards; collects the per-file outcome rows."""
 
-    def __init__(self, segments_dir: Path, rows_per_shard: int, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+    def __init__(
+        self, segments_dir: Path, rows_per_shard: int, row_group_rows: int = ROW_GROUP_ROWS, *, prefix: str = "part"
+    ) -> None:
         self.segments_dir = Path(segments_dir)
+        self.prefix = prefix
         self.rows_per_shard = rows_per_shard
         self.row_group_rows = min(row_group_rows, rows_per_shard)
         self.outcomes: dict[int, dict] = {}
@@ -186,7 +191,7 @@ class ShardWriter:
 
     def _write_group(self, group: pa.Table) -> None:
         if self._writer is None:
-            path = self.segments_dir / SHARD_PATTERN.format(len(self.shards))
+            path = self.segments_dir / SHARD_PATTERN.format(self.prefix, len(self.shards))
             self._writer = pq.ParquetWriter(path, SEGMENT_SCHEMA, **PARQUET_OPTIONS)
         self._writer.write_table(group, row_group_size=group.num_rows)
         self._rows_in_shard += group.num_rows
@@ -196,18 +201,22 @@ class ShardWriter:
     def _close_shard(self) -> None:
         assert self._writer is not None
         self._writer.close()
-        path = self.segments_dir / SHARD_PATTERN.format(len(self.shards))
+        path = self.segments_dir / SHARD_PATTERN.format(self.prefix, len(self.shards))
         data = path.read_bytes()
         self.shards.append(ShardInfo(path.name, self._rows_in_shard, len(data), hashlib.sha256(data).hexdigest()))
         self._writer, self._rows_in_shard = None, 0
 
-    def close(self) -> list[ShardInfo]:
-        """Flush the remaining rows; always leaves at least one (possibly empty) shard. Returns all shards."""
+    def close(self, *, allow_no_shard: bool = False) -> list[ShardInfo]:
+        """Flush the remaining rows and return all shards written.
+
+        Unless ``allow_no_shard``, at least one (possibly empty) shard is left, so a dataset is never a
+        directory without Parquet files.
+        """
         self._drain(final=True)
         if self._writer is not None:
             self._close_shard()
-        if not self.shards:
-            path = self.segments_dir / SHARD_PATTERN.format(0)
+        if not self.shards and not allow_no_shard:
+            path = self.segments_dir / SHARD_PATTERN.format(self.prefix, 0)
             pq.write_table(SEGMENT_SCHEMA.empty_table(), path, **PARQUET_OPTIONS)
             data = path.read_bytes()
             self.shards.append(ShardInfo(path.name, 0, len(data), hashlib.sha256(data).hexdigest()))

@@ -272,7 +272,7 @@ def test_rerun_is_a_noop_and_config_change_redoes(tmp_path: Path, cfg: RunConfig
     folder.mkdir()
     sf.write(folder / "a.wav", phrase(16000, [(2.0, 1.0), (3.0, 0.5)]), 16000, subtype="PCM_16")
     first = run_preprocess(cfg, [folder], tmp_path / "ds", use_ray=False)
-    shard = tmp_path / "ds" / "segments" / "part-00000.parquet"
+    shard = tmp_path / "ds" / "segments" / "part-00000-00000.parquet"  # group 0, shard 0
     content = shard.read_bytes()
     again = run_preprocess(cfg, [folder], tmp_path / "ds", use_ray=False)
     assert again.reused and again.num_segments == first.num_segments
