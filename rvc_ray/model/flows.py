@@ -31,6 +31,7 @@ class ResidualCouplingLayer(nn.Module):
         self.enc = WaveNet(hidden_channels, kernel_size, dilation_rate, n_layers, gin_channels)
         self.post = nn.Conv1d(hidden_channels, self.half_channels * (1 if mean_only else 2), 1)
         nn.init.zeros_(self.post.weight)
+        assert self.post.bias is not None
         nn.init.zeros_(self.post.bias)
 
     def forward(self, x: Tensor, x_mask: Tensor, g: Tensor | None = None, reverse: bool = False) -> Tensor:

@@ -172,6 +172,7 @@ def _decoder_signature(state: Mapping[str, Tensor]) -> tuple[tuple[int, ...], in
     i = 0
     while f"dec.ups.{i}.weight_v" in state or f"dec.ups.{i}.weight" in state:
         weight = state.get(f"dec.ups.{i}.weight_v", state.get(f"dec.ups.{i}.weight"))
+        assert weight is not None  # the loop condition found one of the two keys
         kernels.append(int(weight.shape[-1]))
         i += 1
     noise = state.get("dec.noise_convs.0.weight")
