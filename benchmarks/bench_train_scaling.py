@@ -1,6 +1,7 @@
 """Training throughput on Ray Train: 1 vs 2 CPU workers on the same data, and Ray's per-step overhead.
 
     .venv/bin/python benchmarks/bench_train_scaling.py [--epochs 3] [--items 16] [--frames 64] [--batch 4]
+    .venv/bin/python benchmarks/bench_train_scaling.py --set model.discriminator_channel_divisor=1   # heavier step
 
 Same synthetic feature table, same global batch, same tiny model (``tiny_cpu`` preset) for every run:
 
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--plain-steps", type=int, default=8)
+    parser.add_argument("--preset", default="tiny_cpu", help="config preset (the model whose step is timed)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra section.key=value")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
@@ -97,8 +100,8 @@ def main() -> None:
     from rvc_ray.data.dataset import write_synthetic_feature_table
 
     cfg = load_run_config(
-        "tiny_cpu",
-        [
+        args.preset,
+        [*args.overrides,
             f"train.epochs={args.epochs}",
             f"train.batch_size={args.batch}",
             f"train.save_every_epochs={args.epochs}",
@@ -128,7 +131,8 @@ def main() -> None:
     plain_step_s = min(plain_runs)  # before and after the Ray runs; the min is the least disturbed
     result = {
         "benchmark": "train_scaling",
-        "preset": "tiny_cpu",
+        "preset": args.preset,
+        "overrides": args.overrides,
         "global_batch": args.batch,
         "items": args.items,
         "frames_per_item": args.frames,
