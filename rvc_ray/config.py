@@ -269,6 +269,8 @@ class TrainConfig(_Node):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(8, ge=1)
     save_every_epochs: int = Field(10, ge=1)
+    # How many checkpoint directories Ray keeps: the best ones by val/mel_l1, plus always the latest (so the
+    # best epoch can never be deleted and resume always works); every exported voice is kept regardless.
     keep_last_checkpoints: int = Field(3, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     pretrained_generator: Path | None = None
