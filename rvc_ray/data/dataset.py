@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rvc_ray.config import AudioConfig
+from rvc_ray.features.pipeline import FEATURE_TABLE_COLUMNS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -39,18 +40,8 @@ __all__ = [
     "write_synthetic_feature_table",
 ]
 
-REQUIRED_COLUMNS = (
-    "segment_id",
-    "speaker_id",
-    "split",
-    "is_mute",
-    "num_frames",
-    "content_dim",
-    "content",
-    "f0_hz",
-    "pitch_bins",
-    "wav",
-)
+# Every feature-table column training reads (all but the 16 kHz reference waveform).
+REQUIRED_COLUMNS = tuple(name for name in FEATURE_TABLE_COLUMNS if name != "wav_16k")
 _LIST_COLUMNS = ("content", "f0_hz", "pitch_bins", "wav")
 
 

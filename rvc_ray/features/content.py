@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rvc_ray.features.state_dicts import find_state_dict_mismatch
+
 if TYPE_CHECKING:
     import torch
 
@@ -392,20 +394,9 @@ def _config_from_fairseq(state: dict[str, Any], hparams: dict[str, Any], source:
 
 
 def _load_strict(net, state: dict[str, Any], source: Path) -> None:
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{source}: weights do not fit the HuBERT architecture of its config: "
-            f"{len(wrong)} shape mismatches {wrong[:4]}, {len(missing)} missing keys {missing[:4]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:4]}"
-        )
+    mismatch = find_state_dict_mismatch(net.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{source}: weights do not fit the HuBERT architecture of its config: {mismatch.summary()}")
     net.load_state_dict(state, strict=True)
 
 

@@ -234,7 +234,8 @@ def _write_shard(table: pa.Table, table_dir: Path, run_tag: str, index: int) -> 
     return path
 
 
-_TABLE_COLUMNS = [
+# The feature table's columns, in order: the contract read by rvc_ray.data.dataset (training).
+FEATURE_TABLE_COLUMNS = [
     "segment_id",
     "speaker_id",
     "split",
@@ -257,7 +258,7 @@ def _with_split(table: pa.Table, splits: dict[str, str]) -> pa.Table:
     split = pa.array(["train" if m else splits.get(s, "train") for s, m in zip(ids, mute, strict=True)], pa.string())
     if "split" in table.column_names:
         table = table.drop_columns(["split"])
-    return table.append_column("split", split).select(_TABLE_COLUMNS)
+    return table.append_column("split", split).select(FEATURE_TABLE_COLUMNS)
 
 
 def _stream_and_write(ds, table_dir: Path, splits: dict[str, str], total: int) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rvc_ray.features.state_dicts import find_state_dict_mismatch
+
 if TYPE_CHECKING:
     import torch
 
@@ -206,20 +208,9 @@ def load_rmvpe_network(path: Path, device: str = "cpu", network: torch.nn.Module
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (mapping of tensor names), got {type(state).__name__}")
     net = network if network is not None else build_rmvpe_network()
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{path}: not an RMVPE E2E(4, 1, (2, 2)) state dict: "
-            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
-            f"{len(wrong)} shape mismatches {wrong[:5]}"
-        )
+    mismatch = find_state_dict_mismatch(net.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{path}: not an RMVPE E2E(4, 1, (2, 2)) state dict: {mismatch.summary(limit=5)}")
     net.load_state_dict(state, strict=True)
     return net.to(device).eval()
 
