@@ -33,12 +33,17 @@ from pathlib import Path
 class PeakMemorySampler:
     """Samples RSS of this process and (optionally) its Ray worker descendants every ``interval_s``."""
 
-    def __init__(self, include_ray_workers: bool, interval_s: float = 0.05) -> None:
+    def __init__(self, include_ray_workers: bool, interval_s: float = 0.2, rescan_s: float = 1.0) -> None:
         import psutil  # vendored by ray (ray/thirdparty_files), importable once ray is imported
 
         self._psutil = psutil
         self.include_ray_workers = include_ray_workers
         self.interval_s = interval_s
+        # Listing the process tree and reading every command line is the expensive part, and it runs in the
+        # driver beside the work being timed: do it once per rescan_s, and only read RSS in between.
+        self.rescan_s = rescan_s
+        self._workers: list = []
+        self._last_scan = 0.0
         self.peak_total_mb = self.peak_driver_mb = self.peak_workers_mb = self.peak_single_worker_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -48,11 +53,17 @@ class PeakMemorySampler:
         driver = me.memory_info().rss / 2**20
         workers = []
         if self.include_ray_workers:
-            for child in me.children(recursive=True):
+            if time.monotonic() - self._last_scan > self.rescan_s:
+                self._last_scan = time.monotonic()
+                self._workers = []
+                for child in me.children(recursive=True):
+                    with contextlib.suppress(self._psutil.Error):
+                        command = child.cmdline()
+                        if child.name().startswith("ray::") or (command and command[0].startswith("ray::")):
+                            self._workers.append(child)
+            for child in self._workers:
                 with contextlib.suppress(self._psutil.Error):
-                    command = child.cmdline()
-                    if child.name().startswith("ray::") or (command and command[0].startswith("ray::")):
-                        workers.append(child.memory_info().rss / 2**20)
+                    workers.append(child.memory_info().rss / 2**20)
         self.peak_driver_mb = max(self.peak_driver_mb, driver)
         self.peak_workers_mb = max(self.peak_workers_mb, sum(workers))
         self.peak_single_worker_mb = max([self.peak_single_worker_mb, *workers])
