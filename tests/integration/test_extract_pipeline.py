@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rvc_ray.config import load_run_config
+from rvc_ray.preprocess.shards import SEGMENT_SCHEMA
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -56,21 +57,7 @@ def _write_segments(dataset_dir: Path, specs: list[tuple[int, float, float]]) ->
             ("wav_16k", wav),
         ):
             rows[key].append(value)
-    schema = pa.schema(
-        [
-            ("segment_id", pa.string()),
-            ("speaker_id", pa.int32()),
-            ("speaker_name", pa.string()),
-            ("source_path", pa.string()),
-            ("source_index", pa.int32()),
-            ("segment_index", pa.int32()),
-            ("start_s", pa.float64()),
-            ("duration_s", pa.float64()),
-            ("sample_rate", pa.int32()),
-            ("wav", pa.list_(pa.float32())),
-            ("wav_16k", pa.list_(pa.float32())),
-        ]
-    )
+    schema = SEGMENT_SCHEMA  # the preprocess stage's contract
     out = dataset_dir / "segments" / "part-00000.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pydict(rows, schema=schema), out)
