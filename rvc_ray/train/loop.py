@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -385,6 +386,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import torch
     from ray.train.torch import get_device
+
+    # DDP's performance hint for the [C, 1, K] noise-conv weights (a size-1 dim has ambiguous strides); it
+    # is printed on every step of every worker and is not actionable.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
     from rvc_ray.data.sampler import DistributedBucketSampler
     from rvc_ray.model.build import build_discriminator, build_generator
