@@ -1,7 +1,8 @@
 """The ``rvc-ray`` command line: the only place (with jobs/*.py) that parses arguments.
 
 Every command loads one :class:`~rvc_ray.config.RunConfig` from ``--config`` (a job YAML or a preset
-name) plus ``--set section.key=value`` overrides, then calls the stage's entry function. Heavy imports
+name) plus ``--set section.key=value`` overrides, then calls the stage's entry function, which checks its
+inputs and only then connects to (or starts) Ray itself. Heavy imports
 (torch, ray) happen inside the commands, so ``rvc-ray --help`` is instant.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +43,16 @@ def _load(config: str | None, overrides: list[str] | None, default: str = "rvc_v
         raise typer.Exit(2) from None
 
 
+def _run_stage(stage: Callable[..., object], *args: object, **kwargs: object) -> None:
+    """Run a stage entry function and print its result; a missing input path is a one-line error (exit 2)."""
+    try:
+        result = stage(*args, **kwargs)
+    except (FileNotFoundError, ConfigError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_result(result)
+
+
 def _print_result(result: object) -> None:
     from dataclasses import asdict, is_dataclass
 
@@ -59,11 +71,9 @@ def preprocess(
 ) -> None:
     """Validate, slice, filter, normalise and resample raw recordings into a Parquet dataset (Ray Data)."""
     cfg = _load(config, set_)
-    from rvc_ray.cluster import ensure_ray
     from rvc_ray.preprocess import run_preprocess
 
-    ensure_ray()
-    _print_result(run_preprocess(cfg, input, output or RunLayout.from_config(cfg).dataset_dir))
+    _run_stage(run_preprocess, cfg, input, output or RunLayout.from_config(cfg).dataset_dir)
 
 
 @app.command()
@@ -75,12 +85,10 @@ def extract(
 ) -> None:
     """Extract F0 (pitch) and content features for every segment (Ray Data actors, GPUs if configured)."""
     cfg = _load(config, set_)
-    from rvc_ray.cluster import ensure_ray
     from rvc_ray.features.pipeline import run_extract
 
     layout = RunLayout.from_config(cfg)
-    ensure_ray()
-    _print_result(run_extract(cfg, dataset or layout.dataset_dir, output or layout.features_dir))
+    _run_stage(run_extract, cfg, dataset or layout.dataset_dir, output or layout.features_dir)
 
 
 @app.command()
@@ -92,12 +100,10 @@ def index(
 ) -> None:
     """Build the voice's FAISS IVF retrieval index from the training features."""
     cfg = _load(config, set_)
-    from rvc_ray.cluster import ensure_ray
     from rvc_ray.features.index import run_index
 
     layout = RunLayout.from_config(cfg)
-    ensure_ray()
-    _print_result(run_index(cfg, features or layout.features_dir, output or layout.index_path))
+    _run_stage(run_index, cfg, features or layout.features_dir, output or layout.index_path)
 
 
 @app.command()
@@ -117,12 +123,10 @@ def train(
 
         run_pipeline(cfg, input)
         return
-    from rvc_ray.cluster import ensure_ray
     from rvc_ray.train.launch import fit
 
-    ensure_ray()
     index_path = layout.index_path if layout.index_path.exists() else None
-    _print_result(fit(cfg, features or layout.features_dir, index_path=index_path))
+    _run_stage(fit, cfg, features or layout.features_dir, index_path=index_path)
 
 
 @app.command()

@@ -82,3 +82,19 @@ def test_every_job_script_starts_and_shows_its_help() -> None:
         )
         assert out.returncode == 0, (script, out.stderr)
         assert "--config" in out.stdout
+
+
+def test_stage_commands_name_a_missing_input_before_starting_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rvc_ray.cluster
+
+    def refuse() -> None:
+        raise AssertionError("Ray must not be started before the stage has checked its inputs")
+
+    monkeypatch.setattr(rvc_ray.cluster, "ensure_ray", refuse)
+    missing = tmp_path / "no_such_folder"
+    result = runner.invoke(app, ["preprocess", "--input", str(missing), "--config", "tiny_cpu",
+                                 "--set", f"experiment.work_dir={tmp_path}"])
+    assert result.exit_code == 2, result.output
+    assert f"input folder {missing} does not exist" in result.output
