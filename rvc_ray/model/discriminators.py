@@ -30,6 +30,17 @@ def _norm(module: nn.Module, use_spectral_norm: bool) -> nn.Module:
     return apply_weight_norm(module)
 
 
+def _run_conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Each conv then LeakyReLU(0.1), then ``conv_post``: (flattened logits [B, N], every activation)."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
 class ScaleDiscriminator(nn.Module):
     """RVC ``DiscriminatorS``: grouped strided Conv1d stack on the raw waveform."""
 
@@ -53,13 +64,7 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """x [B, 1, T] -> (logits [B, N], 7 feature maps)."""
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _run_conv_stack(self.convs, self.conv_post, x)
 
 
 class PeriodDiscriminator(nn.Module):
@@ -92,13 +97,7 @@ class PeriodDiscriminator(nn.Module):
             x = F.pad(x, (0, n_pad), "reflect")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _run_conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
