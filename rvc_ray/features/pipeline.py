@@ -197,7 +197,10 @@ def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
 def _build_dataset(cfg: RunConfig, files: list[Path], done: set[str], mute: pa.Table):
     import ray
 
+    from rvc_ray.cluster import shorten_ray_data_limits_refresh
     from rvc_ray.features.stages import ContentStage, PitchStage
+
+    shorten_ray_data_limits_refresh()
 
     f = cfg.features
     raw = cfg.model_dump(mode="json")
