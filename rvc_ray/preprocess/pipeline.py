@@ -10,7 +10,7 @@ Order of work:
 4. the per-file function (:func:`.shards.iter_file_tables`) over all good files, in groups of
    :data:`FILES_PER_GROUP` consecutive files, as a Ray Data ``map_batches`` over every CPU of the cluster
    (``use_ray=True``) or as a plain loop (``use_ray=False``, same function, used by the benchmark and fast
-   tests). Each group's worker writes its own fixed-size shards ``part-<group>-<n>.parquet``
+   tests), a few groups per task (:func:`groups_per_task`). Each group's worker writes its own fixed-size shards ``part-<group>-<n>.parquet``
    (:class:`.shards.ShardWriter`), so audio never travels through the driver, and only small outcome
    summaries come back: byte-identical on a rerun, whatever the cluster size (``output_dir`` must be on
    storage every node can write, e.g. NFS, on a multi-node cluster);
@@ -148,8 +148,24 @@ def process_file_group(
     return writer.outcomes, shards
 
 
+MAX_GROUPS_PER_TASK = 4
+
+
+def groups_per_task(num_groups: int, slots: int) -> int:
+    """How many file groups one Ray Data task processes: about 4 tasks per slot, 1 to ``MAX_GROUPS_PER_TASK``.
+
+    Ray Data notices a finished task only on its next scheduling step (``ray.wait`` with a 0.1 s
+    timeout), so every task leaves its slot idle for 0.1-0.2 s; a task of a few groups pays that once.
+    Four tasks per slot keep the tail short (no slot waits long for the last, larger task). Groups stay
+    the unit of shard naming, so the output bytes do not depend on this number.
+    """
+    if num_groups < 1 or slots < 1:
+        raise ValueError(f"need at least one group and one slot, got {num_groups} groups, {slots} slots")
+    return max(1, min(MAX_GROUPS_PER_TASK, num_groups // (4 * slots)))
+
+
 def _process_group_batch(batch: Any, raw_config: dict[str, Any], segments_dir: str) -> Any:
-    """Ray Data UDF: one row (a group of files) -> one row with its outcomes and shards as JSON."""
+    """Ray Data UDF: rows (one group of files each) -> one row per group with its outcomes and shards as JSON."""
     import pyarrow as pa
 
     cfg = RunConfig.model_validate(raw_config)
@@ -168,11 +184,13 @@ def _run_groups_with_ray(
     import ray
     import ray.data
 
-    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.cluster import ensure_ray, shorten_ray_data_limits_refresh
 
     ensure_ray()
+    shorten_ray_data_limits_refresh()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    size = max(1, min(len(groups), int(cpus // cfg.preprocess.cpus_per_task)))
+    slots = max(1, int(cpus // cfg.preprocess.cpus_per_task))
+    per_task = groups_per_task(len(groups), slots)
     items = [
         {
             "group_index": index,
@@ -184,16 +202,20 @@ def _run_groups_with_ray(
         }
         for index, group in enumerate(groups)
     ]
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    num_tasks = -(-len(items) // per_task)
+    ds = ray.data.from_items(items, override_num_blocks=num_tasks).map_batches(
         _process_group_batch,
-        batch_size=1,
+        batch_size=per_task,
         batch_format="pyarrow",
         fn_kwargs={"raw_config": cfg.model_dump(mode="json"), "segments_dir": str(segments_dir)},
-        compute=ray.data.TaskPoolStrategy(size=size),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(num_tasks, slots))),
         num_cpus=cfg.preprocess.cpus_per_task,
     )
     results = []
-    for row in sorted(ds.take_all(), key=lambda r: r["group_index"]):
+    rows = sorted(ds.take_all(), key=lambda r: r["group_index"])
+    if [r["group_index"] for r in rows] != list(range(len(groups))):
+        raise RuntimeError(f"preprocess: Ray Data returned {len(rows)} group results for {len(groups)} groups")
+    for row in rows:
         payload = json.loads(row["result"])
         outcomes = {int(k): v for k, v in payload["outcomes"].items()}
         results.append((outcomes, [ShardInfo(**s) for s in payload["shards"]]))

@@ -21,8 +21,12 @@ def _shard_digests(segments_dir: Path) -> dict[str, str]:
 
 
 def test_ray_pipeline_on_demo_corpus_and_bad_files(
-    ray_cluster: None, demo_corpus_dir: Path, tiny_cfg: RunConfig, tmp_path: Path
+    ray_cluster: None, demo_corpus_dir: Path, tiny_cfg: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import rvc_ray.preprocess.pipeline
+
+    # 3 groups of files at 2 per task: one task of two groups and one of one (the real rule gives 1 here)
+    monkeypatch.setattr(rvc_ray.preprocess.pipeline, "groups_per_task", lambda num_groups, slots: 2)
     odd = tmp_path / "odd"
     make_bad_and_odd_files(odd)
     inputs = [demo_corpus_dir / "spk0", demo_corpus_dir / "spk1", odd]

@@ -281,3 +281,16 @@ def test_rerun_is_a_noop_and_config_change_redoes(tmp_path: Path, cfg: RunConfig
     changed = load_run_config("tiny_cpu", ["preprocess.normalize_alpha=0.5"])
     redone = run_preprocess(changed, [folder], tmp_path / "ds", use_ray=False)
     assert not redone.reused and shard.read_bytes() != content
+
+
+def test_groups_per_task_amortises_task_start_without_a_long_tail() -> None:
+    from rvc_ray.preprocess.pipeline import MAX_GROUPS_PER_TASK, groups_per_task
+
+    assert groups_per_task(10, 4) == 1  # a 10-minute corpus: one group per task
+    assert groups_per_task(40, 4) == 2  # 40 minutes: 20 tasks, 5 per slot
+    assert groups_per_task(10_000, 4) == MAX_GROUPS_PER_TASK
+    assert groups_per_task(3, 64) == 1
+    with pytest.raises(ValueError, match="0 groups"):
+        groups_per_task(0, 4)
+    with pytest.raises(ValueError, match="0 slots"):
+        groups_per_task(4, 0)
