@@ -37,13 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     make_package_importable()
-    from rvc_ray.config import ConfigError, load_run_config
+    from rvc_ray.config import load_run_config
+    from rvc_ray.errors import USER_INPUT_ERRORS
     from rvc_ray.serve.app import run_serve
 
     try:
         cfg = load_run_config(args.config, args.overrides)
         run_serve(cfg, voices_dir=args.voices, blocking=not args.detach)
-    except (ConfigError, FileNotFoundError) as exc:
+    except USER_INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     make_package_importable()
-    from rvc_ray.config import ConfigError, load_run_config
+    from rvc_ray.config import load_run_config
+    from rvc_ray.errors import USER_INPUT_ERRORS
     from rvc_ray.layout import RunLayout
     from rvc_ray.tune.launch import run_tune
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_tune(
             cfg, features, search=args.search, search_file=args.search_file, resume=args.resume, index_path=args.index
         )
-    except ConfigError as exc:
+    except USER_INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(result), indent=2, default=str))

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from rvc_ray.config import ConfigError, RunConfig, load_run_config
+from rvc_ray.config import RunConfig, load_run_config
+from rvc_ray.errors import USER_INPUT_ERRORS
 from rvc_ray.layout import RunLayout
 
 app = typer.Typer(
@@ -35,21 +37,25 @@ SetOption = Annotated[
 ]
 
 
-def _load(config: str | None, overrides: list[str] | None, default: str = "rvc_v2_40k") -> RunConfig:
+@contextmanager
+def _user_errors_exit_2() -> Iterator[None]:
+    """Unusable user input (:data:`rvc_ray.errors.USER_INPUT_ERRORS`) becomes ``error: <message>``, exit 2."""
     try:
-        return load_run_config(config or default, overrides or [])
-    except ConfigError as exc:
+        yield
+    except USER_INPUT_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _load(config: str | None, overrides: list[str] | None, default: str = "rvc_v2_40k") -> RunConfig:
+    with _user_errors_exit_2():
+        return load_run_config(config or default, overrides or [])
 
 
 def _run_stage(stage: Callable[..., object], *args: object, **kwargs: object) -> None:
-    """Run a stage entry function and print its result; a missing input path is a one-line error (exit 2)."""
-    try:
+    """Run a stage entry function and print its result; unusable user input is a one-line error (exit 2)."""
+    with _user_errors_exit_2():
         result = stage(*args, **kwargs)
-    except (FileNotFoundError, ConfigError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     _print_result(result)
 
 
@@ -156,19 +162,16 @@ def tune(
     from rvc_ray.tune.launch import run_tune
 
     layout = RunLayout.from_config(cfg)
-    try:  # run_tune validates the whole search space before it connects to Ray
-        result = run_tune(
-            cfg,
-            features or layout.features_dir,
-            search=search or [],
-            search_file=search_file,
-            resume=resume,
-            index_path=index_path,
-        )
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    _print_result(result)
+    # run_tune validates the whole search space before it connects to Ray
+    _run_stage(
+        run_tune,
+        cfg,
+        features or layout.features_dir,
+        search=search or [],
+        search_file=search_file,
+        resume=resume,
+        index_path=index_path,
+    )
 
 
 @app.command()
@@ -181,7 +184,8 @@ def serve(
     cfg = _load(config, set_)
     from rvc_ray.serve.app import run_serve
 
-    run_serve(cfg, voices_dir=voices, blocking=True)
+    with _user_errors_exit_2():
+        run_serve(cfg, voices_dir=voices, blocking=True)
 
 
 @app.command()
@@ -222,7 +226,7 @@ def convert(
     if index_path is None:
         index_path = _index_beside(voice)
         typer.echo(f"index: {index_path}" if index_path else "index: none found beside the voice, retrieval off", err=True)
-    _print_result(convert_file(voice, index_path, input_path, output_path, options, cfg.features))
+    _run_stage(convert_file, voice, index_path, input_path, output_path, options, cfg.features)
 
 
 def _index_beside(voice: Path) -> Path | None:

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rvc_ray.errors import InputError
+
 __all__ = [
     "AudioConfig",
     "ConfigError",
@@ -45,7 +47,7 @@ __all__ = [
 PRESET_NAMES = ("rvc_v2_32k", "rvc_v2_40k", "rvc_v2_48k", "tiny_cpu")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A job file or override that cannot be turned into a valid :class:`RunConfig`."""
 
 

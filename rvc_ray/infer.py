@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from rvc_ray.errors import InputError
 from rvc_ray.inference.analysis import AnalysisModels, AnalysisUnavailableError, content_encoder_spec
 from rvc_ray.inference.audio import (
     INPUT_SAMPLE_RATE,
@@ -60,11 +61,11 @@ OUTPUT_PEAK = 0.99
 F0Method = Literal["rmvpe", "crepe", "crepe-tiny", "fcpe"]
 
 
-class InvalidOptionError(ValueError):
+class InvalidOptionError(InputError):
     """An option that is valid in range but not for this voice (e.g. ``speaker_id`` beyond its speakers)."""
 
 
-class VoiceLoadError(RuntimeError):
+class VoiceLoadError(InputError):
     """A voice file (or its index) exists but cannot be loaded or is inconsistent."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rvc_ray.config import RunConfig
+from rvc_ray.errors import InputError
 from rvc_ray.layout import RunLayout
 
 __all__ = ["PipelineResult", "prepare_demo_inputs", "run_pipeline"]
@@ -66,17 +67,18 @@ def run_pipeline(
 
     if stop_after not in (None, "preprocess", "extract", "index"):
         raise ValueError(f"stop_after must be preprocess, extract, index or None, got {stop_after!r}")
+    from rvc_ray.preprocess import discover_inputs, run_preprocess
+
     started = time.perf_counter()
+    discover_inputs(inputs, cfg.preprocess.extensions)  # a missing or repeated input folder fails before Ray starts
     layout = RunLayout.from_config(cfg)
     layout.root.mkdir(parents=True, exist_ok=True)
     ensure_ray()
 
-    from rvc_ray.preprocess import run_preprocess
-
     _say(f"preprocess {len(inputs)} input folder(s) -> {layout.dataset_dir}")
     pre = run_preprocess(cfg, list(inputs), layout.dataset_dir)
     if pre.num_segments == 0:
-        raise RuntimeError(f"preprocessing produced no segments; see the readiness report {pre.report_path}")
+        raise InputError(f"preprocessing produced no segments; see the readiness report {pre.report_path}")
     extract = index = train = None
     if stop_after != "preprocess":
         from rvc_ray.features.pipeline import run_extract

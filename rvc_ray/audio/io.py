@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rvc_ray.errors import InputError
+
 __all__ = [
     "AudioDecodeError",
     "AudioInfo",
@@ -31,7 +33,7 @@ __all__ = [
 _FALLBACK_EXTENSIONS = (".mp3", ".m4a", ".aac", ".ogg", ".opus")
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(InputError):
     """A file that cannot be decoded as audio; the message names the file and the reason."""
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rvc_ray.config import AudioConfig
+from rvc_ray.errors import InputError
 from rvc_ray.features.pipeline import FEATURE_TABLE_COLUMNS
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ REQUIRED_COLUMNS = tuple(name for name in FEATURE_TABLE_COLUMNS if name != "wav_
 _LIST_COLUMNS = ("content", "f0_hz", "pitch_bins", "wav")
 
 
-class FeatureTableError(ValueError):
+class FeatureTableError(InputError):
     """A feature table that is missing, empty or inconsistent with the run configuration."""
 
 

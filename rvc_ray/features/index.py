@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rvc_ray.errors import InputError
+
 if TYPE_CHECKING:
     import faiss
 
@@ -129,10 +131,10 @@ def load_train_features(features_dir: Path) -> np.ndarray:
         filter=(pc.field("split") == "train") & (~pc.field("is_mute")),
     )
     if table.num_rows == 0:
-        raise ValueError(f"{table_dir}: no train rows (all rows are mute or validation); cannot build an index")
+        raise InputError(f"{table_dir}: no train rows (all rows are mute or validation); cannot build an index")
     dims = set(table.column("content_dim").to_pylist())
     if len(dims) != 1:
-        raise ValueError(f"{table_dir}: rows disagree on content_dim {sorted(dims)}")
+        raise InputError(f"{table_dir}: rows disagree on content_dim {sorted(dims)}")
     dim = dims.pop()
     chunks = []
     for chunk in table.column("content").chunks:
@@ -248,5 +250,5 @@ def load_index(path: Path) -> RetrievalIndex:
     try:
         index = faiss.read_index(str(path))
     except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with C++ text
-        raise ValueError(f"{path}: not a readable FAISS index ({exc})") from exc
+        raise InputError(f"{path}: not a readable FAISS index ({exc})") from exc
     return RetrievalIndex(index, path)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rvc_ray.errors import InputError
 from rvc_ray.features.split import assign_splits, mute_segment_id
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def _read_segment_index(files: list[Path]) -> list[tuple[str, int]]:
     seen: set[str] = set()
     dupes = [sid for sid, _ in rows if sid in seen or seen.add(sid)]
     if dupes:
-        raise ValueError(f"dataset segments contain duplicate segment_id values, e.g. {dupes[:5]}")
+        raise InputError(f"dataset segments contain duplicate segment_id values, e.g. {dupes[:5]}")
     return rows
 
 

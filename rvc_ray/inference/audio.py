@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rvc_ray.errors import InputError
+
 __all__ = [
     "INPUT_SAMPLE_RATE",
     "AudioDecodeError",
@@ -31,11 +33,11 @@ INPUT_SAMPLE_RATE = 16000
 SUPPORTED_FORMATS = "WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF"
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(InputError):
     """The input is empty, not audio, corrupt, silent-only NaNs, or too short to convert."""
 
 
-class AudioTooLongError(ValueError):
+class AudioTooLongError(InputError):
     """The input is longer than the configured maximum duration."""
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from rvc_ray.errors import InputError
+
 if TYPE_CHECKING:
     from rvc_ray.config import AudioConfig, ModelConfig
 
@@ -55,7 +57,7 @@ _KNOWN_DECODERS: dict[tuple[tuple[int, ...], int | None], str] = {
 }
 
 
-class PretrainedMismatchError(ValueError):
+class PretrainedMismatchError(InputError):
     """A weight file does not fit the model this run builds."""
 
 

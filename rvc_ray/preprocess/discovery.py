@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rvc_ray.errors import InputError
+
 __all__ = ["InputDiscovery", "SkippedFile", "SourceFile", "SpeakerSource", "discover_inputs"]
 
 
@@ -109,7 +111,7 @@ def discover_inputs(inputs: Sequence[Path], extensions: Sequence[str]) -> InputD
         ValueError: no input was given, or the same folder was given twice.
     """
     if not inputs:
-        raise ValueError("preprocessing needs at least one input folder")
+        raise InputError("preprocessing needs at least one input folder")
     roots = [Path(p).expanduser().resolve() for p in inputs]
     for given, root in zip(inputs, roots, strict=True):
         if not root.exists():
@@ -117,7 +119,7 @@ def discover_inputs(inputs: Sequence[Path], extensions: Sequence[str]) -> InputD
         if not root.is_dir():
             raise NotADirectoryError(f"input {given} is a file; pass the folder that holds the recordings")
     if len(set(roots)) != len(roots):
-        raise ValueError(f"the same input folder was given twice: {[str(r) for r in roots]}")
+        raise InputError(f"the same input folder was given twice: {[str(r) for r in roots]}")
     if len(roots) == 1:
         plan = _speaker_folders(roots[0], extensions)
     else:

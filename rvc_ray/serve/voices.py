@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rvc_ray.errors import InputError
+
 if TYPE_CHECKING:
     from rvc_ray.serve.schemas import VoiceInfo
 
@@ -32,7 +34,7 @@ VOICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _EXPORT_SUFFIX = re.compile(r"^(?P<name>.+)_e\d+_s\d+$")
 
 
-class InvalidVoiceIdError(ValueError):
+class InvalidVoiceIdError(InputError):
     """A voice id that can never name a voice (bad characters, too long)."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rvc_ray.config import RunConfig
+from rvc_ray.errors import InputError
 
 if TYPE_CHECKING:
     import ray.train
@@ -27,7 +28,7 @@ __all__ = ["FailureInjection", "TrainResult", "TrainingSetupError", "build_torch
 log = logging.getLogger("rvc_ray.train")
 
 
-class TrainingSetupError(ValueError):
+class TrainingSetupError(InputError):
     """A training input that cannot work, found in the driver before any worker starts."""
 
 

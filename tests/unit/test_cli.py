@@ -98,3 +98,45 @@ def test_stage_commands_name_a_missing_input_before_starting_ray(
                                  "--set", f"experiment.work_dir={tmp_path}"])
     assert result.exit_code == 2, result.output
     assert f"input folder {missing} does not exist" in result.output
+
+
+def test_unusable_input_is_one_line_and_exit_2_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rvc_ray.cluster
+    from rvc_ray.errors import InputError
+
+    def refuse() -> None:
+        raise AssertionError("Ray must not be started before the inputs are checked")
+
+    monkeypatch.setattr(rvc_ray.cluster, "ensure_ray", refuse)
+    speaker = tmp_path / "spk"
+    speaker.mkdir()
+    work = f"experiment.work_dir={tmp_path / 'work'}"
+    result = runner.invoke(app, ["preprocess", "-i", str(speaker), "-i", str(speaker), "-c", "tiny_cpu", "-s", work])
+    assert result.exit_code == 2, result.output
+    assert "the same input folder was given twice" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+    # a corrupt voice file in `convert` is the user's input too, not a crash
+    voice = tmp_path / "voice.pth"
+    voice.write_bytes(b"not a checkpoint")
+    audio = tmp_path / "in.wav"
+    audio.write_bytes(b"RIFF")
+    result = runner.invoke(app, ["convert", str(audio), str(tmp_path / "out.wav"), "--voice", str(voice), "-c", "tiny_cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("index: none found")
+    assert "error: voice 'voice' could not be loaded" in result.output and "Traceback" not in result.output
+
+    # the job script that users submit: same rule, and nothing else ran
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "train.py"), "--input", str(tmp_path / "missing"), "--set", work],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"error: input folder {tmp_path / 'missing'} does not exist"
+    assert not (tmp_path / "work").exists()
+
+    from rvc_ray.config import ConfigError
+    from rvc_ray.infer import VoiceLoadError
+    from rvc_ray.train.launch import TrainingSetupError
+
+    assert all(issubclass(e, InputError) for e in (ConfigError, VoiceLoadError, TrainingSetupError))
