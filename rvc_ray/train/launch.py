@@ -196,6 +196,7 @@ def build_torch_trainer(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from rvc_ray.train.health_marker import clear_health_failure
     from rvc_ray.train.loop import WorkerPaths, train_loop_per_worker
 
     features_dir = Path(features_dir).resolve()
@@ -210,7 +211,9 @@ def build_torch_trainer(
         voices_dir=str((voices_dir or run_dir / "voices").resolve()),
         index_path=str(Path(index_path).resolve()) if index_path is not None else None,
         checkpoint_root=str(run_dir) if local_mode else None,
+        run_dir=str(run_dir),
     )
+    clear_health_failure(run_dir)  # a new fit trains again (and resumes) after the cause was fixed
     scaling = cfg.scaling
     resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:

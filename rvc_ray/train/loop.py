@@ -60,6 +60,7 @@ class WorkerPaths:
     voices_dir: str
     index_path: str | None = None
     checkpoint_root: str | None = None
+    run_dir: str | None = None  # the run's directory in Ray Train storage (health_failure.json lives there)
 
 
 def state_fingerprint(state_dict: dict[str, Any]) -> str:
@@ -395,11 +396,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from rvc_ray.model.build import build_discriminator, build_generator
     from rvc_ray.train import steps
     from rvc_ray.train.checkpoint import restore_initial_state
+    from rvc_ray.train.health_marker import record_health_failure, refuse_to_replay_health_failure
     from rvc_ray.train.reporting import TrainingReporter
     from rvc_ray.train.validation import evaluate_items
 
     cfg = RunConfig.model_validate(config["run"])
     paths = WorkerPaths(**config["paths"])
+    if paths.run_dir:
+        refuse_to_replay_health_failure(Path(paths.run_dir))
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     _configure_threads(cfg)
@@ -460,9 +464,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(seed, epoch, rank))
-        epoch_sums, steps_done, elapsed = _train_epoch(
-            cfg, epoch, run, gen_ddp, disc_ddp, sampler, train_items, settings, reporter, config.get("fault")
-        )
+        try:
+            epoch_sums, steps_done, elapsed = _train_epoch(
+                cfg, epoch, run, gen_ddp, disc_ddp, sampler, train_items, settings, reporter, config.get("fault")
+            )
+        except steps.TrainingHealthError as exc:
+            if paths.run_dir:
+                record_health_failure(Path(paths.run_dir), rank, exc)
+            raise
         sched_g.step()
         sched_d.step()
         epoch_metrics: dict[str, Any] = epoch_sums.mean_across_workers()

@@ -227,3 +227,46 @@ def test_fit_survives_a_killed_worker_then_resumes_in_a_new_job(ray_cluster: Non
     assert starts[-1]["start_epoch"] == 4 and starts[-1]["resumed_from"] == "checkpoint"
     assert starts[-1]["state_sha256"] == state_fingerprint(load_train_state(run_dir / "epoch_00003").generator)
     assert [line["epoch"] for line in _jsonl(layout.metrics_path) if line["kind"] == "epoch"] == [1, 2, 3, 4]
+
+
+def test_a_health_failure_is_not_replayed_by_ray_trains_restart(ray_cluster: None, tmp_path: Path) -> None:
+    """c_adv=1e39 overflows the generator loss at step 1 (NonFiniteLossError). With scaling.max_failures=1
+    Ray Train restarts the worker group; the restart must stop at once with the recorded error instead
+    of training again, and a new fit (after the cause is fixed) must not be blocked by the record."""
+    from ray.train import TrainingFailedError
+
+    from rvc_ray.layout import RunLayout
+    from rvc_ray.train.health_marker import HEALTH_FAILURE_FILE
+    from rvc_ray.train.launch import fit
+
+    overrides = [
+        f"experiment.work_dir={tmp_path}",
+        "experiment.name=nan",
+        "train.epochs=1",
+        "train.batch_size=2",
+        "train.num_preview_clips=0",
+        "scaling.num_workers=1",
+        "scaling.max_failures=1",
+    ]
+    cfg = load_run_config("tiny_cpu", [*overrides, "loss.c_adv=1e39"])
+    layout = RunLayout.from_config(cfg)
+    write_synthetic_feature_table(
+        layout.features_dir,
+        content_dim=cfg.model.content_dim,
+        sample_rate=cfg.audio.sample_rate,
+        frames=[32, 36, 34, 30],
+        splits=["train"] * 3 + ["val"],
+    )
+    with pytest.raises(TrainingFailedError) as failure:
+        fit(cfg, layout.features_dir)
+    text = str(failure.value)
+    assert "NonFiniteLossError" in text and "in an earlier attempt of this run" in text, text
+    record = json.loads((layout.train_dir / "nan" / HEALTH_FAILURE_FILE).read_text())
+    assert record["error"] == "NonFiniteLossError" and record["rank"] == 0
+    starts = [line for line in _jsonl(layout.metrics_path) if line["kind"] == "start"]
+    assert len(starts) == 1, "the restarted attempt must not build the models and train again"
+
+    fixed = load_run_config("tiny_cpu", overrides)
+    result = fit(fixed, layout.features_dir)
+    assert result.epochs_completed == 1
+    assert not (layout.train_dir / "nan" / HEALTH_FAILURE_FILE).exists()
