@@ -210,6 +210,7 @@ def _run_groups_with_ray(
         fn_kwargs={"raw_config": cfg.model_dump(mode="json"), "segments_dir": str(segments_dir)},
         compute=ray.data.TaskPoolStrategy(size=max(1, min(num_tasks, slots))),
         num_cpus=cfg.preprocess.cpus_per_task,
+        memory=int(cfg.preprocess.memory_gb_per_task * 2**30),
     )
     results = []
     rows = sorted(ds.take_all(), key=lambda r: r["group_index"])
@@ -249,7 +250,9 @@ def _inspect_all(cfg: RunConfig, discovery: InputDiscovery, use_ray: bool) -> li
     ensure_ray()
     slots = max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) // cfg.preprocess.cpus_per_task))
     groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
-    task = ray.remote(num_cpus=cfg.preprocess.cpus_per_task)(_inspect_files)
+    task = ray.remote(
+        num_cpus=cfg.preprocess.cpus_per_task, memory=int(cfg.preprocess.memory_gb_per_task * 2**30)
+    )(_inspect_files)
     by_index = {i.source_index: i for group in ray.get([task.remote(g, raw) for g in groups]) for i in group}
     return [by_index[f.source_index] for f in files]
 
