@@ -22,15 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import re
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rvc_ray.features.fairseq_pickle import FAIRSEQ_PICKLE, Placeholder, node_value, parse_conv_feature_layers
 from rvc_ray.features.state_dicts import find_state_dict_mismatch
 
 if TYPE_CHECKING:
@@ -287,39 +286,12 @@ def convert_hf_to_fairseq_state(state: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- file loading
 
 
-class _Placeholder:
-    """Stands in for classes of packages that are not installed (fairseq, omegaconf) in a pickle."""
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    _ALLOWED_ROOTS = ("torch", "collections", "numpy", "argparse", "_codecs")
-
-    def find_class(self, module, name):
-        if module.split(".")[0] in self._ALLOWED_ROOTS:
-            return super().find_class(module, name)
-        if module == "builtins" and name in ("set", "frozenset", "slice", "complex", "bytearray", "getattr"):
-            return super().find_class(module, name)
-        return type(name, (_Placeholder,), {"__module__": module})
-
-
-_LENIENT_PICKLE = types.ModuleType("rvc_ray_lenient_pickle")
-_LENIENT_PICKLE.Unpickler = _LenientUnpickler
-_LENIENT_PICKLE.load = lambda f, **kw: _LenientUnpickler(f, **kw).load()
-_LENIENT_PICKLE.__name__ = "pickle"
-
-
 def load_fairseq_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a fairseq checkpoint: ``(state_dict, model_hparams)`` without importing fairseq.
 
     Tries ``torch.load(weights_only=True)`` first; fairseq files that pickle fairseq/omegaconf objects
-    are then read with an unpickler that replaces those classes by inert placeholders (tensors and
-    plain containers load normally). Only load files you trust.
+    are then read with :data:`~rvc_ray.features.fairseq_pickle.FAIRSEQ_PICKLE`, which resolves only data
+    types and replaces every other class by an inert placeholder (no code from the file runs).
     """
     import argparse
 
@@ -332,7 +304,7 @@ def load_fairseq_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - retry with the lenient unpickler below
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LENIENT_PICKLE)
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=FAIRSEQ_PICKLE)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(
                 f"{path}: cannot be read as a fairseq HuBERT checkpoint (torch.load failed: {exc})"
@@ -351,10 +323,10 @@ def _fairseq_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
     if model_cfg is None and ckpt.get("args") is not None:
         args = ckpt["args"]
         model_cfg = vars(args) if hasattr(args, "__dict__") and not isinstance(args, dict) else args
-    if isinstance(model_cfg, _Placeholder):
+    if isinstance(model_cfg, Placeholder):
         model_cfg = getattr(model_cfg, "state", None) or {}
         if isinstance(model_cfg, dict) and "_content" in model_cfg:  # omegaconf DictConfig state
-            model_cfg = {k: getattr(v, "_val", v) for k, v in model_cfg["_content"].items()}
+            model_cfg = {k: node_value(v) for k, v in model_cfg["_content"].items()}
     return dict(model_cfg) if isinstance(model_cfg, dict) else {}
 
 
@@ -372,7 +344,7 @@ def _config_from_fairseq(state: dict[str, Any], hparams: dict[str, Any], source:
         raise ValueError(f"{source}: not a fairseq HuBERT/ContentVec state dict (missing {exc})") from None
     conv_spec = hparams.get("conv_feature_layers")
     if isinstance(conv_spec, str):
-        conv = [tuple(int(v) for v in layer) for layer in eval(conv_spec, {"__builtins__": {}}, {})]  # noqa: S307
+        conv = parse_conv_feature_layers(conv_spec)
     else:
         conv = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
     mode = hparams.get("extractor_mode", "default")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +216,100 @@ def test_split_is_deterministic_with_per_speaker_guarantees() -> None:
     assert set(assign_splits(rows, 0.0).values()) == {"train"}
     tiny = assign_splits([("a", 0), ("b", 0)], 0.99)
     assert sorted(tiny.values()) == ["train", "val"]
+
+
+def _fake_module(name: str, **classes: type) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for class_name, cls in classes.items():
+        cls.__module__, cls.__qualname__ = name, class_name
+        setattr(module, class_name, cls)
+    return module
+
+
+def test_fairseq_checkpoint_with_omegaconf_objects_loads_without_omegaconf(
+    saved_encoder, tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real fairseq files pickle their config as omegaconf objects: weights_only=True refuses them, and the
+    fallback reads them with inert placeholders, the node values included (not just the shapes)."""
+    import torch
+
+    from rvc_ray.features.content import load_fairseq_state
+
+    class AnyNode:
+        def __init__(self, value: object) -> None:
+            self._val, self._metadata = value, None
+
+    class DictConfig:
+        def __init__(self, content: dict) -> None:
+            self.content = content
+
+        def __getstate__(self) -> dict:
+            return {"_content": {k: AnyNode(v) for k, v in self.content.items()}, "_parent": None}
+
+    net, hf_dir, fairseq_path = saved_encoder
+    ckpt = torch.load(fairseq_path, weights_only=True)
+    monkeypatch.setitem(sys.modules, "omegaconf", _fake_module("omegaconf"))
+    monkeypatch.setitem(sys.modules, "omegaconf.nodes", _fake_module("omegaconf.nodes", AnyNode=AnyNode))
+    monkeypatch.setitem(sys.modules, "omegaconf.dictconfig", _fake_module("omegaconf.dictconfig", DictConfig=DictConfig))
+    ckpt["cfg"] = {"model": DictConfig(dict(ckpt["cfg"]["model"], encoder_layers=2))}
+    path = tmp_path / "contentvec_omegaconf.pt"
+    torch.save(ckpt, path)
+    for name in ("omegaconf", "omegaconf.nodes", "omegaconf.dictconfig"):
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(Exception, match="omegaconf"):
+        torch.load(path, weights_only=True)
+
+    state, hparams = load_fairseq_state(path)
+    assert hparams["encoder_layers"] == 2 and hparams["conv_feature_layers"] == str(_CONV)
+    assert set(state) == set(ckpt["model"])
+    features = tiny_cfg.features.model_copy(update={"content_encoder_path": path, "content_encoder_format": "fairseq"})
+    hf = tiny_cfg.features.model_copy(update={"content_encoder_path": hf_dir, "content_encoder_format": "hf"})
+    wav = _wav(0.5)
+    np.testing.assert_array_equal(
+        build_content_encoder(features, tiny_cfg.model).encode(wav), build_content_encoder(hf, tiny_cfg.model).encode(wav)
+    )
+
+
+def test_fairseq_unpickler_runs_no_code_from_the_file(tmp_path: Path) -> None:
+    import io
+    import pickle
+
+    from rvc_ray.features.fairseq_pickle import FairseqUnpickler, Placeholder
+
+    witness = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {witness}",))
+
+    # os.system by its own name: resolved to an inert placeholder, never called
+    loaded = FairseqUnpickler(io.BytesIO(pickle.dumps({"cfg": Exploit()}))).load()
+    assert isinstance(loaded["cfg"], Placeholder) and not witness.exists()
+
+    # protocol 4 reaches os.system through an allowed module ("torch" + "os.system"): refused
+    def short(text: str) -> bytes:
+        return b"\x8c" + bytes([len(text)]) + text.encode() + b"\x94"
+
+    dotted = b"\x80\x04" + short("torch") + short("os.system") + b"\x93" + short(f"touch {witness}") + b"\x85R."
+    with pytest.raises(pickle.UnpicklingError, match="dotted global torch:os.system"):
+        FairseqUnpickler(io.BytesIO(dotted)).load()
+    # getattr on a real object (getattr(torch, "load")...): refused; torch.hub is not an allowed global
+    via_getattr = b"\x80\x04" + short("builtins") + short("getattr") + b"\x93" + short("collections") + short(
+        "OrderedDict"
+    ) + b"\x93" + short("__init__") + b"\x86R."
+    with pytest.raises(pickle.UnpicklingError, match="refusing getattr"):
+        FairseqUnpickler(io.BytesIO(via_getattr)).load()
+    hub = b"\x80\x04" + short("torch.hub") + short("load") + b"\x93" + short("x") + b"\x85R."
+    assert isinstance(FairseqUnpickler(io.BytesIO(hub)).load(), Placeholder)
+    assert not witness.exists()
+
+
+def test_conv_feature_layers_are_parsed_not_evaluated() -> None:
+    from rvc_ray.features.fairseq_pickle import parse_conv_feature_layers
+
+    spec = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
+    assert parse_conv_feature_layers(spec) == [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    assert parse_conv_feature_layers(str(_CONV)) == _CONV
+    for bad in ("__import__('os').system('true')", "[(1,2,3)] * 10**9", "[(1, 2)]", "[]", "[(1,2,3)] +"):
+        with pytest.raises(ValueError, match="conv_feature_layers"):
+            parse_conv_feature_layers(bad)
