@@ -147,8 +147,16 @@ def load_train_state(directory: Path) -> TrainState:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not an rvc-ray checkpoint: {STATE_FILE} is missing")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(_numpy_array_globals()):  # the RNG states hold numpy arrays
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     return TrainState(**raw)
+
+
+def _numpy_array_globals() -> list[Any]:
+    """What a pickled numpy array or scalar needs, for ``torch.load(weights_only=True)``."""
+    core = getattr(np, "_core", None) or np.core
+    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
 def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
