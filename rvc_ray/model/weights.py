@@ -111,17 +111,34 @@ class RVCCheckpoint:
 # --------------------------------------------------------------------------- reading
 
 
+def _torch_load_reason(exc: Exception) -> str:
+    """The one line of a ``torch.load`` error that says what is wrong (torch's weights-only text is a page)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().split("\n")[0].strip()
+        reason = reason.split(" was not an allowed global")[0]
+        return f"{type(exc).__name__}: {reason or 'not a weights-only pickle'}"
+    first = text.strip().split("\n")[0].split(". ")[0].strip()
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
 def read_rvc_file(path: str | Path) -> dict[str, Any]:
     """``torch.load`` a .pth safely (``weights_only=True``, on CPU) with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weight file")
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise PretrainedMismatchError(f"{path}: not a torch .pth file (neither a zip archive nor a pickle)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise PretrainedMismatchError(
-            f"{path}: cannot be read as an RVC .pth with weights_only=True ({type(exc).__name__}: {exc}). "
-            "rvc-ray does not unpickle arbitrary objects; re-save the file with plain tensors/dicts."
+            f"{path}: cannot be read as an RVC .pth ({_torch_load_reason(exc)}). rvc-ray reads weights with "
+            "torch.load(weights_only=True) and does not unpickle arbitrary objects; if the file holds more than "
+            "tensors and plain containers, re-save it with those only"
         ) from exc
     if not isinstance(data, Mapping):
         raise PretrainedMismatchError(f"{path}: expected a dict, got {type(data).__name__}")

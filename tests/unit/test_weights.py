@@ -156,3 +156,20 @@ def test_missing_file_and_garbage_are_named(cfg, tmp_path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(PretrainedMismatchError, match="junk.pth"):
         load_pretrained(gen, disc, tmp_path / "junk.pth", None, cfg.model, cfg.audio)
+    with pytest.raises(PretrainedMismatchError, match=r"junk\.pth: not a torch \.pth file \(neither a zip archive nor a pickle\)$"):
+        load_rvc_checkpoint(tmp_path / "junk.pth")
+    (tmp_path / "zip.pth").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(PretrainedMismatchError, match=r"zip\.pth: cannot be read as an RVC \.pth \(RuntimeError: .*ZIP") as err:
+        load_rvc_checkpoint(tmp_path / "zip.pth")
+    assert len(str(err.value)) < 400, "one readable line, not torch's page of advice"
+
+
+class _NotATensor:
+    pass
+
+
+def test_a_pickled_object_is_refused_with_its_name(tmp_path) -> None:
+    torch.save({"weight": _NotATensor()}, tmp_path / "obj.pth")
+    with pytest.raises(PretrainedMismatchError, match=r"Unsupported global: GLOBAL tests\.unit\.test_weights\._NotATensor\)") as err:
+        load_rvc_checkpoint(tmp_path / "obj.pth")
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
