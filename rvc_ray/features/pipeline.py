@@ -214,7 +214,7 @@ def _build_dataset(cfg: RunConfig, files: list[Path], done: set[str], mute: pa.T
         batch_format="pyarrow",
         num_cpus=0.25,
         batch_size=f.batch_size,
-        compute=ray.data.TaskPoolStrategy(size=2),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))),  # one shard file: one input block
     )
     if mute.num_rows:
         ds = ds.union(ray.data.from_arrow(mute))
