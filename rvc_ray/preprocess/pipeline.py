@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rvc_ray.config import PreprocessConfig, RunConfig
+from rvc_ray.errors import InputError
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
 from rvc_ray.preprocess.inspection import FileInspection, inspect_file
 from rvc_ray.preprocess.report import build_report, format_report_text, write_report
@@ -164,6 +165,34 @@ def groups_per_task(num_groups: int, slots: int) -> int:
     return max(1, min(MAX_GROUPS_PER_TASK, num_groups // (4 * slots)))
 
 
+def task_resources(cfg: RunConfig, nodes: Sequence[dict[str, Any]]) -> dict[str, float | int]:
+    """``num_cpus``/``memory`` of one preprocessing task, checked against the largest alive node.
+
+    A request no node can hold would leave Ray Data waiting forever; this fails at once instead.
+
+    Args:
+        nodes: ``ray.nodes()``.
+
+    Raises:
+        InputError: ``preprocess.cpus_per_task`` or ``preprocess.memory_gb_per_task`` exceeds every node.
+    """
+    pp = cfg.preprocess
+    memory = int(pp.memory_gb_per_task * 2**30)
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    max_cpus = max((float(r.get("CPU", 0.0)) for r in alive), default=0.0)
+    max_memory = max((float(r.get("memory", 0.0)) for r in alive), default=0.0)
+    if pp.cpus_per_task > max_cpus:
+        raise InputError(
+            f"preprocess.cpus_per_task={pp.cpus_per_task} is more than the largest node has ({max_cpus:g} CPUs)"
+        )
+    if memory > max_memory:
+        raise InputError(
+            f"preprocess.memory_gb_per_task={pp.memory_gb_per_task:g} is more than the largest node's Ray memory "
+            f"({max_memory / 2**30:.1f} GiB); lower it or add memory"
+        )
+    return {"num_cpus": pp.cpus_per_task, "memory": memory}
+
+
 def _process_group_batch(batch: Any, raw_config: dict[str, Any], segments_dir: str) -> Any:
     """Ray Data UDF: rows (one group of files each) -> one row per group with its outcomes and shards as JSON."""
     import pyarrow as pa
@@ -188,6 +217,7 @@ def _run_groups_with_ray(
 
     ensure_ray()
     shorten_ray_data_limits_refresh()
+    resources = task_resources(cfg, ray.nodes())
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     slots = max(1, int(cpus // cfg.preprocess.cpus_per_task))
     per_task = groups_per_task(len(groups), slots)
@@ -209,8 +239,7 @@ def _run_groups_with_ray(
         batch_format="pyarrow",
         fn_kwargs={"raw_config": cfg.model_dump(mode="json"), "segments_dir": str(segments_dir)},
         compute=ray.data.TaskPoolStrategy(size=max(1, min(num_tasks, slots))),
-        num_cpus=cfg.preprocess.cpus_per_task,
-        memory=int(cfg.preprocess.memory_gb_per_task * 2**30),
+        **resources,
     )
     results = []
     rows = sorted(ds.take_all(), key=lambda r: r["group_index"])
@@ -248,11 +277,10 @@ def _inspect_all(cfg: RunConfig, discovery: InputDiscovery, use_ray: bool) -> li
     from rvc_ray.cluster import ensure_ray
 
     ensure_ray()
+    resources = task_resources(cfg, ray.nodes())
     slots = max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) // cfg.preprocess.cpus_per_task))
     groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
-    task = ray.remote(
-        num_cpus=cfg.preprocess.cpus_per_task, memory=int(cfg.preprocess.memory_gb_per_task * 2**30)
-    )(_inspect_files)
+    task = ray.remote(**resources)(_inspect_files)
     by_index = {i.source_index: i for group in ray.get([task.remote(g, raw) for g in groups]) for i in group}
     return [by_index[f.source_index] for f in files]
 

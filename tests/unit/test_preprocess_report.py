@@ -294,3 +294,20 @@ def test_groups_per_task_amortises_task_start_without_a_long_tail() -> None:
         groups_per_task(0, 4)
     with pytest.raises(ValueError, match="0 slots"):
         groups_per_task(4, 0)
+
+
+def test_task_resources_refuse_what_no_node_can_hold(cfg: RunConfig) -> None:
+    from rvc_ray.errors import InputError
+    from rvc_ray.preprocess.pipeline import task_resources
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 4.0, "memory": 8 * 2**30}},
+        {"Alive": False, "Resources": {"CPU": 64.0, "memory": 512 * 2**30}},  # a dead node counts for nothing
+    ]
+    assert task_resources(cfg, nodes) == {"num_cpus": 1.0, "memory": 2**30}
+    big_cpu = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"cpus_per_task": 8.0})})
+    with pytest.raises(InputError, match=r"cpus_per_task=8.0 is more than the largest node has \(4 CPUs\)"):
+        task_resources(big_cpu, nodes)
+    big_memory = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"memory_gb_per_task": 16.0})})
+    with pytest.raises(InputError, match=r"memory_gb_per_task=16 is more than the largest node's Ray memory \(8.0 GiB\)"):
+        task_resources(big_memory, nodes)
