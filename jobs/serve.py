@@ -38,16 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     make_package_importable()
     from rvc_ray.config import load_run_config
-    from rvc_ray.errors import USER_INPUT_ERRORS
+    from rvc_ray.errors import exit_status_of
     from rvc_ray.serve.app import run_serve
 
-    try:
-        cfg = load_run_config(args.config, args.overrides)
-        run_serve(cfg, voices_dir=args.voices, blocking=not args.detach)
-    except USER_INPUT_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    def job() -> None:
+        run_serve(load_run_config(args.config, args.overrides), voices_dir=args.voices, blocking=not args.detach)
+
+    return exit_status_of(job)
 
 
 if __name__ == "__main__":

@@ -41,17 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     make_package_importable()
     from rvc_ray.config import load_run_config
-    from rvc_ray.errors import USER_INPUT_ERRORS
+    from rvc_ray.errors import exit_status_of
     from rvc_ray.pipeline import prepare_demo_inputs, run_pipeline
 
-    try:
+    def job() -> None:
         cfg = load_run_config(args.config or DEFAULT_CONFIG, args.overrides)
         inputs = args.inputs or prepare_demo_inputs(cfg, seconds_per_speaker=args.demo_seconds)
         run_pipeline(cfg, inputs, stop_after=args.stop_after)
-    except USER_INPUT_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status_of(job)
 
 
 if __name__ == "__main__":

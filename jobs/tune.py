@@ -49,21 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     make_package_importable()
     from rvc_ray.config import load_run_config
-    from rvc_ray.errors import USER_INPUT_ERRORS
+    from rvc_ray.errors import exit_status_of
     from rvc_ray.layout import RunLayout
     from rvc_ray.tune.launch import run_tune
 
-    try:
+    def job() -> int:
         cfg = load_run_config(args.config or DEFAULT_CONFIG, args.overrides)
         features = args.features or RunLayout.from_config(cfg).features_dir
         result = run_tune(
             cfg, features, search=args.search, search_file=args.search_file, resume=args.resume, index_path=args.index
         )
-    except USER_INPUT_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(asdict(result), indent=2, default=str))
-    return 0 if result.best_trial_id is not None else 1
+        print(json.dumps(asdict(result), indent=2, default=str))
+        return 0 if result.best_trial_id is not None else 1
+
+    return exit_status_of(job)
 
 
 if __name__ == "__main__":

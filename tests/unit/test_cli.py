@@ -16,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
+@pytest.fixture
+def ray_must_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a command connects to Ray before it has checked its inputs."""
+    import rvc_ray.cluster
+
+    def refuse() -> None:
+        raise AssertionError("Ray must not be started before the inputs are checked")
+
+    monkeypatch.setattr(rvc_ray.cluster, "ensure_ray", refuse)
+
+
 def test_help_lists_every_stage() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
@@ -57,15 +68,7 @@ def test_train_job_rejects_bad_config_before_starting_anything() -> None:
     assert "does not divide across scaling.num_workers=2" in out.stderr
 
 
-def test_tune_rejects_a_bad_search_path_with_exit_2_before_starting_ray(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import rvc_ray.cluster
-
-    def refuse() -> None:
-        raise AssertionError("Ray must not be started before the search space is validated")
-
-    monkeypatch.setattr(rvc_ray.cluster, "ensure_ray", refuse)
+def test_tune_rejects_a_bad_search_path_with_exit_2_before_starting_ray(tmp_path: Path, ray_must_not_start: None) -> None:
     result = runner.invoke(
         app,
         ["tune", "--config", "tiny_cpu", "--set", f"experiment.work_dir={tmp_path}", "--features", str(tmp_path),
@@ -84,15 +87,7 @@ def test_every_job_script_starts_and_shows_its_help() -> None:
         assert "--config" in out.stdout
 
 
-def test_stage_commands_name_a_missing_input_before_starting_ray(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import rvc_ray.cluster
-
-    def refuse() -> None:
-        raise AssertionError("Ray must not be started before the stage has checked its inputs")
-
-    monkeypatch.setattr(rvc_ray.cluster, "ensure_ray", refuse)
+def test_stage_commands_name_a_missing_input_before_starting_ray(tmp_path: Path, ray_must_not_start: None) -> None:
     missing = tmp_path / "no_such_folder"
     result = runner.invoke(app, ["preprocess", "--input", str(missing), "--config", "tiny_cpu",
                                  "--set", f"experiment.work_dir={tmp_path}"])
@@ -100,14 +95,9 @@ def test_stage_commands_name_a_missing_input_before_starting_ray(
     assert f"input folder {missing} does not exist" in result.output
 
 
-def test_unusable_input_is_one_line_and_exit_2_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rvc_ray.cluster
+def test_unusable_input_is_one_line_and_exit_2_everywhere(tmp_path: Path, ray_must_not_start: None) -> None:
     from rvc_ray.errors import InputError
 
-    def refuse() -> None:
-        raise AssertionError("Ray must not be started before the inputs are checked")
-
-    monkeypatch.setattr(rvc_ray.cluster, "ensure_ray", refuse)
     speaker = tmp_path / "spk"
     speaker.mkdir()
     work = f"experiment.work_dir={tmp_path / 'work'}"
