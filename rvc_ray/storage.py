@@ -156,7 +156,9 @@ def list_files(location: str, *, suffix: str = "", recursive: bool = False) -> l
 
 def _location_of(location: str, root_path: str, found_path: str) -> str:
     """Turn a filesystem path found under ``root_path`` back into a location like ``location``."""
-    relative = posixpath.relpath(found_path, root_path) if is_remote(location) else os.path.relpath(found_path, root_path)
+    relative = (
+        posixpath.relpath(found_path, root_path) if is_remote(location) else os.path.relpath(found_path, root_path)
+    )
     return join(location, relative)
 
 
@@ -233,7 +235,9 @@ def download_dir(location: str, local_dir: str | Path) -> Path:
     target = Path(local_dir)
     for file in list_files(location, recursive=True):
         _, file_path = filesystem_and_path(file)
-        relative = posixpath.relpath(file_path, root_path) if is_remote(location) else os.path.relpath(file_path, root_path)
+        relative = (
+            posixpath.relpath(file_path, root_path) if is_remote(location) else os.path.relpath(file_path, root_path)
+        )
         download_file(file, target / relative)
     target.mkdir(parents=True, exist_ok=True)
     return target
