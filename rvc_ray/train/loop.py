@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TRAIN_METRIC_KEYS",
     "BestTracker",
+    "global_batch_of",
     "MetricAccumulator",
     "WorkerPaths",
     "should_stop_early",
@@ -100,20 +101,9 @@ TRAIN_METRIC_KEYS = (
     "grad_norm_g",
     "learning_rate",
     "skipped",
+    "skipped/scaler",
 )
 """The per-step metrics averaged across workers (a fixed list: every rank must all-reduce the same keys)."""
-
-
-def _all_reduce_sums(values: list[float]) -> list[float]:
-    """Element-wise sum across workers (identity without a process group)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return [float(v) for v in tensor.tolist()]
 
 
 class MetricAccumulator:
@@ -130,9 +120,12 @@ class MetricAccumulator:
                 self.sums[key] += float(value)
                 self.counts[key] += 1.0
 
-    def mean_across_workers(self) -> dict[str, float]:
-        reduced = _all_reduce_sums(
-            [self.sums[k] for k in TRAIN_METRIC_KEYS] + [self.counts[k] for k in TRAIN_METRIC_KEYS]
+    def mean_across_workers(self, device: torch.device | str = "cpu") -> dict[str, float]:
+        """Per-key means over every worker's steps (one all-reduce on the training ``device``)."""
+        from rvc_ray.train.collectives import sum_across_workers
+
+        reduced = sum_across_workers(
+            [self.sums[k] for k in TRAIN_METRIC_KEYS] + [self.counts[k] for k in TRAIN_METRIC_KEYS], device
         )
         n = len(TRAIN_METRIC_KEYS)
         return {k: reduced[i] / reduced[n + i] for i, k in enumerate(TRAIN_METRIC_KEYS) if reduced[n + i] > 0}
@@ -289,6 +282,7 @@ class _RunState:
     global_step: int
     trainables: _Trainables
     skipped_steps: int = 0
+    consecutive_scaler_skips: int = 0
 
 
 def _train_epoch(
@@ -303,33 +297,98 @@ def _train_epoch(
     reporter: Any,
     fault: dict[str, Any] | None,
 ) -> tuple[MetricAccumulator, int, float]:
-    """All steps of one epoch on this worker's slices; returns (metric sums, steps, seconds)."""
-    from rvc_ray.train import steps
+    """All steps of one epoch on this worker's slices; returns (metric sums, steps, seconds).
+
+    The next batch is built (and copied to the device) while the step runs (:mod:`rvc_ray.data.prefetch`).
+    """
+    from rvc_ray.data.prefetch import BatchPrefetcher
 
     t = run.trainables
     epoch_sums = MetricAccumulator()
     steps_done, started = 0, time.perf_counter()
     gen_ddp.train()
     disc_ddp.train()
-    for indices in sampler:
-        batch = items.batch(indices).to(run.device)
-        metrics = steps.train_step(gen_ddp, disc_ddp, t.opt_g, t.opt_d, batch, settings, scaler=t.scaler)
+    if getattr(items, "device", None) is not None:  # DeviceItemCache: batches are padded on the device already
+        batches: Any = (items.batch(indices) for indices in sampler)
+    else:
+        batches = BatchPrefetcher(sampler, items.batch, run.device, depth=cfg.train.prefetch_batches)
+    for batch in batches:
+        metrics = _guarded_step(cfg, run, gen_ddp, disc_ddp, batch, settings)
         metrics["learning_rate"] = float(t.opt_g.param_groups[0]["lr"])
         run.global_step += 1
         steps_done += 1
         epoch_sums.add(metrics)
-        run.skipped_steps += int(metrics.get("skipped", 0.0) > 0)
-        if run.skipped_steps > cfg.train.max_skipped_steps:
-            raise steps.TrainingHealthError(
-                f"rank {run.rank} skipped {run.skipped_steps} steps (train.max_skipped_steps={cfg.train.max_skipped_steps})"
-            )
+        _count_skips(cfg, run, metrics)
         if run.global_step % cfg.train.log_every_steps == 0:
             step_sums = MetricAccumulator()
             step_sums.add(metrics)
-            reporter.log_step(epoch=epoch, step=run.global_step, metrics=step_sums.mean_across_workers())
+            reporter.log_step(epoch=epoch, step=run.global_step, metrics=step_sums.mean_across_workers(run.device))
         if steps_done == 1:
             _maybe_inject_failure(fault, run.rank, epoch)
     return epoch_sums, steps_done, time.perf_counter() - started
+
+
+def global_batch_of(cfg: RunConfig) -> int:
+    """``train.batch_size`` once resolved (the loop replaces ``auto`` by the batch it found, first thing)."""
+    batch = cfg.train.batch_size
+    if not isinstance(batch, int):
+        raise RuntimeError("train.batch_size=auto must be resolved before training (_resolve_batch_size)")
+    return batch
+
+
+def _guarded_step(
+    cfg: RunConfig, run: _RunState, gen_ddp: Any, disc_ddp: Any, batch: Any, settings: Any
+) -> dict[str, float]:
+    """One ``train_step``, with the batch-health flag agreed by every worker (so all ranks raise, or all
+    skip, together: none is left waiting in a collective) and out-of-memory turned into a health error."""
+    from rvc_ray.train import steps
+    from rvc_ray.train.collectives import any_across_workers
+    from rvc_ray.train.memory import is_out_of_memory
+
+    t = run.trainables
+    problem = steps.find_batch_problem(batch)
+    if any_across_workers(problem is not None, run.device):
+        reason = problem or "another worker's slice of this global batch is unusable"
+        if settings.nonfinite_policy == "raise":
+            raise steps.BadBatchError(f"rank {run.rank}: {reason}")
+        log.warning("skipping the step: %s", reason)
+        return {"skipped": 1.0}
+    try:
+        return steps.train_step(
+            gen_ddp, disc_ddp, t.opt_g, t.opt_d, batch, settings, scaler=t.scaler, check_batch=False
+        )
+    except steps.TrainingHealthError:
+        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise steps.TrainingOutOfMemoryError(
+            f"rank {run.rank}: out of memory at step {run.global_step + 1} with {batch.size} clips per worker "
+            f"({first_line}); lower train.batch_size or data.max_frames, or use train.batch_size=auto"
+        ) from exc
+
+
+def _count_skips(cfg: RunConfig, run: _RunState, metrics: dict[str, float]) -> None:
+    """fp16 GradScaler skips are normal while the scale settles, so only a run of more than
+    ``train.max_skipped_steps`` consecutive ones is a health error; other skips count over the whole run."""
+    from rvc_ray.train import steps
+
+    limit = cfg.train.max_skipped_steps
+    if metrics.get("skipped/scaler", 0.0) > 0:
+        run.consecutive_scaler_skips += 1
+        if run.consecutive_scaler_skips > limit:
+            raise steps.NonFiniteLossError(
+                f"rank {run.rank}: the fp16 GradScaler skipped {run.consecutive_scaler_skips} steps in a row "
+                f"(train.max_skipped_steps={limit}): the gradients overflow at every scale; use bf16 or fp32"
+            )
+        return
+    run.consecutive_scaler_skips = 0
+    run.skipped_steps += int(metrics.get("skipped", 0.0) > 0)
+    if run.skipped_steps > limit:
+        raise steps.TrainingHealthError(
+            f"rank {run.rank} skipped {run.skipped_steps} steps (train.max_skipped_steps={limit})"
+        )
 
 
 def _save_checkpoint(
@@ -356,8 +415,8 @@ def _save_checkpoint(
         scheduler_g=t.sched_g.state_dict(),
         scheduler_d=t.sched_d.state_dict(),
         scaler=t.scaler.state_dict() if t.scaler is not None else None,
-        global_batch_size=cfg.train.batch_size,
-        per_worker_batch_size=cfg.train.batch_size // world,
+        global_batch_size=global_batch_of(cfg),
+        per_worker_batch_size=global_batch_of(cfg) // world,
         num_workers=world,
         rng=capture_rng_state(),
         best_val_mel_l1=best.value,
@@ -396,6 +455,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from rvc_ray.model.build import build_discriminator, build_generator
     from rvc_ray.train import steps
     from rvc_ray.train.checkpoint import restore_initial_state
+    from rvc_ray.train.collectives import barrier, broadcast_from_rank_zero
     from rvc_ray.train.health_marker import record_health_failure, refuse_to_replay_health_failure
     from rvc_ray.train.reporting import TrainingReporter
     from rvc_ray.train.validation import evaluate_items
@@ -411,9 +471,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     seed = cfg.experiment.seed
 
     train_items, val_items = _load_items(cfg, Path(paths.features_dir))
+    settings = steps.StepSettings.from_config(cfg, device)
+    cfg, batch_source = _resolve_batch_size(cfg, train_items, settings, world, ray.train.get_checkpoint())
     sampler = DistributedBucketSampler(
         train_items.lengths,
-        global_batch_size=cfg.train.batch_size,
+        global_batch_size=global_batch_of(cfg),
         boundaries=cfg.data.bucket_boundaries,
         num_replicas=world,
         rank=rank,
@@ -425,7 +487,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     disc = build_discriminator(cfg.model).to(device)
     opt_g, opt_d = steps.build_optimizers(gen, disc, cfg.optim)
     sched_g, sched_d = steps.build_schedulers(opt_g, opt_d, cfg.optim)
-    settings = steps.StepSettings.from_config(cfg, device)
     scaler = steps.build_grad_scaler(settings)
 
     restored = restore_initial_state(cfg, gen, disc, opt_g, opt_d, sched_g, sched_d, scaler, ray.train.get_checkpoint())
@@ -444,8 +505,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "start_epoch": start_epoch,
         "resumed_from": restored.source,
         "state_sha256": fingerprint,
-        "global_batch_size": cfg.train.batch_size,
+        "global_batch_size": global_batch_of(cfg),
         "per_worker_batch_size": per_worker,
+        "batch_size_source": batch_source,
+        "precision": settings.precision,
+        "device": str(device),
         "num_workers": world,
         "steps_per_epoch": len(sampler),
         "train_items": len(train_items),
@@ -459,6 +523,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         with Path(paths.metrics_path).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({**start_note, "time": time.time()}) + "\n")
 
+    epoch_items: Any = train_items
+    if cfg.train.cache_dataset_on_gpu:
+        epoch_items = _cache_on_device(train_items, device, rank)
     final: dict[str, Any] = {"epoch": restored.epoch, "step": global_step}
     run = _RunState(rank=rank, device=device, global_step=global_step, trainables=trainables)
     for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -466,7 +533,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         torch.manual_seed(_epoch_seed(seed, epoch, rank))
         try:
             epoch_sums, steps_done, elapsed = _train_epoch(
-                cfg, epoch, run, gen_ddp, disc_ddp, sampler, train_items, settings, reporter, config.get("fault")
+                cfg, epoch, run, gen_ddp, disc_ddp, sampler, epoch_items, settings, reporter, config.get("fault")
             )
         except steps.TrainingHealthError as exc:
             if paths.run_dir:
@@ -474,20 +541,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             raise
         sched_g.step()
         sched_d.step()
-        epoch_metrics: dict[str, Any] = epoch_sums.mean_across_workers()
+        epoch_metrics: dict[str, Any] = epoch_sums.mean_across_workers(device)
         val_metrics, val_sums = _validate(cfg, gen, val_items, train_items, rank, world, device, evaluate_items)
         epoch_metrics.update(val_metrics)
         epoch_metrics.update(
             epoch=epoch,
             step=run.global_step,
-            samples_per_s=steps_done * cfg.train.batch_size / max(elapsed, 1e-9),
+            samples_per_s=steps_done * global_batch_of(cfg) / max(elapsed, 1e-9),
+            skipped_steps=round(epoch_metrics.get("skipped", 0.0) * steps_done),
             epoch_time_s=elapsed,
-            global_batch_size=cfg.train.batch_size,
+            global_batch_size=global_batch_of(cfg),
             per_worker_batch_size=per_worker,
         )
         tracker = track_best(tracker, epoch_metrics["val/mel_l1"], epoch)
         epoch_metrics.update({"best/val_mel_l1": tracker.value, "best/epoch": tracker.epoch})
-        stop_early = should_stop_early(tracker, cfg.train.early_stop_patience)
+        # every rank computes the same decision from all-reduced scores; rank 0's is broadcast so that a
+        # rounding difference can never leave one rank training while the others stop
+        stop_early = bool(
+            broadcast_from_rank_zero(float(should_stop_early(tracker, cfg.train.early_stop_patience)), device)
+        )
         save = epoch % cfg.train.save_every_epochs == 0 or epoch == cfg.train.epochs or stop_early
         epoch_metrics["stopped_early"] = bool(stop_early)
         reporter.log_epoch(epoch=epoch, step=run.global_step, metrics=epoch_metrics)
@@ -515,6 +587,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 tracker.epochs_without_improvement,
             )
             break
+    barrier(device)  # every rank leaves the loop together (rank 0's last export is written)
     reporter.close()
     return {k: v for k, v in final.items() if not (isinstance(v, float) and math.isnan(v))}
 
@@ -534,6 +607,8 @@ def _validate(
     Without a held-out split (``features.validation_fraction=0``) the first few training items are
     scored instead, and ``val/on_train_items`` is 1 so nobody mistakes it for a held-out score.
     """
+    from rvc_ray.train.collectives import sum_across_workers
+
     items = val_items if val_items is not None else train_items
     shortest = usable_min_frames(cfg)
     usable = [i for i, n in enumerate(items.lengths) if n >= shortest]
@@ -542,8 +617,66 @@ def _validate(
     mine = indices[rank * share : (rank + 1) * share]  # contiguous: rank 0 holds the first clips (previews)
     previews = cfg.train.num_preview_clips if rank == 0 else 0
     sums = evaluate_items(gen, items, mine, cfg.audio, seed=cfg.experiment.seed, device=device, num_previews=previews)
-    total_l1, total_mcd, count = _all_reduce_sums([sums.mel_l1_sum, sums.mcd_sum, float(sums.count)])
+    total_l1, total_mcd, count = sum_across_workers([sums.mel_l1_sum, sums.mcd_sum, float(sums.count)], device)
     count = max(count, 1.0)
     metrics = {"val/mel_l1": total_l1 / count, "val/mcd": total_mcd / count}
     metrics["val/on_train_items"] = 0.0 if val_items is not None else 1.0
     return metrics, sums
+
+
+def _resolve_batch_size(
+    cfg: RunConfig, items: TrainingItems, settings: Any, world: int, checkpoint: Any
+) -> tuple[RunConfig, str]:
+    """``cfg`` with a numeric ``train.batch_size`` and where it came from: ``"config"``, ``"auto"`` (searched
+    now, see :mod:`rvc_ray.train.memory`) or ``"checkpoint"`` (an auto run resumed with its first batch, so
+    the data order and the step count stay those of the run)."""
+    from rvc_ray.train.checkpoint import read_checkpoint_meta
+    from rvc_ray.train.collectives import min_across_workers
+    from rvc_ray.train.memory import make_probe_step, resolve_auto_batch_size
+
+    if cfg.train.batch_size != "auto":
+        return cfg, "config"
+    found: int | None = None
+    source = "auto"
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            meta = read_checkpoint_meta(Path(directory))
+        if meta.get("num_workers") == world and meta.get("global_batch_size"):
+            found, source = int(meta["global_batch_size"]), "checkpoint"
+    if found is None:
+        usable = sum(1 for n in items.lengths if n >= usable_min_frames(cfg))
+        limit = max(world, min(cfg.train.auto_batch_size_max, usable // world * world))
+        probe = make_probe_step(cfg, items, settings, min_frames=usable_min_frames(cfg))
+        found = resolve_auto_batch_size(
+            probe,
+            device=settings.device,
+            world_size=world,
+            global_limit=limit,
+            min_across_workers=min_across_workers,
+        )
+        del probe
+    log.warning(
+        "rvc-ray train: train.batch_size=auto -> global batch %d (%d per worker, %s)", found, found // world, source
+    )
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": found})}), source
+
+
+def _cache_on_device(items: TrainingItems, device: torch.device, rank: int) -> Any:
+    """``train.cache_dataset_on_gpu``: every clip on the GPU, refused (one clear line) when the clips would
+    take more than half of the GPU's free memory."""
+    import torch
+
+    from rvc_ray.data.dataset import FeatureTableError
+    from rvc_ray.data.prefetch import DeviceItemCache, cached_dataset_bytes
+
+    needed = cached_dataset_bytes(items)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        if needed > free // 2:
+            raise FeatureTableError(
+                f"train.cache_dataset_on_gpu: the clips take {needed / 2**30:.2f} GiB, more than half of the "
+                f"{free / 2**30:.2f} GiB free on {device}; turn it off for this dataset"
+            )
+    if rank == 0:
+        log.warning("rvc-ray train: caching %d clips (%.1f MiB) on %s", len(items), needed / 2**20, device)
+    return DeviceItemCache(items, device)
