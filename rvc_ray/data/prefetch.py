@@ -13,6 +13,7 @@ comfortably in GPU memory: :func:`cached_dataset_bytes` tells how much it takes.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from rvc_ray.data.batch import RVCBatch
     from rvc_ray.data.dataset import FeatureItem, TrainingItems
 
-__all__ = ["BatchPrefetcher", "DeviceItemCache", "cached_dataset_bytes"]
+__all__ = ["BatchPrefetcher", "DeviceItemCache", "cache_items_on_device", "cached_dataset_bytes"]
+
+log = logging.getLogger("rvc_ray.train")
 
 _DONE = object()
 
@@ -182,3 +185,23 @@ class DeviceItemCache:
         from rvc_ray.data.dataset import collate_items
 
         return collate_items([self._items[i] for i in indices])
+
+
+def cache_items_on_device(items: TrainingItems, device: torch.device, *, announce: bool) -> DeviceItemCache:
+    """``train.cache_dataset_on_gpu``: every clip on the GPU, refused (one clear line) when the clips would
+    take more than half of the GPU's free memory."""
+    import torch
+
+    from rvc_ray.data.dataset import FeatureTableError
+
+    needed = cached_dataset_bytes(items)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        if needed > free // 2:
+            raise FeatureTableError(
+                f"train.cache_dataset_on_gpu: the clips take {needed / 2**30:.2f} GiB, more than half of the "
+                f"{free / 2**30:.2f} GiB free on {device}; turn it off for this dataset"
+            )
+    if announce:
+        log.warning("rvc-ray train: caching %d clips (%.1f MiB) on %s", len(items), needed / 2**20, device)
+    return DeviceItemCache(items, device)

@@ -23,6 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rvc_ray.config import RunConfig
+from rvc_ray.train.epoch import (
+    TRAIN_METRIC_KEYS,
+    MetricAccumulator,
+    RunState,
+    Trainables,
+    global_batch_of,
+    train_epoch,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -88,47 +96,6 @@ def _configure_threads(cfg: RunConfig) -> None:
 
     threads = max(1, int(round(cfg.scaling.cpus_per_worker)))
     torch.set_num_threads(threads)
-
-
-TRAIN_METRIC_KEYS = (
-    "loss/d/total",
-    "loss/g/total",
-    "loss/g/adv",
-    "loss/g/fm",
-    "loss/g/mel",
-    "loss/g/kl",
-    "grad_norm_d",
-    "grad_norm_g",
-    "learning_rate",
-    "skipped",
-    "skipped/scaler",
-)
-"""The per-step metrics averaged across workers (a fixed list: every rank must all-reduce the same keys)."""
-
-
-class MetricAccumulator:
-    """Sums of :data:`TRAIN_METRIC_KEYS` over steps; :meth:`mean_across_workers` all-reduces them."""
-
-    def __init__(self) -> None:
-        self.sums = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
-        self.counts = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for key in TRAIN_METRIC_KEYS:
-            value = metrics.get(key)
-            if value is not None and math.isfinite(float(value)):
-                self.sums[key] += float(value)
-                self.counts[key] += 1.0
-
-    def mean_across_workers(self, device: torch.device | str = "cpu") -> dict[str, float]:
-        """Per-key means over every worker's steps (one all-reduce on the training ``device``)."""
-        from rvc_ray.train.collectives import sum_across_workers
-
-        reduced = sum_across_workers(
-            [self.sums[k] for k in TRAIN_METRIC_KEYS] + [self.counts[k] for k in TRAIN_METRIC_KEYS], device
-        )
-        n = len(TRAIN_METRIC_KEYS)
-        return {k: reduced[i] / reduced[n + i] for i, k in enumerate(TRAIN_METRIC_KEYS) if reduced[n + i] > 0}
 
 
 def wrap_models(gen: torch.nn.Module, disc: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -244,157 +211,10 @@ def should_stop_early(tracker: BestTracker, patience: int | None) -> bool:
     return patience is not None and tracker.epochs_without_improvement >= patience
 
 
-def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
-    """Test hook: ``{"rank": r, "epoch": e, "marker": path}`` makes rank r exit hard in epoch e, once."""
-    if not fault or fault["rank"] != rank or fault["epoch"] != epoch:
-        return
-    marker = Path(fault["marker"])
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"rank {rank} killed itself in epoch {epoch}\n")
-    # Train V2's controller picks up reports (and registers their checkpoints) when it polls the workers,
-    # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s). Dying right after a fast epoch's report could beat that
-    # poll and restart from the checkpoint before; a real crash is not that well timed, so wait a few polls.
-    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
-    os._exit(1)
-
-
-@dataclass
-class _Trainables:
-    """The un-wrapped models and everything that is stepped with them."""
-
-    gen: Any
-    disc: Any
-    opt_g: Any
-    opt_d: Any
-    sched_g: Any
-    sched_d: Any
-    scaler: Any
-
-
-@dataclass
-class _RunState:
-    """Mutable per-worker progress."""
-
-    rank: int
-    device: Any
-    global_step: int
-    trainables: _Trainables
-    skipped_steps: int = 0
-    consecutive_scaler_skips: int = 0
-
-
-def _train_epoch(
-    cfg: RunConfig,
-    epoch: int,
-    run: _RunState,
-    gen_ddp: Any,
-    disc_ddp: Any,
-    sampler: Any,
-    items: TrainingItems,
-    settings: Any,
-    reporter: Any,
-    fault: dict[str, Any] | None,
-) -> tuple[MetricAccumulator, int, float]:
-    """All steps of one epoch on this worker's slices; returns (metric sums, steps, seconds).
-
-    The next batch is built (and copied to the device) while the step runs (:mod:`rvc_ray.data.prefetch`).
-    """
-    from rvc_ray.data.prefetch import BatchPrefetcher
-
-    t = run.trainables
-    epoch_sums = MetricAccumulator()
-    steps_done, started = 0, time.perf_counter()
-    gen_ddp.train()
-    disc_ddp.train()
-    if getattr(items, "device", None) is not None:  # DeviceItemCache: batches are padded on the device already
-        batches: Any = (items.batch(indices) for indices in sampler)
-    else:
-        batches = BatchPrefetcher(sampler, items.batch, run.device, depth=cfg.train.prefetch_batches)
-    for batch in batches:
-        metrics = _guarded_step(cfg, run, gen_ddp, disc_ddp, batch, settings)
-        metrics["learning_rate"] = float(t.opt_g.param_groups[0]["lr"])
-        run.global_step += 1
-        steps_done += 1
-        epoch_sums.add(metrics)
-        _count_skips(cfg, run, metrics)
-        if run.global_step % cfg.train.log_every_steps == 0:
-            step_sums = MetricAccumulator()
-            step_sums.add(metrics)
-            reporter.log_step(epoch=epoch, step=run.global_step, metrics=step_sums.mean_across_workers(run.device))
-        if steps_done == 1:
-            _maybe_inject_failure(fault, run.rank, epoch)
-    return epoch_sums, steps_done, time.perf_counter() - started
-
-
-def global_batch_of(cfg: RunConfig) -> int:
-    """``train.batch_size`` once resolved (the loop replaces ``auto`` by the batch it found, first thing)."""
-    batch = cfg.train.batch_size
-    if not isinstance(batch, int):
-        raise RuntimeError("train.batch_size=auto must be resolved before training (_resolve_batch_size)")
-    return batch
-
-
-def _guarded_step(
-    cfg: RunConfig, run: _RunState, gen_ddp: Any, disc_ddp: Any, batch: Any, settings: Any
-) -> dict[str, float]:
-    """One ``train_step``, with the batch-health flag agreed by every worker (so all ranks raise, or all
-    skip, together: none is left waiting in a collective) and out-of-memory turned into a health error."""
-    from rvc_ray.train import steps
-    from rvc_ray.train.collectives import any_across_workers
-    from rvc_ray.train.memory import is_out_of_memory
-
-    t = run.trainables
-    problem = steps.find_batch_problem(batch)
-    if any_across_workers(problem is not None, run.device):
-        reason = problem or "another worker's slice of this global batch is unusable"
-        if settings.nonfinite_policy == "raise":
-            raise steps.BadBatchError(f"rank {run.rank}: {reason}")
-        log.warning("skipping the step: %s", reason)
-        return {"skipped": 1.0}
-    try:
-        return steps.train_step(
-            gen_ddp, disc_ddp, t.opt_g, t.opt_d, batch, settings, scaler=t.scaler, check_batch=False
-        )
-    except steps.TrainingHealthError:
-        raise
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise steps.TrainingOutOfMemoryError(
-            f"rank {run.rank}: out of memory at step {run.global_step + 1} with {batch.size} clips per worker "
-            f"({first_line}); lower train.batch_size or data.max_frames, or use train.batch_size=auto"
-        ) from exc
-
-
-def _count_skips(cfg: RunConfig, run: _RunState, metrics: dict[str, float]) -> None:
-    """fp16 GradScaler skips are normal while the scale settles, so only a run of more than
-    ``train.max_skipped_steps`` consecutive ones is a health error; other skips count over the whole run."""
-    from rvc_ray.train import steps
-
-    limit = cfg.train.max_skipped_steps
-    if metrics.get("skipped/scaler", 0.0) > 0:
-        run.consecutive_scaler_skips += 1
-        if run.consecutive_scaler_skips > limit:
-            raise steps.NonFiniteLossError(
-                f"rank {run.rank}: the fp16 GradScaler skipped {run.consecutive_scaler_skips} steps in a row "
-                f"(train.max_skipped_steps={limit}): the gradients overflow at every scale; use bf16 or fp32"
-            )
-        return
-    run.consecutive_scaler_skips = 0
-    run.skipped_steps += int(metrics.get("skipped", 0.0) > 0)
-    if run.skipped_steps > limit:
-        raise steps.TrainingHealthError(
-            f"rank {run.rank} skipped {run.skipped_steps} steps (train.max_skipped_steps={limit})"
-        )
-
-
 def _save_checkpoint(
     cfg: RunConfig,
     paths: WorkerPaths,
-    run: _RunState,
+    run: RunState,
     epoch: int,
     world: int,
     best: BestTracker,
@@ -451,12 +271,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # is printed on every step of every worker and is not actionable.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
+    from rvc_ray.data.prefetch import cache_items_on_device
     from rvc_ray.data.sampler import DistributedBucketSampler
     from rvc_ray.model.build import build_discriminator, build_generator
     from rvc_ray.train import steps
     from rvc_ray.train.checkpoint import restore_initial_state
     from rvc_ray.train.collectives import barrier, broadcast_from_rank_zero
     from rvc_ray.train.health_marker import record_health_failure, refuse_to_replay_health_failure
+    from rvc_ray.train.memory import resolve_run_batch_size
     from rvc_ray.train.reporting import TrainingReporter
     from rvc_ray.train.validation import evaluate_items
 
@@ -472,7 +294,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     train_items, val_items = _load_items(cfg, Path(paths.features_dir))
     settings = steps.StepSettings.from_config(cfg, device)
-    cfg, batch_source = _resolve_batch_size(cfg, train_items, settings, world, ray.train.get_checkpoint())
+    cfg, batch_source = resolve_run_batch_size(
+        cfg, train_items, settings, world, ray.train.get_checkpoint(), min_frames=usable_min_frames(cfg)
+    )
     sampler = DistributedBucketSampler(
         train_items.lengths,
         global_batch_size=global_batch_of(cfg),
@@ -495,7 +319,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     fingerprint = state_fingerprint(gen.state_dict())
 
     gen_ddp, disc_ddp = wrap_models(gen, disc)
-    trainables = _Trainables(gen, disc, opt_g, opt_d, sched_g, sched_d, scaler)
+    trainables = Trainables(gen, disc, opt_g, opt_d, sched_g, sched_d, scaler)
     reporter = TrainingReporter(
         Path(paths.tensorboard_dir), Path(paths.metrics_path), enabled=rank == 0, purge_step=global_step + 1
     )
@@ -525,14 +349,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     epoch_items: Any = train_items
     if cfg.train.cache_dataset_on_gpu:
-        epoch_items = _cache_on_device(train_items, device, rank)
+        epoch_items = cache_items_on_device(train_items, device, announce=rank == 0)
     final: dict[str, Any] = {"epoch": restored.epoch, "step": global_step}
-    run = _RunState(rank=rank, device=device, global_step=global_step, trainables=trainables)
+    run = RunState(rank=rank, device=device, global_step=global_step, trainables=trainables)
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(seed, epoch, rank))
         try:
-            epoch_sums, steps_done, elapsed = _train_epoch(
+            epoch_sums, steps_done, elapsed = train_epoch(
                 cfg, epoch, run, gen_ddp, disc_ddp, sampler, epoch_items, settings, reporter, config.get("fault")
             )
         except steps.TrainingHealthError as exc:
@@ -622,61 +446,3 @@ def _validate(
     metrics = {"val/mel_l1": total_l1 / count, "val/mcd": total_mcd / count}
     metrics["val/on_train_items"] = 0.0 if val_items is not None else 1.0
     return metrics, sums
-
-
-def _resolve_batch_size(
-    cfg: RunConfig, items: TrainingItems, settings: Any, world: int, checkpoint: Any
-) -> tuple[RunConfig, str]:
-    """``cfg`` with a numeric ``train.batch_size`` and where it came from: ``"config"``, ``"auto"`` (searched
-    now, see :mod:`rvc_ray.train.memory`) or ``"checkpoint"`` (an auto run resumed with its first batch, so
-    the data order and the step count stay those of the run)."""
-    from rvc_ray.train.checkpoint import read_checkpoint_meta
-    from rvc_ray.train.collectives import min_across_workers
-    from rvc_ray.train.memory import make_probe_step, resolve_auto_batch_size
-
-    if cfg.train.batch_size != "auto":
-        return cfg, "config"
-    found: int | None = None
-    source = "auto"
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            meta = read_checkpoint_meta(Path(directory))
-        if meta.get("num_workers") == world and meta.get("global_batch_size"):
-            found, source = int(meta["global_batch_size"]), "checkpoint"
-    if found is None:
-        usable = sum(1 for n in items.lengths if n >= usable_min_frames(cfg))
-        limit = max(world, min(cfg.train.auto_batch_size_max, usable // world * world))
-        probe = make_probe_step(cfg, items, settings, min_frames=usable_min_frames(cfg))
-        found = resolve_auto_batch_size(
-            probe,
-            device=settings.device,
-            world_size=world,
-            global_limit=limit,
-            min_across_workers=min_across_workers,
-        )
-        del probe
-    log.warning(
-        "rvc-ray train: train.batch_size=auto -> global batch %d (%d per worker, %s)", found, found // world, source
-    )
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": found})}), source
-
-
-def _cache_on_device(items: TrainingItems, device: torch.device, rank: int) -> Any:
-    """``train.cache_dataset_on_gpu``: every clip on the GPU, refused (one clear line) when the clips would
-    take more than half of the GPU's free memory."""
-    import torch
-
-    from rvc_ray.data.dataset import FeatureTableError
-    from rvc_ray.data.prefetch import DeviceItemCache, cached_dataset_bytes
-
-    needed = cached_dataset_bytes(items)
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        if needed > free // 2:
-            raise FeatureTableError(
-                f"train.cache_dataset_on_gpu: the clips take {needed / 2**30:.2f} GiB, more than half of the "
-                f"{free / 2**30:.2f} GiB free on {device}; turn it off for this dataset"
-            )
-    if rank == 0:
-        log.warning("rvc-ray train: caching %d clips (%.1f MiB) on %s", len(items), needed / 2**20, device)
-    return DeviceItemCache(items, device)

@@ -39,6 +39,7 @@ __all__ = [
     "make_probe_step",
     "release_cached_memory",
     "resolve_auto_batch_size",
+    "resolve_run_batch_size",
     "step_fits",
 ]
 
@@ -214,3 +215,41 @@ def make_probe_step(
         steps.train_step(gen, disc, opt_g, opt_d, items.batch(indices).to(settings.device), settings, scaler=scaler)
 
     return step
+
+
+def resolve_run_batch_size(
+    cfg: RunConfig, items: TrainingItems, settings: StepSettings, world: int, checkpoint: Any, *, min_frames: int
+) -> tuple[RunConfig, str]:
+    """``cfg`` with a numeric ``train.batch_size`` and where it came from: ``"config"``, ``"auto"`` (searched
+    now, see :mod:`rvc_ray.train.memory`) or ``"checkpoint"`` (an auto run resumed with its first batch, so
+    the data order and the step count stay those of the run)."""
+    from pathlib import Path
+
+    from rvc_ray.train.checkpoint import read_checkpoint_meta
+    from rvc_ray.train.collectives import min_across_workers
+
+    if cfg.train.batch_size != "auto":
+        return cfg, "config"
+    found: int | None = None
+    source = "auto"
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            meta = read_checkpoint_meta(Path(directory))
+        if meta.get("num_workers") == world and meta.get("global_batch_size"):
+            found, source = int(meta["global_batch_size"]), "checkpoint"
+    if found is None:
+        usable = sum(1 for n in items.lengths if n >= min_frames)
+        limit = max(world, min(cfg.train.auto_batch_size_max, usable // world * world))
+        probe = make_probe_step(cfg, items, settings, min_frames=min_frames)
+        found = resolve_auto_batch_size(
+            probe,
+            device=settings.device,
+            world_size=world,
+            global_limit=limit,
+            min_across_workers=min_across_workers,
+        )
+        del probe
+    log.warning(
+        "rvc-ray train: train.batch_size=auto -> global batch %d (%d per worker, %s)", found, found // world, source
+    )
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": found})}), source
