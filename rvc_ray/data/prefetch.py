@@ -81,16 +81,11 @@ class BatchPrefetcher:
                 batch = self._load_batch(list(indices))
                 if self.pin_memory and batch.content.device.type == "cpu":
                     batch = batch.pin_memory()
-                while not stop.is_set():
-                    try:
-                        out.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                _put_unless_stopped(out, stop, batch)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            out.put(_Failure(exc))
+            _put_unless_stopped(out, stop, _Failure(exc))
             return
-        out.put(_DONE)
+        _put_unless_stopped(out, stop, _DONE)
 
     def __iter__(self) -> Iterator[RVCBatch]:
         import torch
@@ -101,12 +96,12 @@ class BatchPrefetcher:
         thread.start()
         stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
 
-        def next_on_device() -> RVCBatch | None:
+        def next_on_device() -> RVCBatch | _Failure | None:
             item = out.get()
             if item is _DONE:
                 return None
             if isinstance(item, _Failure):
-                raise item.error
+                return item  # raised once the batches before it have been used
             if stream is None:
                 return item.to(self.device)
             with torch.cuda.stream(stream):
@@ -115,6 +110,8 @@ class BatchPrefetcher:
         try:
             upcoming = next_on_device()
             while upcoming is not None:
+                if isinstance(upcoming, _Failure):
+                    raise upcoming.error
                 current = upcoming
                 if stream is not None:
                     # the step's stream waits for the copy; the copy's memory belongs to the step's stream now
@@ -125,6 +122,16 @@ class BatchPrefetcher:
         finally:
             stop.set()
             thread.join(timeout=5.0)
+
+
+def _put_unless_stopped(out: queue.Queue[Any], stop: threading.Event, item: object) -> None:
+    """Put ``item`` once there is room, unless the consumer has gone (then the thread may end)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 def _record_stream(tensor: torch.Tensor, stream: torch.cuda.Stream) -> torch.Tensor:

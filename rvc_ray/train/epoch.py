@@ -29,6 +29,7 @@ __all__ = [
     "RunState",
     "Trainables",
     "global_batch_of",
+    "guarded_step",
     "train_epoch",
 ]
 
@@ -145,7 +146,7 @@ def train_epoch(
     else:
         batches = BatchPrefetcher(sampler, items.batch, run.device, depth=cfg.train.prefetch_batches)
     for batch in batches:
-        metrics = _guarded_step(cfg, run, gen_ddp, disc_ddp, batch, settings)
+        metrics = guarded_step(cfg, run, gen_ddp, disc_ddp, batch, settings)
         metrics["learning_rate"] = float(t.opt_g.param_groups[0]["lr"])
         run.global_step += 1
         steps_done += 1
@@ -168,7 +169,7 @@ def global_batch_of(cfg: RunConfig) -> int:
     return batch
 
 
-def _guarded_step(
+def guarded_step(
     cfg: RunConfig, run: RunState, gen_ddp: Any, disc_ddp: Any, batch: Any, settings: Any
 ) -> dict[str, float]:
     """One ``train_step``, with the batch-health flag agreed by every worker (so all ranks raise, or all

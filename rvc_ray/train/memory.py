@@ -81,7 +81,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     for error in _causes(exc):
         if isinstance(error, torch.OutOfMemoryError | TrainingOutOfMemoryError | MemoryError):
             return True
-        if isinstance(error, RuntimeError) and any(m in str(error).lower() for m in _OOM_MESSAGES):
+        if any(m in str(error).lower() for m in _OOM_MESSAGES):  # also Ray's errors that carry a worker's text
             return True
     return False
 
