@@ -288,6 +288,8 @@ class TrainConfig(_Node):
     auto_batch_size_max: int = Field(64, ge=1)  # the largest global batch batch_size=auto tries
     cache_dataset_on_gpu: bool = False  # every clip kept on the training GPU (small datasets only)
     prefetch_batches: int = Field(2, ge=1)  # batches built ahead in a background thread
+    # wrap G and D in DDP even with one worker: checks the multi-GPU code path (NCCL collectives) on one GPU
+    use_ddp_for_one_worker: bool = False
     pretrained_generator: Path | None = None
     pretrained_discriminator: Path | None = None
     resume_from_rvc_dir: Path | None = None

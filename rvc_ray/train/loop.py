@@ -98,20 +98,31 @@ def _configure_threads(cfg: RunConfig) -> None:
     torch.set_num_threads(threads)
 
 
-def wrap_models(gen: torch.nn.Module, disc: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Each model in its own DDP wrapper (none for one worker); every parameter of G gets a gradient each
-    step, so no ``find_unused_parameters`` (the 2-worker tests would hang or raise otherwise).
+def wrap_models(
+    gen: torch.nn.Module, disc: torch.nn.Module, *, always: bool = False
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Each model in its own DDP wrapper (none for one worker, unless ``always`` =
+    ``train.use_ddp_for_one_worker``); every parameter of G gets a gradient each step, so no
+    ``find_unused_parameters`` (the 2-worker tests would hang or raise otherwise).
 
     D runs two forwards per iteration (D step, G step). Its only possible buffers are spectral-norm power
     iteration vectors, computed from the (identical) weights, so they need no broadcast: with buffers D is
     wrapped with ``broadcast_buffers=False``; without (the default weight-norm D) the flag is left out, as
     torch 2.13 deprecates it.
     """
+    import torch.distributed as dist
     from ray.train.torch import prepare_model
+    from torch.nn.parallel import DistributedDataParallel
 
-    gen_ddp = prepare_model(gen, parallel_strategy_kwargs={"find_unused_parameters": False})
-    disc_kwargs = {"broadcast_buffers": False} if any(True for _ in disc.buffers()) else {}
+    gen_kwargs: dict[str, Any] = {"find_unused_parameters": False}
+    disc_kwargs: dict[str, Any] = {"broadcast_buffers": False} if any(True for _ in disc.buffers()) else {}
+    gen_ddp = prepare_model(gen, parallel_strategy_kwargs=gen_kwargs)
     disc_ddp = prepare_model(disc, parallel_strategy_kwargs=disc_kwargs)
+    if always and dist.is_available() and dist.is_initialized() and not isinstance(gen_ddp, DistributedDataParallel):
+        device = next(gen.parameters()).device
+        ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+        gen_ddp = DistributedDataParallel(gen, device_ids=ids, **gen_kwargs)
+        disc_ddp = DistributedDataParallel(disc, device_ids=ids, **disc_kwargs)
     return gen_ddp, disc_ddp
 
 
@@ -318,7 +329,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     tracker = BestTracker(restored.best_val_mel_l1, restored.best_epoch, restored.epochs_without_improvement)
     fingerprint = state_fingerprint(gen.state_dict())
 
-    gen_ddp, disc_ddp = wrap_models(gen, disc)
+    gen_ddp, disc_ddp = wrap_models(gen, disc, always=cfg.train.use_ddp_for_one_worker)
     trainables = Trainables(gen, disc, opt_g, opt_d, sched_g, sched_d, scaler)
     reporter = TrainingReporter(
         Path(paths.tensorboard_dir), Path(paths.metrics_path), enabled=rank == 0, purge_step=global_step + 1
@@ -334,6 +345,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "batch_size_source": batch_source,
         "precision": settings.precision,
         "device": str(device),
+        "ddp": type(gen_ddp).__name__ == "DistributedDataParallel",
         "num_workers": world,
         "steps_per_epoch": len(sampler),
         "train_items": len(train_items),

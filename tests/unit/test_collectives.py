@@ -108,6 +108,7 @@ FIT_OVERRIDES = [
     "train.log_every_steps=1",
     "train.early_stop_patience=5",
     "train.num_preview_clips=0",
+    "train.use_ddp_for_one_worker=true",
 ]
 
 
@@ -127,9 +128,9 @@ def _fit_in_gloo_group(rank: int, world: int, tmp: str) -> None:
 
 @pytest.mark.slow
 def test_every_collective_of_a_two_process_fit_runs_through_the_helper_on_the_training_device(tmp_path: Path) -> None:
-    """Two processes in one gloo group run the whole loop: metrics, validation sums, health flags, early
-    stop, the auto batch size and the final barrier are collectives, every one issued by the helper on the
-    training device. ``train.batch_size=auto`` resolves (on CPU nothing runs out of memory, so the search
+    """Two processes in one gloo group run the whole loop (models in DDP, forced on for a "one-worker" Ray
+    context): metrics, validation sums, health flags, early stop, the auto batch size and the final barrier
+    are collectives, every one issued by the helper on the training device. ``train.batch_size=auto`` resolves (on CPU nothing runs out of memory, so the search
     stops at ``train.auto_batch_size_max``) and the batch found is stored with the run."""
     import torch.multiprocessing as mp
     import yaml
@@ -151,6 +152,7 @@ def test_every_collective_of_a_two_process_fit_runs_through_the_helper_on_the_tr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in records if r["kind"] == "start")
     assert (start["global_batch_size"], start["batch_size_source"], start["precision"]) == (3, "auto", "fp32")
+    assert start["ddp"] is True  # train.use_ddp_for_one_worker: DDP's gradient all-reduce ran across the two ranks
     assert [r["global_batch_size"] for r in records if r["kind"] == "epoch"] == [3]
     saved = yaml.safe_load((run_dir / "epoch_00001" / "config.yaml").read_text())
     assert saved["train"]["batch_size"] == 3
