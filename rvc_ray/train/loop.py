@@ -126,6 +126,13 @@ def wrap_models(
     return gen_ddp, disc_ddp
 
 
+def _process_group_backend() -> str | None:
+    """The torch.distributed backend of this worker (``nccl``, ``gloo``), None without a process group."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
+
+
 def usable_min_frames(cfg: RunConfig) -> int:
     """The fewest frames a clip may have: ``data.min_frames`` if set, and always enough for the STFT's
     reflect padding (``(n_fft - hop) / 2`` samples) — shorter rows (e.g. failed extractions with 0 frames)
@@ -346,6 +353,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "precision": settings.precision,
         "device": str(device),
         "ddp": type(gen_ddp).__name__ == "DistributedDataParallel",
+        "backend": _process_group_backend(),
         "num_workers": world,
         "steps_per_epoch": len(sampler),
         "train_items": len(train_items),
