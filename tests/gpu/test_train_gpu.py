@@ -105,9 +105,9 @@ def test_auto_batch_survives_a_real_cuda_out_of_memory(cuda) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_one_worker_nccl_fit_with_ddp_forced_on(gpu_ray_cluster: None, tmp_path: Path) -> None:
-    """One GPU worker, NCCL, DDP forced on, auto precision and batch: every collective of the loop
-    (auto batch, health flags, metrics, validation, early stop, barrier) and DDP's gradient all-reduce run
-    on NCCL; the run trains, checkpoints and records what it ran with."""
+    """One GPU worker, NCCL, DDP forced on, auto precision and batch, clips cached on the GPU: every
+    collective of the loop (auto batch, health flags, metrics, validation, early stop, barrier) and DDP's
+    gradient all-reduce run on NCCL; the run trains, checkpoints and records what it ran with."""
     from rvc_ray.data.dataset import write_synthetic_feature_table
     from rvc_ray.train.launch import build_torch_trainer, train_result_from
 
@@ -125,6 +125,7 @@ def test_one_worker_nccl_fit_with_ddp_forced_on(gpu_ray_cluster: None, tmp_path:
             "train.save_every_epochs=1",
             "train.log_every_steps=1",
             "train.early_stop_patience=3",
+            "train.cache_dataset_on_gpu=true",
         ],
     )
     features = tmp_path / "features"

@@ -128,3 +128,21 @@ def test_an_out_of_memory_step_in_the_loop_is_a_health_error(probe_setup) -> Non
     with pytest.raises(TrainingOutOfMemoryError, match=r"step 8 with 2 clips per worker") as caught:
         guarded_step(cfg, run, gen, disc, items.batch([0, 1]), settings)
     assert is_out_of_memory(caught.value) and isinstance(caught.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_an_auto_run_resumes_with_the_batch_its_checkpoint_recorded(tmp_path: Path, probe_setup) -> None:
+    """Resumed (or restarted by Ray Train), an auto run keeps its first batch: same data order and steps."""
+    import json
+
+    import ray.train
+
+    from rvc_ray.train.memory import resolve_run_batch_size
+
+    _, items, settings = probe_setup
+    cfg = load_run_config("tiny_cpu", ["train.batch_size=auto", "scaling.num_workers=2"])
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "meta.json").write_text(json.dumps({"global_batch_size": 6, "num_workers": 2}))
+    checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "ckpt"))
+    resolved, source = resolve_run_batch_size(cfg, items, settings, 2, checkpoint, min_frames=4)
+    assert (resolved.train.batch_size, source) == (6, "checkpoint")
+    assert resolve_run_batch_size(resolved, items, settings, 2, None, min_frames=4) == (resolved, "config")
