@@ -312,9 +312,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     train_items, val_items = _load_items(cfg, Path(paths.features_dir))
     settings = steps.StepSettings.from_config(cfg, device)
-    cfg, batch_source = resolve_run_batch_size(
-        cfg, train_items, settings, world, ray.train.get_checkpoint(), min_frames=usable_min_frames(cfg)
-    )
+    try:
+        cfg, batch_source = resolve_run_batch_size(
+            cfg, train_items, settings, world, ray.train.get_checkpoint(), min_frames=usable_min_frames(cfg)
+        )
+    except steps.TrainingHealthError as exc:  # not even one clip fits: a restart would not help
+        if paths.run_dir:
+            record_health_failure(Path(paths.run_dir), rank, exc)
+        raise
     sampler = DistributedBucketSampler(
         train_items.lengths,
         global_batch_size=global_batch_of(cfg),
