@@ -28,6 +28,7 @@ __all__ = [
     "MetricAccumulator",
     "RunState",
     "Trainables",
+    "count_skips",
     "global_batch_of",
     "guarded_step",
     "train_epoch",
@@ -151,7 +152,7 @@ def train_epoch(
         run.global_step += 1
         steps_done += 1
         epoch_sums.add(metrics)
-        _count_skips(cfg, run, metrics)
+        count_skips(cfg, run, metrics)
         if run.global_step % cfg.train.log_every_steps == 0:
             step_sums = MetricAccumulator()
             step_sums.add(metrics)
@@ -202,7 +203,7 @@ def guarded_step(
         ) from exc
 
 
-def _count_skips(cfg: RunConfig, run: RunState, metrics: dict[str, float]) -> None:
+def count_skips(cfg: RunConfig, run: RunState, metrics: dict[str, float]) -> None:
     """fp16 GradScaler skips are normal while the scale settles, so only a run of more than
     ``train.max_skipped_steps`` consecutive ones is a health error; other skips count over the whole run."""
     from rvc_ray.train import steps
