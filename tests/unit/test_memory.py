@@ -69,14 +69,14 @@ def probe_setup(tmp_path: Path) -> tuple[RunConfig, TrainingItems, StepSettings]
 
 
 def test_auto_batch_with_real_steps_and_an_injected_memory_limit(probe_setup) -> None:
-    """The search runs real training steps on the longest clips; above 5 clips the 'device' is full."""
+    """The search runs real training steps on the longest clips; above 3 clips the 'device' is full."""
     cfg, items, settings = probe_setup
     real_step = make_probe_step(cfg, items, settings, min_frames=4)
     ran: list[int] = []
 
     def step_with_limit(batch: int) -> None:
-        if batch > 5:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {batch} clips > 5)")
+        if batch > 3:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {batch} clips > 3)")
         real_step(batch)
         ran.append(batch)
 
@@ -84,13 +84,13 @@ def test_auto_batch_with_real_steps_and_an_injected_memory_limit(probe_setup) ->
 
     def min_over_two_workers(value: float, device: object) -> float:
         reduced.append(value)
-        return min(value, 4.0)  # the other worker's GPU holds 4 per worker
+        return min(value, 2.0)  # the other worker's GPU holds 2 per worker
 
     found = resolve_auto_batch_size(
         step_with_limit, device="cpu", world_size=2, global_limit=64, min_across_workers=min_over_two_workers
     )
-    assert ran == [1, 2, 4, 5]  # doubling, then bisecting between 4 (fit) and 8 (out of memory)
-    assert reduced == [5.0] and found == 8  # 4 per worker on the smaller GPU x 2 workers
+    assert ran == [1, 2, 3]  # doubling to 4 (out of memory), then bisecting between 2 (fit) and 4
+    assert reduced == [3.0] and found == 4  # 2 per worker on the smaller GPU x 2 workers
 
 
 def test_auto_batch_refuses_when_one_clip_does_not_fit_and_passes_other_errors_through(probe_setup) -> None:
