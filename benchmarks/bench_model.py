@@ -10,7 +10,9 @@ Usage: ``python benchmarks/bench_model.py [--preset rvc_v2_40k] [--batch 4] [--c
 * ``flops``: FLOPs of one training step (G forward, D step, G step, both optimizers) counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward; the
   STFTs and element-wise ops are not counted, so the achieved fraction is a slight underestimate);
-* ``train_step`` per precision: median step time, samples/s, achieved GFLOP/s and fraction of peak;
+* ``train_step`` per precision: median step time, samples/s, achieved GFLOP/s and fraction of peak. The
+  precisions (and Applio's step) run interleaved, one step each per round, so a change of load on a shared
+  machine hits all of them alike;
 * ``loss_curve``: ``loss/g/mel`` of every step of the fp32 and bf16 runs (same init, same batch, same
   random slices) and their largest relative difference against ``--curve-tolerance``;
 * ``ray_overhead`` (``--ray-overhead``): the same step inside a one-worker Ray Train fit (data from a
@@ -121,32 +123,74 @@ def count_step_flops(cfg: Any, batch: Any, device: Any) -> float:
     return float(counter.get_total_flops())
 
 
-def time_steps(cfg: Any, batch: Any, device: Any, precision: str, warmup: int, steps: int) -> dict[str, Any]:
-    """Run ``warmup + steps`` steps from a fixed init and noise seed; times of the last ``steps``, and
-    ``loss/g/mel`` of every step (the short-run loss curve)."""
-    import torch
+class Timed:
+    """Times and foreign CPU of the timed calls of one runner, plus its loss curve."""
 
-    from rvc_ray.train.steps import train_step
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.foreign: list[float] = []
+        self.mel: list[float] = []
 
-    gen, disc, opt_g, opt_d, settings, scaler = build_trainables(cfg, device, precision)
-    if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    torch.manual_seed(4321)  # the same random slices for every precision
-    times, foreign, mel = [], [], []
-    for index in range(warmup + steps):
+    def measure(self, step: Any, device: Any, *, record: bool) -> None:
         busy0, own0 = _busy_cpu_s(), _own_cpu_s()
         _sync(device)
         started = time.perf_counter()
-        metrics = train_step(gen, disc, opt_g, opt_d, batch, settings, scaler=scaler)
+        mel = step()
         _sync(device)
         wall = time.perf_counter() - started
         busy1, own1 = _busy_cpu_s(), _own_cpu_s()
-        mel.append(metrics.get("loss/g/mel", float("nan")))
-        if index >= warmup:
-            times.append(wall)
+        self.mel.append(mel)
+        if record:
+            self.times.append(wall)
             if busy0 is not None and busy1 is not None:
-                foreign.append(round(max(0.0, (busy1 - busy0) - (own1 - own0)), 2))
-    out: dict[str, Any] = {"times": times, "foreign_cpu_s": foreign, "mel": mel}
+                self.foreign.append(round(max(0.0, (busy1 - busy0) - (own1 - own0)), 2))
+
+
+class OurStep:
+    """rvc-ray's ``train_step`` at one precision, from a fixed init; its own RNG stream (the same random
+    slices for every precision, even when runners are interleaved)."""
+
+    def __init__(self, cfg: Any, batch: Any, device: Any, precision: str) -> None:
+        import torch
+
+        self.parts = build_trainables(cfg, device, precision)
+        self.batch = batch
+        self.rng = torch.Generator().manual_seed(4321).get_state()
+
+    def __call__(self) -> float:
+        import torch
+
+        from rvc_ray.train.steps import train_step
+
+        gen, disc, opt_g, opt_d, settings, scaler = self.parts
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.rng)
+        try:
+            metrics = train_step(gen, disc, opt_g, opt_d, self.batch, settings, scaler=scaler)
+        finally:
+            self.rng = torch.get_rng_state()
+            torch.set_rng_state(saved)
+        return float(metrics.get("loss/g/mel", float("nan")))
+
+
+def run_interleaved(runners: dict[str, Any], device: Any, warmup: int, steps: int) -> dict[str, Timed]:
+    """One step of each runner per round (so load changes hit all of them alike); ``warmup`` rounds untimed."""
+    timed = {name: Timed() for name in runners}
+    for index in range(warmup + steps):
+        for name, step in runners.items():
+            timed[name].measure(step, device, record=index >= warmup)
+    return timed
+
+
+def time_steps(cfg: Any, batch: Any, device: Any, precision: str, warmup: int, steps: int) -> dict[str, Any]:
+    """``warmup + steps`` steps of one precision alone: times of the last ``steps``, the loss curve of all,
+    and the peak GPU memory on CUDA."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    timed = run_interleaved({precision: OurStep(cfg, batch, device, precision)}, device, warmup, steps)[precision]
+    out: dict[str, Any] = {"times": timed.times, "foreign_cpu_s": timed.foreign, "mel": timed.mel}
     if torch.device(device).type == "cuda":
         out["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return out
@@ -222,9 +266,10 @@ def measure_ray_overhead(cfg: Any, args: argparse.Namespace, bare_step_s: float,
     }
 
 
-def bench_applio_step(applio_dir: Path, cfg: Any, batch: Any, warmup: int, steps: int) -> dict[str, Any]:
+def applio_step(applio_dir: Path, batch: Any) -> Any:
     """Applio's v2 40k G + D training step (the body of Applio ``rvc/train/train.py`` ``train_and_evaluate``,
-    fp32, the same batch and AdamW settings), imported from ``applio_dir``; the median step time."""
+    fp32, the same batch and AdamW settings), imported from ``applio_dir``: a callable returning the
+    (weighted, as Applio logs it) mel loss."""
     import types
 
     import torch
@@ -270,7 +315,19 @@ def bench_applio_step(applio_dir: Path, cfg: Any, batch: Any, warmup: int, steps
             data["mel_fmax"],
         )
 
-    def step() -> None:
+    rng = torch.Generator().manual_seed(4321).get_state()
+
+    def step() -> float:
+        nonlocal rng
+        saved = torch.get_rng_state()
+        torch.set_rng_state(rng)
+        try:
+            return one_step()
+        finally:
+            rng = torch.get_rng_state()
+            torch.set_rng_state(saved)
+
+    def one_step() -> float:
         y_hat, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = net_g(
             batch.content,
             batch.content_lengths,
@@ -296,18 +353,9 @@ def bench_applio_step(applio_dir: Path, cfg: Any, batch: Any, warmup: int, steps
         loss_gen_all.backward()
         commons.grad_norm(net_g.parameters())
         optim_g.step()
+        return float(loss_mel.detach()) / train["c_mel"]
 
-    times, foreign = [], []
-    for index in range(warmup + steps):
-        busy0, own0, started = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
-        step()
-        wall = time.perf_counter() - started
-        busy1, own1 = _busy_cpu_s(), _own_cpu_s()
-        if index >= warmup:
-            times.append(wall)
-            if busy0 is not None and busy1 is not None:
-                foreign.append(round(max(0.0, (busy1 - busy0) - (own1 - own0)), 2))
-    return {"times": times, "foreign_cpu_s": foreign}
+    return step
 
 
 def bench_inference(cfg: Any, args: argparse.Namespace, device: Any) -> dict[str, Any]:
@@ -391,67 +439,67 @@ def main() -> None:
                 "gflop_per_step": round(flops / 1e9, 1),
             }
         )
-    runs: dict[str, dict[str, Any]] = {}
-    for precision in args.precisions.split(","):
-        run = time_steps(cfg, batch, device, precision, args.warmup, args.steps)
-        runs[precision] = run
-        median = statistics.median(run["times"])
-        peak = hardware["peak_gflops"].get(precision) or hardware["peak_gflops"].get("fp32")
+    runners: dict[str, Any] = {p: OurStep(cfg, batch, device, p) for p in args.precisions.split(",")}
+    if args.applio is not None:
+        runners["applio"] = applio_step(args.applio.resolve(), batch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    runs = run_interleaved(runners, device, args.warmup, args.steps)
+    medians = {name: statistics.median(run.times) for name, run in runs.items()}
+    for name, run in runs.items():
+        if name == "applio":
+            continue
+        peak = hardware["peak_gflops"].get(name) or hardware["peak_gflops"].get("fp32")
         record = {
             "bench": "train_step",
             "device": str(device),
             "preset": args.preset,
-            "precision": precision,
+            "precision": name,
             "batch": args.batch,
             "clip_s": args.clip_s,
             "threads": torch.get_num_threads(),
-            "median_s": round(median, 3),
-            "times_s": [round(t, 3) for t in run["times"]],
-            "samples_per_s": round(args.batch / median, 3),
-            "foreign_cpu_s_per_step": run["foreign_cpu_s"],
-            "achieved_gflops": round(flops / median / 1e9, 1) if flops else None,
-            "fraction_of_peak": fraction_of_peak(flops, median, peak) if flops else None,
+            "interleaved_with": [n for n in runners if n != name],
+            "median_s": round(medians[name], 3),
+            "times_s": [round(t, 3) for t in run.times],
+            "samples_per_s": round(args.batch / medians[name], 3),
+            "foreign_cpu_s_per_step": run.foreign,
+            "achieved_gflops": round(flops / medians[name] / 1e9, 1) if flops else None,
+            "fraction_of_peak": fraction_of_peak(flops, medians[name], peak) if flops else None,
             "load_average": os.getloadavg(),
         }
-        if "peak_gpu_memory_gib" in run:
-            record["peak_gpu_memory_gib"] = run["peak_gpu_memory_gib"]
         _emit(record)
-    if "fp32" in runs and len(runs) > 1:
-        base = runs["fp32"]
-        for precision, run in runs.items():
-            if precision == "fp32":
+    if "fp32" in runs:
+        for name, run in runs.items():
+            if name in ("fp32", "applio"):
                 continue
             _emit(
                 {
                     "bench": "loss_curve",
-                    "compare": f"{precision} vs fp32",
-                    "steps": len(run["mel"]),
-                    "loss_g_mel_fp32": [round(v, 4) for v in base["mel"]],
-                    f"loss_g_mel_{precision}": [round(v, 4) for v in run["mel"]],
-                    **compare_curves(base["mel"], run["mel"], args.curve_tolerance),
-                    "step_time_ratio": round(statistics.median(run["times"]) / statistics.median(base["times"]), 3),
+                    "compare": f"{name} vs fp32",
+                    "steps": len(run.mel),
+                    "loss_g_mel_fp32": [round(v, 4) for v in runs["fp32"].mel],
+                    f"loss_g_mel_{name}": [round(v, 4) for v in run.mel],
+                    **compare_curves(runs["fp32"].mel, run.mel, args.curve_tolerance),
+                    "step_time_ratio": round(medians[name] / medians["fp32"], 3),
                 }
             )
-    if args.applio is not None:
-        applio = bench_applio_step(args.applio.resolve(), cfg, batch, args.warmup, args.steps)
-        applio_median = statistics.median(applio["times"])
+    if "applio" in runs:
         _emit(
             {
                 "bench": "applio_step",
                 "applio_dir": str(args.applio),
                 "batch": args.batch,
-                "median_s": round(applio_median, 3),
-                "times_s": [round(t, 3) for t in applio["times"]],
-                "foreign_cpu_s_per_step": applio["foreign_cpu_s"],
-                "ours_over_applio": {
-                    p: round(statistics.median(r["times"]) / applio_median, 3) for p, r in runs.items()
-                },
+                "median_s": round(medians["applio"], 3),
+                "times_s": [round(t, 3) for t in runs["applio"].times],
+                "foreign_cpu_s_per_step": runs["applio"].foreign,
+                "loss_g_mel_applio": [round(v, 4) for v in runs["applio"].mel],
+                "ours_over_applio": {n: round(m / medians["applio"], 3) for n, m in medians.items() if n != "applio"},
                 "load_average": os.getloadavg(),
             }
         )
     if args.ray_overhead:
-        bare = runs.get(args.ray_precision) or next(iter(runs.values()))
-        _emit(measure_ray_overhead(cfg, args, statistics.median(bare["times"]), device.type == "cuda"))
+        bare = medians.get(args.ray_precision) or next(iter(medians.values()))
+        _emit(measure_ray_overhead(cfg, args, bare, device.type == "cuda"))
     if args.infer:
         _emit(bench_inference(cfg, args, device))
 
