@@ -155,7 +155,9 @@ class OurStep:
 
         self.parts = build_trainables(cfg, device, precision)
         self.batch = batch
+        self.cuda = torch.device(device).type == "cuda"
         self.rng = torch.Generator().manual_seed(4321).get_state()
+        self.cuda_rng = torch.Generator(device=device).manual_seed(4321).get_state() if self.cuda else None
 
     def __call__(self) -> float:
         import torch
@@ -164,12 +166,18 @@ class OurStep:
 
         gen, disc, opt_g, opt_d, settings, scaler = self.parts
         saved = torch.get_rng_state()
+        saved_cuda = torch.cuda.get_rng_state() if self.cuda else None
         torch.set_rng_state(self.rng)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_rng)
         try:
             metrics = train_step(gen, disc, opt_g, opt_d, self.batch, settings, scaler=scaler)
         finally:
             self.rng = torch.get_rng_state()
             torch.set_rng_state(saved)
+            if self.cuda:
+                self.cuda_rng = torch.cuda.get_rng_state()
+                torch.cuda.set_rng_state(saved_cuda)
         return float(metrics.get("loss/g/mel", float("nan")))
 
 
