@@ -26,6 +26,7 @@ Each timing records the CPU time other processes used meanwhile and the load ave
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -297,16 +298,17 @@ def applio_step(applio_dir: Path, batch: Any) -> Any:
     data, model, train = config["data"], config["model"], config["train"]
     hop = data["hop_length"]
     torch.manual_seed(1234)
-    net_g = Synthesizer(
-        data["filter_length"] // 2 + 1,
-        train["segment_size"] // hop,
-        **model,
-        use_f0=True,
-        sr=data["sample_rate"],
-        vocoder="HiFi-GAN",
-        checkpointing=False,
-        randomized=True,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # Applio prints "Using HiFi-GAN vocoder": keep stdout JSON
+        net_g = Synthesizer(
+            data["filter_length"] // 2 + 1,
+            train["segment_size"] // hop,
+            **model,
+            use_f0=True,
+            sr=data["sample_rate"],
+            vocoder="HiFi-GAN",
+            checkpointing=False,
+            randomized=True,
+        )
     net_d = MultiPeriodDiscriminator(use_spectral_norm=False, checkpointing=False, version="v2")
     adamw = {"lr": train["learning_rate"], "betas": tuple(train["betas"]), "eps": train["eps"]}
     optim_g, optim_d = torch.optim.AdamW(net_g.parameters(), **adamw), torch.optim.AdamW(net_d.parameters(), **adamw)
