@@ -101,7 +101,8 @@ def main() -> None:
 
     cfg = load_run_config(
         args.preset,
-        [*args.overrides,
+        [
+            *args.overrides,
             f"train.epochs={args.epochs}",
             f"train.batch_size={args.batch}",
             f"train.save_every_epochs={args.epochs}",

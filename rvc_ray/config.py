@@ -157,6 +157,9 @@ class FeatureConfig(_Node):
     random_encoder_size: Literal["base", "tiny"] = "base"
     use_gpu: bool = False
     gpus_per_actor: float = Field(1.0, gt=0, le=1.0)
+    # GPU share of each pitch / content actor with use_gpu (None: gpus_per_actor); fractions pack actors per GPU.
+    pitch_gpus_per_actor: float | None = Field(None, gt=0, le=1.0)
+    content_gpus_per_actor: float | None = Field(None, gt=0, le=1.0)
     cpus_per_actor: float = Field(1.0, gt=0)
     num_actors: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -271,15 +274,22 @@ class DataConfig(_Node):
 
 
 class TrainConfig(_Node):
-    """The training run. ``batch_size`` is the GLOBAL batch, split exactly across workers."""
+    """The training run. ``batch_size`` is the GLOBAL batch, split exactly across workers; ``"auto"`` finds
+    the largest that fits (docs/training.md, "Automatic batch size")."""
 
     epochs: int = Field(200, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | Literal["auto"] = Field(8)
     save_every_epochs: int = Field(10, ge=1)
     # How many checkpoint directories Ray keeps: the best ones by val/mel_l1, plus always the latest (so the
     # best epoch can never be deleted and resume always works); every exported voice is kept regardless.
     keep_last_checkpoints: int = Field(3, ge=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 on GPUs that support it (compute capability >= 8), fp32 elsewhere (CPU: bf16 is opt-in)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    auto_batch_size_max: int = Field(64, ge=1)  # the largest global batch batch_size=auto tries
+    cache_dataset_on_gpu: bool = False  # every clip kept on the training GPU (small datasets only)
+    prefetch_batches: int = Field(2, ge=1)  # batches built ahead in a background thread
+    # wrap G and D in DDP even with one worker: checks the multi-GPU code path (NCCL collectives) on one GPU
+    use_ddp_for_one_worker: bool = False
     pretrained_generator: Path | None = None
     pretrained_discriminator: Path | None = None
     resume_from_rvc_dir: Path | None = None
@@ -292,6 +302,8 @@ class TrainConfig(_Node):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1 or 'auto', got {self.batch_size}")
         if (self.pretrained_generator is None) != (self.pretrained_discriminator is None):
             raise ValueError("train.pretrained_generator and train.pretrained_discriminator must be given together")
         return self
@@ -381,8 +393,11 @@ class RunConfig(_Node):
     serve: ServeConfig = ServeConfig()
 
     @property
-    def per_worker_batch_size(self) -> int:
-        """The global ``train.batch_size`` divided by ``scaling.num_workers`` (validated to divide)."""
+    def per_worker_batch_size(self) -> int | None:
+        """The global ``train.batch_size`` divided by ``scaling.num_workers`` (validated to divide); None for
+        ``auto`` (the workers find it: see the run's start record and ``metrics.jsonl``)."""
+        if self.train.batch_size == "auto":
+            return None
         return self.train.batch_size // self.scaling.num_workers
 
     @model_validator(mode="after")
@@ -393,7 +408,7 @@ class RunConfig(_Node):
                 f"{math.prod(self.model.upsample_rates)}, but audio.hop_length is {self.audio.hop_length}; "
                 "the decoder must upsample one frame to exactly one hop"
             )
-        if self.train.batch_size % self.scaling.num_workers:
+        if isinstance(self.train.batch_size, int) and self.train.batch_size % self.scaling.num_workers:
             lower = self.train.batch_size - self.train.batch_size % self.scaling.num_workers
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} (the global batch) does not divide across "
@@ -415,6 +430,8 @@ class RunConfig(_Node):
             )
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision=fp16 needs GPUs (a GradScaler on CUDA); use bf16 or fp32 on CPU")
+        if self.train.cache_dataset_on_gpu and not self.scaling.use_gpu:
+            raise ValueError("train.cache_dataset_on_gpu needs scaling.use_gpu=true (it keeps the clips in GPU memory)")
         if self.model.version == "v1" and self.model.content_dim not in (256,):
             raise ValueError("model.version=v1 uses 256-d content features (model.content_dim=256)")
         if self.tune.max_concurrent_trials is not None and self.tune.num_samples < 1:

@@ -60,9 +60,13 @@ class RVCBatch:
             speaker_id=fn(self.speaker_id),
         )
 
-    def to(self, device: torch.device | str) -> RVCBatch:
-        """Move every tensor to ``device``."""
-        return self.map(lambda t: t.to(device))
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> RVCBatch:
+        """Move every tensor to ``device`` (``non_blocking`` overlaps a copy from pinned memory with compute)."""
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> RVCBatch:
+        """Every tensor in page-locked host memory (needs CUDA), so a copy to the GPU can be asynchronous."""
+        return self.map(lambda t: t.pin_memory())
 
     def select(self, index: Tensor | slice) -> RVCBatch:
         """Rows ``index`` of every tensor (used to split a global batch across workers in tests)."""

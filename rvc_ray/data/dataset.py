@@ -264,12 +264,13 @@ def collate_items(items: Sequence[FeatureItem]) -> RVCBatch:
     max_samples = max(int(item.wav.shape[0]) for item in items)
     size = len(items)
     first = items[0]
-    content = torch.zeros(size, max_frames, first.content.shape[1])
-    spec = torch.zeros(size, first.spec.shape[0], max_frames)
-    wav = torch.zeros(size, 1, max_samples)
+    device = first.content.device  # items cached on a GPU (train.cache_dataset_on_gpu) collate there
+    content = torch.zeros(size, max_frames, first.content.shape[1], device=device)
+    spec = torch.zeros(size, first.spec.shape[0], max_frames, device=device)
+    wav = torch.zeros(size, 1, max_samples, device=device)
     use_f0 = first.pitch_bins is not None
-    pitch_bins = torch.zeros(size, max_frames, dtype=torch.long) if use_f0 else None
-    f0_hz = torch.zeros(size, max_frames) if use_f0 else None
+    pitch_bins = torch.zeros(size, max_frames, dtype=torch.long, device=device) if use_f0 else None
+    f0_hz = torch.zeros(size, max_frames, device=device) if use_f0 else None
     for row, item in enumerate(items):
         n = item.length
         content[row, :n] = item.content
@@ -278,7 +279,7 @@ def collate_items(items: Sequence[FeatureItem]) -> RVCBatch:
         if pitch_bins is not None and f0_hz is not None and item.pitch_bins is not None and item.f0_hz is not None:
             pitch_bins[row, :n] = item.pitch_bins
             f0_hz[row, :n] = item.f0_hz
-    lengths = torch.tensor([item.length for item in items], dtype=torch.long)
+    lengths = torch.tensor([item.length for item in items], dtype=torch.long, device=device)
     return RVCBatch(
         content=content,
         content_lengths=lengths,
@@ -287,8 +288,8 @@ def collate_items(items: Sequence[FeatureItem]) -> RVCBatch:
         spec=spec,
         spec_lengths=lengths.clone(),
         wav=wav,
-        wav_lengths=torch.tensor([int(item.wav.shape[0]) for item in items], dtype=torch.long),
-        speaker_id=torch.tensor([item.speaker_id for item in items], dtype=torch.long),
+        wav_lengths=torch.tensor([int(item.wav.shape[0]) for item in items], dtype=torch.long, device=device),
+        speaker_id=torch.tensor([item.speaker_id for item in items], dtype=torch.long, device=device),
     )
 
 

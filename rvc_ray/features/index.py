@@ -8,8 +8,9 @@
   vectors added in batches of ``index.add_batch_size``. The file is ``faiss.write_index`` output that
   RVC/Applio read with ``faiss.read_index``.
 * :func:`run_index` runs the build as its own Ray task with ``num_cpus=index.num_cpus`` and
-  ``memory=index.memory_gb``, BLAS/OpenMP threads capped to ``num_cpus``; ``index.use_gpu`` uses
-  faiss-gpu for training (a clear error when the installed faiss has no GPU support).
+  ``memory=index.memory_gb``, BLAS/OpenMP threads capped to ``num_cpus``; ``index.use_gpu`` builds with
+  faiss-gpu (the ``gpu`` extra) on the task's GPU, and falls back to the CPU build, with a warning and
+  ``built_on="cpu"`` in the result, when the installed faiss has no GPU support.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "load_index",
     "load_train_features",
     "run_index",
+    "select_index_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class IndexResult:
     used_kmeans: bool
     build_seconds: float
     size_bytes: int
+    built_on: str = "cpu"  # "gpu" when faiss-gpu built it (index.use_gpu with the 'gpu' extra)
 
 
 def compute_ivf_list_count(num_vectors: int) -> int:
@@ -62,6 +65,22 @@ def compute_ivf_list_count(num_vectors: int) -> int:
 
 def _gpu_available(faiss_module) -> bool:
     return hasattr(faiss_module, "StandardGpuResources") and faiss_module.get_num_gpus() > 0
+
+
+def select_index_device(faiss_module, use_gpu: bool) -> str:
+    """``"gpu"`` when ``index.use_gpu`` and the installed faiss is a GPU build that sees a GPU (the ``gpu``
+    extra: faiss-gpu-cu12), else ``"cpu"``; a requested GPU build that cannot run falls back to the CPU
+    build with a warning (the result records ``built_on``)."""
+    if not use_gpu:
+        return "cpu"
+    if _gpu_available(faiss_module):
+        return "gpu"
+    log.warning(
+        "index.use_gpu=true but the installed faiss (%s) has no GPU support or sees no GPU: building the index on "
+        "CPU instead; install the 'gpu' extra (faiss-gpu-cu12) to build on the GPU",
+        getattr(faiss_module, "__version__", "?"),
+    )
+    return "cpu"
 
 
 def build_ivf_index(
@@ -76,9 +95,11 @@ def build_ivf_index(
 ) -> faiss.Index:
     """Build RVC's index from ``features [N, C]`` float32 (pure: no files, no Ray).
 
+    With ``use_gpu`` and a GPU faiss (:func:`select_index_device`), k-means, IVF training and the adds run
+    on GPU 0 and the index is copied back to the CPU (the file is the same format); otherwise on CPU.
+
     Raises:
         ValueError: empty or non-finite input, or not 2-D.
-        RuntimeError: ``use_gpu`` with a faiss build that has no GPU support / no visible GPU.
     """
     import faiss
 
@@ -87,32 +108,30 @@ def build_ivf_index(
         raise ValueError(f"build_ivf_index needs a non-empty [N, C] array, got shape {feats.shape}")
     if not np.isfinite(feats).all():
         raise ValueError("build_ivf_index: the features contain NaN or inf values")
-    if use_gpu and not _gpu_available(faiss):
-        raise RuntimeError(
-            "index.use_gpu=true but the installed faiss has no GPU support or sees no GPU "
-            f"(faiss {faiss.__version__}); install faiss-gpu (the 'gpu' extra) or set index.use_gpu=false"
-        )
+    on_gpu = select_index_device(faiss, use_gpu) == "gpu"
     if shuffle:
         feats = feats[np.random.default_rng(seed).permutation(len(feats))]
     dim = feats.shape[1]
     if len(feats) > kmeans_threshold:
         log.info("index: k-means %d vectors -> %d centroids", len(feats), kmeans_centroids)
-        kmeans = faiss.Kmeans(dim, kmeans_centroids, niter=20, seed=seed, gpu=bool(use_gpu), verbose=False)
+        kmeans = faiss.Kmeans(dim, kmeans_centroids, niter=20, seed=seed, gpu=on_gpu, verbose=False)
         kmeans.train(np.ascontiguousarray(feats))
         feats = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
     n_ivf = compute_ivf_list_count(len(feats))
     index = faiss.index_factory(dim, f"IVF{n_ivf},Flat")
     feats = np.ascontiguousarray(feats)
-    if use_gpu:
+    if on_gpu:
         resources = faiss.StandardGpuResources()
         gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
         gpu_index.train(feats)
+        for start in range(0, len(feats), add_batch_size):
+            gpu_index.add(feats[start : start + add_batch_size])
         index = faiss.index_gpu_to_cpu(gpu_index)
     else:
         index.train(feats)
+        for start in range(0, len(feats), add_batch_size):
+            index.add(feats[start : start + add_batch_size])
     faiss.extract_index_ivf(index).nprobe = 1
-    for start in range(0, len(feats), add_batch_size):
-        index.add(feats[start : start + add_batch_size])
     return index
 
 
@@ -164,13 +183,14 @@ def _build_and_write(raw_cfg: dict, features_dir: str, index_path: str) -> dict:
     _cap_threads(cfg.index.num_cpus)
     start = time.perf_counter()
     feats = load_train_features(Path(features_dir))
+    built_on = select_index_device(faiss, cfg.index.use_gpu)
     index = build_ivf_index(
         feats,
         kmeans_threshold=cfg.index.kmeans_threshold,
         kmeans_centroids=cfg.index.kmeans_centroids,
         add_batch_size=cfg.index.add_batch_size,
         seed=cfg.experiment.seed,
-        use_gpu=cfg.index.use_gpu,
+        use_gpu=built_on == "gpu",
     )
     path = Path(index_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +205,7 @@ def _build_and_write(raw_cfg: dict, features_dir: str, index_path: str) -> dict:
         "used_kmeans": bool(len(feats) > cfg.index.kmeans_threshold),
         "build_seconds": time.perf_counter() - start,
         "size_bytes": path.stat().st_size,
+        "built_on": built_on,
     }
 
 

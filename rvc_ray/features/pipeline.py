@@ -199,14 +199,14 @@ def _build_dataset(cfg: RunConfig, files: list[Path], done: set[str], mute: pa.T
     import ray
 
     from rvc_ray.cluster import shorten_ray_data_limits_refresh
-    from rvc_ray.features.stages import ContentStage, PitchStage
+    from rvc_ray.features.stages import ContentStage, PitchStage, stage_actor_resources
 
     shorten_ray_data_limits_refresh()
 
     f = cfg.features
     raw = cfg.model_dump(mode="json")
     device = "cuda" if f.use_gpu else "cpu"
-    actor = {"num_cpus": f.cpus_per_actor, "num_gpus": f.gpus_per_actor if f.use_gpu else 0}
+    pitch_actor, content_actor = (stage_actor_resources(f, stage) for stage in ("pitch", "content"))
     ds = ray.data.read_parquet([str(p) for p in files], columns=_INPUT_COLUMNS)
     ds = ds.map_batches(
         _skip_done,
@@ -223,8 +223,10 @@ def _build_dataset(cfg: RunConfig, files: list[Path], done: set[str], mute: pa.T
         "batch_size": f.batch_size,
         "compute": ray.data.ActorPoolStrategy(size=f.num_actors),
     }
-    ds = ds.map_batches(PitchStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **actor)
-    return ds.map_batches(ContentStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **actor)
+    ds = ds.map_batches(PitchStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **pitch_actor)
+    return ds.map_batches(
+        ContentStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **content_actor
+    )
 
 
 def _write_shard(table: pa.Table, table_dir: Path, run_tag: str, index: int) -> Path:

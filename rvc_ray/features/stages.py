@@ -17,7 +17,27 @@ from rvc_ray.features.pitch import HOP_16K, compute_pitch_bins
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["ContentStage", "FeatureRowError", "PitchStage", "align_feature_streams", "list_column_arrays"]
+    from rvc_ray.config import FeatureConfig
+
+__all__ = [
+    "ContentStage",
+    "FeatureRowError",
+    "PitchStage",
+    "align_feature_streams",
+    "list_column_arrays",
+    "stage_actor_resources",
+]
+
+
+def stage_actor_resources(features: FeatureConfig, stage: str) -> dict[str, float]:
+    """Ray resources of one ``"pitch"`` or ``"content"`` actor: ``features.cpus_per_actor`` CPUs and, with
+    ``features.use_gpu``, a GPU share (``pitch_gpus_per_actor`` / ``content_gpus_per_actor``, else
+    ``gpus_per_actor``; a fraction packs several actors on one GPU, e.g. 0.25 = four per GPU)."""
+    if stage not in ("pitch", "content"):
+        raise ValueError(f"unknown extraction stage {stage!r} (pitch or content)")
+    share = features.pitch_gpus_per_actor if stage == "pitch" else features.content_gpus_per_actor
+    gpus = (share if share is not None else features.gpus_per_actor) if features.use_gpu else 0.0
+    return {"num_cpus": features.cpus_per_actor, "num_gpus": gpus}
 
 
 class FeatureRowError(ValueError):

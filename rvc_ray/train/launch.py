@@ -219,7 +219,7 @@ def build_torch_trainer(
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     log.warning(
-        "rvc-ray train %s: global batch %d = %d worker(s) x %d per worker",
+        "rvc-ray train %s: global batch %s = %d worker(s) x %s per worker",
         run_name,
         cfg.train.batch_size,
         scaling.num_workers,
@@ -323,8 +323,9 @@ def train_result_from(result: Any, cfg: RunConfig, *, run_dir: Path, layout: Any
         metrics=metrics,
         tensorboard_dir=Path(tensorboard_dir),
         epochs_completed=int(metrics.get("epoch", 0)),
-        global_batch_size=cfg.train.batch_size,
-        per_worker_batch_size=cfg.per_worker_batch_size,
+        # train.batch_size=auto: the batch the workers found (every epoch's metrics carry it)
+        global_batch_size=int(metrics.get("global_batch_size", cfg.train.batch_size)),
+        per_worker_batch_size=int(metrics.get("per_worker_batch_size", cfg.per_worker_batch_size or 0)),
         metrics_path=Path(metrics_path),
         voices_dir=Path(voices_dir),
     )

@@ -23,6 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rvc_ray.config import RunConfig
+from rvc_ray.train.epoch import (
+    TRAIN_METRIC_KEYS,
+    MetricAccumulator,
+    RunState,
+    Trainables,
+    global_batch_of,
+    train_epoch,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TRAIN_METRIC_KEYS",
     "BestTracker",
+    "global_batch_of",
     "MetricAccumulator",
     "WorkerPaths",
     "should_stop_early",
@@ -89,70 +98,39 @@ def _configure_threads(cfg: RunConfig) -> None:
     torch.set_num_threads(threads)
 
 
-TRAIN_METRIC_KEYS = (
-    "loss/d/total",
-    "loss/g/total",
-    "loss/g/adv",
-    "loss/g/fm",
-    "loss/g/mel",
-    "loss/g/kl",
-    "grad_norm_d",
-    "grad_norm_g",
-    "learning_rate",
-    "skipped",
-)
-"""The per-step metrics averaged across workers (a fixed list: every rank must all-reduce the same keys)."""
-
-
-def _all_reduce_sums(values: list[float]) -> list[float]:
-    """Element-wise sum across workers (identity without a process group)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return [float(v) for v in tensor.tolist()]
-
-
-class MetricAccumulator:
-    """Sums of :data:`TRAIN_METRIC_KEYS` over steps; :meth:`mean_across_workers` all-reduces them."""
-
-    def __init__(self) -> None:
-        self.sums = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
-        self.counts = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for key in TRAIN_METRIC_KEYS:
-            value = metrics.get(key)
-            if value is not None and math.isfinite(float(value)):
-                self.sums[key] += float(value)
-                self.counts[key] += 1.0
-
-    def mean_across_workers(self) -> dict[str, float]:
-        reduced = _all_reduce_sums(
-            [self.sums[k] for k in TRAIN_METRIC_KEYS] + [self.counts[k] for k in TRAIN_METRIC_KEYS]
-        )
-        n = len(TRAIN_METRIC_KEYS)
-        return {k: reduced[i] / reduced[n + i] for i, k in enumerate(TRAIN_METRIC_KEYS) if reduced[n + i] > 0}
-
-
-def wrap_models(gen: torch.nn.Module, disc: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Each model in its own DDP wrapper (none for one worker); every parameter of G gets a gradient each
-    step, so no ``find_unused_parameters`` (the 2-worker tests would hang or raise otherwise).
+def wrap_models(
+    gen: torch.nn.Module, disc: torch.nn.Module, *, always: bool = False
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Each model in its own DDP wrapper (none for one worker, unless ``always`` =
+    ``train.use_ddp_for_one_worker``); every parameter of G gets a gradient each step, so no
+    ``find_unused_parameters`` (the 2-worker tests would hang or raise otherwise).
 
     D runs two forwards per iteration (D step, G step). Its only possible buffers are spectral-norm power
     iteration vectors, computed from the (identical) weights, so they need no broadcast: with buffers D is
     wrapped with ``broadcast_buffers=False``; without (the default weight-norm D) the flag is left out, as
     torch 2.13 deprecates it.
     """
+    import torch.distributed as dist
     from ray.train.torch import prepare_model
+    from torch.nn.parallel import DistributedDataParallel
 
-    gen_ddp = prepare_model(gen, parallel_strategy_kwargs={"find_unused_parameters": False})
-    disc_kwargs = {"broadcast_buffers": False} if any(True for _ in disc.buffers()) else {}
+    gen_kwargs: dict[str, Any] = {"find_unused_parameters": False}
+    disc_kwargs: dict[str, Any] = {"broadcast_buffers": False} if any(True for _ in disc.buffers()) else {}
+    gen_ddp = prepare_model(gen, parallel_strategy_kwargs=gen_kwargs)
     disc_ddp = prepare_model(disc, parallel_strategy_kwargs=disc_kwargs)
+    if always and dist.is_available() and dist.is_initialized() and not isinstance(gen_ddp, DistributedDataParallel):
+        device = next(gen.parameters()).device
+        ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+        gen_ddp = DistributedDataParallel(gen, device_ids=ids, **gen_kwargs)
+        disc_ddp = DistributedDataParallel(disc, device_ids=ids, **disc_kwargs)
     return gen_ddp, disc_ddp
+
+
+def _process_group_backend() -> str | None:
+    """The torch.distributed backend of this worker (``nccl``, ``gloo``), None without a process group."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
 
 
 def usable_min_frames(cfg: RunConfig) -> int:
@@ -251,91 +229,10 @@ def should_stop_early(tracker: BestTracker, patience: int | None) -> bool:
     return patience is not None and tracker.epochs_without_improvement >= patience
 
 
-def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
-    """Test hook: ``{"rank": r, "epoch": e, "marker": path}`` makes rank r exit hard in epoch e, once."""
-    if not fault or fault["rank"] != rank or fault["epoch"] != epoch:
-        return
-    marker = Path(fault["marker"])
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"rank {rank} killed itself in epoch {epoch}\n")
-    # Train V2's controller picks up reports (and registers their checkpoints) when it polls the workers,
-    # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s). Dying right after a fast epoch's report could beat that
-    # poll and restart from the checkpoint before; a real crash is not that well timed, so wait a few polls.
-    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
-    os._exit(1)
-
-
-@dataclass
-class _Trainables:
-    """The un-wrapped models and everything that is stepped with them."""
-
-    gen: Any
-    disc: Any
-    opt_g: Any
-    opt_d: Any
-    sched_g: Any
-    sched_d: Any
-    scaler: Any
-
-
-@dataclass
-class _RunState:
-    """Mutable per-worker progress."""
-
-    rank: int
-    device: Any
-    global_step: int
-    trainables: _Trainables
-    skipped_steps: int = 0
-
-
-def _train_epoch(
-    cfg: RunConfig,
-    epoch: int,
-    run: _RunState,
-    gen_ddp: Any,
-    disc_ddp: Any,
-    sampler: Any,
-    items: TrainingItems,
-    settings: Any,
-    reporter: Any,
-    fault: dict[str, Any] | None,
-) -> tuple[MetricAccumulator, int, float]:
-    """All steps of one epoch on this worker's slices; returns (metric sums, steps, seconds)."""
-    from rvc_ray.train import steps
-
-    t = run.trainables
-    epoch_sums = MetricAccumulator()
-    steps_done, started = 0, time.perf_counter()
-    gen_ddp.train()
-    disc_ddp.train()
-    for indices in sampler:
-        batch = items.batch(indices).to(run.device)
-        metrics = steps.train_step(gen_ddp, disc_ddp, t.opt_g, t.opt_d, batch, settings, scaler=t.scaler)
-        metrics["learning_rate"] = float(t.opt_g.param_groups[0]["lr"])
-        run.global_step += 1
-        steps_done += 1
-        epoch_sums.add(metrics)
-        run.skipped_steps += int(metrics.get("skipped", 0.0) > 0)
-        if run.skipped_steps > cfg.train.max_skipped_steps:
-            raise steps.TrainingHealthError(
-                f"rank {run.rank} skipped {run.skipped_steps} steps (train.max_skipped_steps={cfg.train.max_skipped_steps})"
-            )
-        if run.global_step % cfg.train.log_every_steps == 0:
-            step_sums = MetricAccumulator()
-            step_sums.add(metrics)
-            reporter.log_step(epoch=epoch, step=run.global_step, metrics=step_sums.mean_across_workers())
-        if steps_done == 1:
-            _maybe_inject_failure(fault, run.rank, epoch)
-    return epoch_sums, steps_done, time.perf_counter() - started
-
-
 def _save_checkpoint(
     cfg: RunConfig,
     paths: WorkerPaths,
-    run: _RunState,
+    run: RunState,
     epoch: int,
     world: int,
     best: BestTracker,
@@ -356,8 +253,8 @@ def _save_checkpoint(
         scheduler_g=t.sched_g.state_dict(),
         scheduler_d=t.sched_d.state_dict(),
         scaler=t.scaler.state_dict() if t.scaler is not None else None,
-        global_batch_size=cfg.train.batch_size,
-        per_worker_batch_size=cfg.train.batch_size // world,
+        global_batch_size=global_batch_of(cfg),
+        per_worker_batch_size=global_batch_of(cfg) // world,
         num_workers=world,
         rng=capture_rng_state(),
         best_val_mel_l1=best.value,
@@ -392,11 +289,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # is printed on every step of every worker and is not actionable.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
+    from rvc_ray.data.prefetch import cache_items_on_device
     from rvc_ray.data.sampler import DistributedBucketSampler
     from rvc_ray.model.build import build_discriminator, build_generator
     from rvc_ray.train import steps
     from rvc_ray.train.checkpoint import restore_initial_state
+    from rvc_ray.train.collectives import barrier, broadcast_from_rank_zero
     from rvc_ray.train.health_marker import record_health_failure, refuse_to_replay_health_failure
+    from rvc_ray.train.memory import resolve_run_batch_size
     from rvc_ray.train.reporting import TrainingReporter
     from rvc_ray.train.validation import evaluate_items
 
@@ -411,9 +311,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     seed = cfg.experiment.seed
 
     train_items, val_items = _load_items(cfg, Path(paths.features_dir))
+    settings = steps.StepSettings.from_config(cfg, device)
+    try:
+        cfg, batch_source = resolve_run_batch_size(
+            cfg, train_items, settings, world, ray.train.get_checkpoint(), min_frames=usable_min_frames(cfg)
+        )
+    except steps.TrainingHealthError as exc:  # not even one clip fits: a restart would not help
+        if paths.run_dir:
+            record_health_failure(Path(paths.run_dir), rank, exc)
+        raise
     sampler = DistributedBucketSampler(
         train_items.lengths,
-        global_batch_size=cfg.train.batch_size,
+        global_batch_size=global_batch_of(cfg),
         boundaries=cfg.data.bucket_boundaries,
         num_replicas=world,
         rank=rank,
@@ -425,7 +334,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     disc = build_discriminator(cfg.model).to(device)
     opt_g, opt_d = steps.build_optimizers(gen, disc, cfg.optim)
     sched_g, sched_d = steps.build_schedulers(opt_g, opt_d, cfg.optim)
-    settings = steps.StepSettings.from_config(cfg, device)
     scaler = steps.build_grad_scaler(settings)
 
     restored = restore_initial_state(cfg, gen, disc, opt_g, opt_d, sched_g, sched_d, scaler, ray.train.get_checkpoint())
@@ -433,8 +341,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     tracker = BestTracker(restored.best_val_mel_l1, restored.best_epoch, restored.epochs_without_improvement)
     fingerprint = state_fingerprint(gen.state_dict())
 
-    gen_ddp, disc_ddp = wrap_models(gen, disc)
-    trainables = _Trainables(gen, disc, opt_g, opt_d, sched_g, sched_d, scaler)
+    gen_ddp, disc_ddp = wrap_models(gen, disc, always=cfg.train.use_ddp_for_one_worker)
+    trainables = Trainables(gen, disc, opt_g, opt_d, sched_g, sched_d, scaler)
     reporter = TrainingReporter(
         Path(paths.tensorboard_dir), Path(paths.metrics_path), enabled=rank == 0, purge_step=global_step + 1
     )
@@ -444,8 +352,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "start_epoch": start_epoch,
         "resumed_from": restored.source,
         "state_sha256": fingerprint,
-        "global_batch_size": cfg.train.batch_size,
+        "global_batch_size": global_batch_of(cfg),
         "per_worker_batch_size": per_worker,
+        "batch_size_source": batch_source,
+        "precision": settings.precision,
+        "device": str(device),
+        "ddp": type(gen_ddp).__name__ == "DistributedDataParallel",
+        "backend": _process_group_backend(),
         "num_workers": world,
         "steps_per_epoch": len(sampler),
         "train_items": len(train_items),
@@ -459,14 +372,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         with Path(paths.metrics_path).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({**start_note, "time": time.time()}) + "\n")
 
+    epoch_items: Any = train_items
+    if cfg.train.cache_dataset_on_gpu:
+        epoch_items = cache_items_on_device(train_items, device, announce=rank == 0)
     final: dict[str, Any] = {"epoch": restored.epoch, "step": global_step}
-    run = _RunState(rank=rank, device=device, global_step=global_step, trainables=trainables)
+    run = RunState(rank=rank, device=device, global_step=global_step, trainables=trainables)
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(seed, epoch, rank))
         try:
-            epoch_sums, steps_done, elapsed = _train_epoch(
-                cfg, epoch, run, gen_ddp, disc_ddp, sampler, train_items, settings, reporter, config.get("fault")
+            epoch_sums, steps_done, elapsed = train_epoch(
+                cfg, epoch, run, gen_ddp, disc_ddp, sampler, epoch_items, settings, reporter, config.get("fault")
             )
         except steps.TrainingHealthError as exc:
             if paths.run_dir:
@@ -474,20 +390,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             raise
         sched_g.step()
         sched_d.step()
-        epoch_metrics: dict[str, Any] = epoch_sums.mean_across_workers()
+        epoch_metrics: dict[str, Any] = epoch_sums.mean_across_workers(device)
         val_metrics, val_sums = _validate(cfg, gen, val_items, train_items, rank, world, device, evaluate_items)
         epoch_metrics.update(val_metrics)
         epoch_metrics.update(
             epoch=epoch,
             step=run.global_step,
-            samples_per_s=steps_done * cfg.train.batch_size / max(elapsed, 1e-9),
+            samples_per_s=steps_done * global_batch_of(cfg) / max(elapsed, 1e-9),
+            skipped_steps=round(epoch_metrics.get("skipped", 0.0) * steps_done),
             epoch_time_s=elapsed,
-            global_batch_size=cfg.train.batch_size,
+            global_batch_size=global_batch_of(cfg),
             per_worker_batch_size=per_worker,
         )
         tracker = track_best(tracker, epoch_metrics["val/mel_l1"], epoch)
         epoch_metrics.update({"best/val_mel_l1": tracker.value, "best/epoch": tracker.epoch})
-        stop_early = should_stop_early(tracker, cfg.train.early_stop_patience)
+        # every rank computes the same decision from all-reduced scores; rank 0's is broadcast so that a
+        # rounding difference can never leave one rank training while the others stop
+        stop_early = bool(
+            broadcast_from_rank_zero(float(should_stop_early(tracker, cfg.train.early_stop_patience)), device)
+        )
         save = epoch % cfg.train.save_every_epochs == 0 or epoch == cfg.train.epochs or stop_early
         epoch_metrics["stopped_early"] = bool(stop_early)
         reporter.log_epoch(epoch=epoch, step=run.global_step, metrics=epoch_metrics)
@@ -515,6 +436,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 tracker.epochs_without_improvement,
             )
             break
+    barrier(device)  # every rank leaves the loop together (rank 0's last export is written)
     reporter.close()
     return {k: v for k, v in final.items() if not (isinstance(v, float) and math.isnan(v))}
 
@@ -534,6 +456,8 @@ def _validate(
     Without a held-out split (``features.validation_fraction=0``) the first few training items are
     scored instead, and ``val/on_train_items`` is 1 so nobody mistakes it for a held-out score.
     """
+    from rvc_ray.train.collectives import sum_across_workers
+
     items = val_items if val_items is not None else train_items
     shortest = usable_min_frames(cfg)
     usable = [i for i, n in enumerate(items.lengths) if n >= shortest]
@@ -542,7 +466,7 @@ def _validate(
     mine = indices[rank * share : (rank + 1) * share]  # contiguous: rank 0 holds the first clips (previews)
     previews = cfg.train.num_preview_clips if rank == 0 else 0
     sums = evaluate_items(gen, items, mine, cfg.audio, seed=cfg.experiment.seed, device=device, num_previews=previews)
-    total_l1, total_mcd, count = _all_reduce_sums([sums.mel_l1_sum, sums.mcd_sum, float(sums.count)])
+    total_l1, total_mcd, count = sum_across_workers([sums.mel_l1_sum, sums.mcd_sum, float(sums.count)], device)
     count = max(count, 1.0)
     metrics = {"val/mel_l1": total_l1 / count, "val/mcd": total_mcd / count}
     metrics["val/on_train_items"] = 0.0 if val_items is not None else 1.0

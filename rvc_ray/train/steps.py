@@ -5,7 +5,11 @@ Each step function does one optimizer update and returns a metrics dict. They ne
 DistributedDataParallel. Metric keys: ``loss/d/total``, ``loss/g/total``, ``loss/g/adv``, ``loss/g/fm``,
 ``loss/g/mel``, ``loss/g/kl`` (adv/fm/mel/kl are the *unweighted* terms; total is the weighted sum
 ``c_adv*adv + c_fm*fm + c_mel*mel + c_kl*kl``), ``grad_norm_d``, ``grad_norm_g`` (before clipping),
-``skipped`` (1.0 when the iteration was skipped under ``nonfinite_policy="skip"``).
+``skipped`` (1.0 when an update of the iteration was skipped: by the fp16 GradScaler, which also sets
+``skipped/scaler``, or under ``nonfinite_policy="skip"``).
+
+Precision (``train.precision``): the model forwards run under autocast (bf16 on CPU or CUDA; fp16 on CUDA
+with one GradScaler), while the STFT, the mels and every loss are computed in fp32, as RVC and Applio do.
 
 Health guards raise a :class:`TrainingHealthError` subclass naming the cause (or, under policy ``"skip"``,
 skip the update and log a warning): a bad batch (zero-length, all-zero or non-finite features, misaligned
@@ -18,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -46,6 +50,7 @@ __all__ = [
     "NonFiniteLossError",
     "StepSettings",
     "TrainingHealthError",
+    "TrainingOutOfMemoryError",
     "ZeroGradientError",
     "autocast_context",
     "build_grad_scaler",
@@ -55,6 +60,7 @@ __all__ = [
     "find_batch_problem",
     "g_step",
     "generator_forward",
+    "resolve_precision",
     "step_settings_from_config",
     "train_step",
 ]
@@ -82,11 +88,32 @@ class LearningRateTooLowError(TrainingHealthError):
     """The learning rate decayed below ``optim.min_learning_rate``."""
 
 
+class TrainingOutOfMemoryError(TrainingHealthError):
+    """The step ran out of device memory; it would again on a restart (see :mod:`rvc_ray.train.memory`)."""
+
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def resolve_precision(requested: str, device: str | torch.device) -> Precision:
+    """``train.precision`` for this device: ``auto`` is bf16 on a CUDA GPU that supports it (compute
+    capability >= 8.0: A100, H100, RTX 30xx and newer) and fp32 otherwise (older GPUs, CPU); an explicit
+    choice is kept."""
+    if requested in ("fp32", "bf16", "fp16"):
+        return requested  # type: ignore[return-value]
+    if requested != "auto":
+        raise ValueError(f"unknown precision {requested!r}")
+    target = torch.device(device)
+    if target.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16"
+    return "fp32"
+
+
 @dataclass(frozen=True)
 class StepSettings:
     """Everything a step needs besides the models, optimizers and the batch."""
 
-    precision: Literal["fp32", "bf16", "fp16"]
+    precision: Precision
     grad_clip_norm: float | None
     loss: LossConfig
     audio: AudioConfig
@@ -98,10 +125,10 @@ class StepSettings:
 
     @classmethod
     def from_config(cls, cfg: RunConfig, device: str | torch.device = "cpu") -> StepSettings:
-        """Read ``train.precision``, ``optim.grad_clip_norm``/``min_learning_rate``, ``loss``, ``audio``,
-        ``model.segment_frames`` and ``train.nonfinite_loss_policy``."""
+        """Read ``train.precision`` (``auto`` resolved for ``device``), ``optim.grad_clip_norm``/
+        ``min_learning_rate``, ``loss``, ``audio``, ``model.segment_frames`` and ``train.nonfinite_loss_policy``."""
         return cls(
-            precision=cfg.train.precision,
+            precision=resolve_precision(cfg.train.precision, device),
             grad_clip_norm=cfg.optim.grad_clip_norm,
             loss=cfg.loss,
             audio=cfg.audio,
@@ -256,8 +283,14 @@ def _optimizer_update(
     settings: StepSettings,
     scaler: torch.amp.GradScaler | None,
     who: str,
-) -> tuple[float, bool]:
-    """Backward, unscale, norm (+clip), health checks, step. Returns (grad norm before clipping, skipped)."""
+) -> tuple[float, str | None]:
+    """Backward, unscale, norm (+clip), health checks, step.
+
+    Returns (grad norm before clipping, why the update was skipped or None): ``"scaler"`` when the
+    GradScaler found Inf/NaN gradients (fp16 overflow: the scaler skips the step and lowers its scale, as
+    RVC and Applio train; never a health error), ``"policy"`` when a health problem was skipped under
+    ``nonfinite_policy="skip"``.
+    """
     if settings.precision == "fp16" and scaler is None:
         raise ValueError("precision fp16 needs a GradScaler (build_grad_scaler)")
     optimizer.zero_grad(set_to_none=True)
@@ -274,11 +307,16 @@ def _optimizer_update(
         norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm))
     else:
         norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    if scaler is not None and not math.isfinite(norm):
+        # The (DDP-reduced, so identical on every rank) gradients hold Inf/NaN: scaler.step skips the update.
+        scaler.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        return norm, "scaler"
     problem, error = None, TrainingHealthError
     bad_terms = [name for name, value in terms.items() if not math.isfinite(float(value.detach()))]
     if bad_terms:
         problem, error = f"non-finite {who} loss: {', '.join(bad_terms)} = NaN/Inf", NonFiniteLossError
-    elif not math.isfinite(norm) and scaler is None:
+    elif not math.isfinite(norm):
         problem, error = f"non-finite {who} gradient norm ({norm})", NonFiniteLossError
     elif norm == 0.0:
         problem = f"the {who} gradient norm is exactly 0: no gradient reached its parameters"
@@ -286,15 +324,20 @@ def _optimizer_update(
     if problem is not None:
         optimizer.zero_grad(set_to_none=True)
         _handle_problem(problem, settings, error)
-        return norm, True
+        return norm, "policy"
     if scaler is not None:
         scaler.step(optimizer)
     else:
         optimizer.step()
-    return norm, False
+    return norm, None
 
 
 # --------------------------------------------------------------------------- the steps
+
+
+def _fp32(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Each tensor in float32 (a no-op for fp32 tensors): losses never run in bf16/fp16."""
+    return [t.float() for t in tensors]
 
 
 def generator_forward(gen: nn.Module, batch: RVCBatch, settings: StepSettings) -> GeneratorPass:
@@ -340,9 +383,14 @@ def d_step(
     _check_learning_rate(opt_d, settings, "discriminator")
     with autocast_context(settings):
         real_logits, fake_logits, _, _ = disc(gpass.wav_real, gpass.wav_fake.detach())
-    loss = discriminator_loss(real_logits, fake_logits)
+    loss = discriminator_loss(_fp32(real_logits), _fp32(fake_logits))
     norm, skipped = _optimizer_update(opt_d, loss, {"loss/d/total": loss}, settings, scaler, "discriminator")
-    return {"loss/d/total": float(loss.detach()), "grad_norm_d": norm, "skipped/d": float(skipped)}
+    return {
+        "loss/d/total": float(loss.detach()),
+        "grad_norm_d": norm,
+        "skipped/d": float(skipped is not None),
+        "skipped/d/scaler": float(skipped == "scaler"),
+    }
 
 
 def g_step(
@@ -362,11 +410,11 @@ def g_step(
     no_sync = getattr(disc, "no_sync", None)
     with no_sync() if callable(no_sync) else contextlib.nullcontext(), autocast_context(settings):
         _, fake_logits, real_fmaps, fake_fmaps = disc(gpass.wav_real, gpass.wav_fake)
-    terms = {
-        "loss/g/adv": generator_adversarial_loss(fake_logits),
-        "loss/g/fm": feature_matching_loss(real_fmaps, fake_fmaps),
+    terms = {  # every loss in fp32, whatever precision the forwards ran in
+        "loss/g/adv": generator_adversarial_loss(_fp32(fake_logits)),
+        "loss/g/fm": feature_matching_loss([_fp32(m) for m in real_fmaps], [_fp32(m) for m in fake_fmaps]),
         "loss/g/mel": mel_l1_loss(gpass.mel_real, gpass.mel_fake),
-        "loss/g/kl": kl_loss(gpass.z_p, gpass.logs_q, gpass.m_p, gpass.logs_p, gpass.z_mask),
+        "loss/g/kl": kl_loss(*(t.float() for t in (gpass.z_p, gpass.logs_q, gpass.m_p, gpass.logs_p, gpass.z_mask))),
     }
     weights = settings.loss
     total = (
@@ -382,7 +430,14 @@ def g_step(
     if scaler is not None:
         scaler.update()
     metrics = {name: float(value.detach()) for name, value in terms.items()}
-    metrics.update({"loss/g/total": float(total.detach()), "grad_norm_g": norm, "skipped/g": float(skipped)})
+    metrics.update(
+        {
+            "loss/g/total": float(total.detach()),
+            "grad_norm_g": norm,
+            "skipped/g": float(skipped is not None),
+            "skipped/g/scaler": float(skipped == "scaler"),
+        }
+    )
     return metrics
 
 
@@ -394,13 +449,17 @@ def train_step(
     batch: RVCBatch,
     settings: StepSettings,
     scaler: torch.amp.GradScaler | None = None,
+    *,
+    check_batch: bool = True,
 ) -> dict[str, float]:
-    """Generator forward, :func:`d_step`, :func:`g_step`; merged metrics plus ``skipped`` (0.0 / 1.0).
+    """Generator forward, :func:`d_step`, :func:`g_step`; merged metrics plus ``skipped`` (0.0 / 1.0: an
+    update of this iteration was skipped) and ``skipped/scaler`` (1.0: the fp16 GradScaler skipped it).
 
     A bad batch raises :class:`BadBatchError` (policy "raise") or returns ``{"skipped": 1.0}`` without any
-    forward (policy "skip"; under DDP every rank must then skip the same batch).
+    forward (policy "skip"; under DDP every rank must then skip the same batch). ``check_batch=False``: the
+    caller already checked it (the training loop agrees on it across workers).
     """
-    problem = find_batch_problem(batch)
+    problem = find_batch_problem(batch) if check_batch else None
     if problem is not None:
         _handle_problem(problem, settings, BadBatchError)
         return {"skipped": 1.0}
@@ -408,4 +467,5 @@ def train_step(
     metrics = d_step(disc, opt_d, gpass, settings, scaler)
     metrics.update(g_step(disc, opt_g, gpass, settings, scaler))
     metrics["skipped"] = max(metrics["skipped/d"], metrics["skipped/g"])
+    metrics["skipped/scaler"] = max(metrics.pop("skipped/d/scaler"), metrics.pop("skipped/g/scaler"))
     return metrics

@@ -55,12 +55,6 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         build_ivf_index(bad)
-    with pytest.raises(RuntimeError, match="index.use_gpu"):
-        import faiss
-
-        if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            pytest.skip("a GPU faiss is available here")
-        build_ivf_index(_features(100, 8), use_gpu=True)
     (tmp_path / "broken.index").write_bytes(b"nope")
     with pytest.raises(ValueError, match="broken.index"):
         load_index(tmp_path / "broken.index")
@@ -89,3 +83,28 @@ def test_train_features_exclude_mute_and_val_and_undo_frame_doubling(tmp_path: P
     np.testing.assert_array_equal(load_train_features(tmp_path), base)
     with pytest.raises(FileNotFoundError, match="rvc-ray extract"):
         load_train_features(tmp_path / "nowhere")
+
+
+def test_index_device_selection_and_the_cpu_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    """faiss-gpu builds when it is installed and sees a GPU; otherwise index.use_gpu falls back to the CPU
+    build (same index as a CPU build), with a warning."""
+    import types
+
+    import faiss
+
+    from rvc_ray.features.index import select_index_device
+
+    gpu_faiss = types.SimpleNamespace(StandardGpuResources=object, get_num_gpus=lambda: 1, __version__="x")
+    gpu_build_without_gpu = types.SimpleNamespace(StandardGpuResources=object, get_num_gpus=lambda: 0)
+    assert select_index_device(gpu_faiss, True) == "gpu"
+    assert select_index_device(gpu_faiss, False) == "cpu"
+    assert select_index_device(gpu_build_without_gpu, True) == "cpu"
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU faiss is available here: the fallback cannot happen")
+    feats = _features(400, 8)
+    with caplog.at_level("WARNING", logger="rvc_ray.features.index"):
+        fallback = build_ivf_index(feats, use_gpu=True)
+    assert "building the index on CPU instead" in caplog.text
+    cpu = build_ivf_index(feats, use_gpu=False)
+    assert fallback.ntotal == cpu.ntotal == 400
+    np.testing.assert_array_equal(fallback.search(feats[:5], 3)[1], cpu.search(feats[:5], 3)[1])

@@ -289,3 +289,57 @@ def test_steps_work_under_ddp_and_keep_ranks_in_sync(tmp_path) -> None:
     for part in ("gen", "disc"):
         for k, v in a[part].items():
             torch.testing.assert_close(v, b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
+
+
+def test_a_scaler_skip_is_counted_not_raised_and_leaves_the_models_untouched(cfg) -> None:
+    """fp16's GradScaler path (a CPU scaler drives the same code): Inf/NaN gradients make the scaler skip
+    both updates and lower its scale; the step reports ``skipped`` and ``skipped/scaler`` instead of raising
+    a health error (under policy "raise")."""
+    gen, disc, opt_g, opt_d = make_models(cfg)
+    with torch.no_grad():
+        gen.dec.conv_post.weight.fill_(float("nan"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    settings = StepSettings.from_config(cfg)
+    assert settings.nonfinite_policy == "raise"
+    gen_before, disc_before = _snapshot(gen), _snapshot(disc)
+    metrics = train_step(gen, disc, opt_g, opt_d, make_batch(cfg), settings, scaler=scaler)
+    assert metrics["skipped"] == 1.0 and metrics["skipped/scaler"] == 1.0
+    assert not math.isfinite(metrics["grad_norm_d"]) and not math.isfinite(metrics["grad_norm_g"])
+    assert scaler.get_scale() == 2.0**15
+    for module, before in ((gen, gen_before), (disc, disc_before)):
+        for k, v in module.state_dict().items():
+            torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_finite_step_with_a_scaler_updates_and_is_not_skipped(cfg) -> None:
+    gen, disc, opt_g, opt_d = make_models(cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    before = _snapshot(gen)
+    metrics = train_step(gen, disc, opt_g, opt_d, make_batch(cfg), StepSettings.from_config(cfg), scaler=scaler)
+    assert metrics["skipped"] == 0.0 and metrics["skipped/scaler"] == 0.0
+    assert any(not torch.equal(v, before[k]) for k, v in gen.state_dict().items())
+
+
+def test_precision_auto_is_fp32_on_cpu_and_explicit_choices_are_kept(cfg) -> None:
+    from rvc_ray.train.steps import resolve_precision
+
+    assert cfg.train.precision == "auto"
+    assert StepSettings.from_config(cfg).precision == "fp32"
+    assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_bf16_losses_are_computed_in_fp32(cfg) -> None:
+    """Under bf16 autocast the forwards run in bf16, but the mels and every loss term are fp32."""
+    from rvc_ray.losses import discriminator_loss
+    from rvc_ray.train.steps import _fp32
+
+    gen, disc, opt_g, opt_d = make_models(cfg)
+    settings = dataclasses.replace(StepSettings.from_config(cfg), precision="bf16")
+    gpass = generator_forward(gen, make_batch(cfg), settings)
+    assert gpass.mel_fake.dtype == torch.float32 and gpass.mel_real.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        real, fake, _, _ = disc(gpass.wav_real, gpass.wav_fake.detach())
+    assert {t.dtype for t in real} == {torch.bfloat16}
+    assert discriminator_loss(_fp32(real), _fp32(fake)).dtype == torch.float32

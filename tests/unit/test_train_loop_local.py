@@ -152,7 +152,7 @@ def test_metric_accumulator_averages_present_finite_values() -> None:
     acc = MetricAccumulator()
     acc.add({"loss/g/total": 2.0, "grad_norm_g": float("inf"), "unknown": 5.0})
     acc.add({"loss/g/total": 4.0, "grad_norm_g": 1.0})
-    means = acc.mean_across_workers()
+    means = acc.mean_across_workers("cpu")
     assert means["loss/g/total"] == 3.0 and means["grad_norm_g"] == 1.0
     assert "unknown" not in means and "loss/d/total" not in means
 

@@ -1,0 +1,225 @@
+"""One training epoch on one worker: the steps, their metrics and the guards around each step.
+
+Used by :func:`rvc_ray.train.loop.train_loop_per_worker`. Per step: the batch-health flag is agreed by all
+workers (:mod:`rvc_ray.train.collectives`), ``train_step`` runs, an out-of-memory error becomes a
+:class:`~rvc_ray.train.steps.TrainingOutOfMemoryError`, skipped steps are counted, and every
+``train.log_every_steps`` the step's metrics are averaged across workers and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rvc_ray.config import RunConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from rvc_ray.data.dataset import TrainingItems
+
+__all__ = [
+    "TRAIN_METRIC_KEYS",
+    "MetricAccumulator",
+    "RunState",
+    "Trainables",
+    "count_skips",
+    "global_batch_of",
+    "guarded_step",
+    "train_epoch",
+]
+
+log = logging.getLogger("rvc_ray.train")
+
+
+TRAIN_METRIC_KEYS = (
+    "loss/d/total",
+    "loss/g/total",
+    "loss/g/adv",
+    "loss/g/fm",
+    "loss/g/mel",
+    "loss/g/kl",
+    "grad_norm_d",
+    "grad_norm_g",
+    "learning_rate",
+    "skipped",
+    "skipped/scaler",
+)
+"""The per-step metrics averaged across workers (a fixed list: every rank must all-reduce the same keys)."""
+
+
+class MetricAccumulator:
+    """Sums of :data:`TRAIN_METRIC_KEYS` over steps; :meth:`mean_across_workers` all-reduces them."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
+        self.counts = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key in TRAIN_METRIC_KEYS:
+            value = metrics.get(key)
+            if value is not None and math.isfinite(float(value)):
+                self.sums[key] += float(value)
+                self.counts[key] += 1.0
+
+    def mean_across_workers(self, device: torch.device | str = "cpu") -> dict[str, float]:
+        """Per-key means over every worker's steps (one all-reduce on the training ``device``)."""
+        from rvc_ray.train.collectives import sum_across_workers
+
+        reduced = sum_across_workers(
+            [self.sums[k] for k in TRAIN_METRIC_KEYS] + [self.counts[k] for k in TRAIN_METRIC_KEYS], device
+        )
+        n = len(TRAIN_METRIC_KEYS)
+        return {k: reduced[i] / reduced[n + i] for i, k in enumerate(TRAIN_METRIC_KEYS) if reduced[n + i] > 0}
+
+
+def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
+    """Test hook: ``{"rank": r, "epoch": e, "marker": path}`` makes rank r exit hard in epoch e, once."""
+    if not fault or fault["rank"] != rank or fault["epoch"] != epoch:
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"rank {rank} killed itself in epoch {epoch}\n")
+    # Train V2's controller picks up reports (and registers their checkpoints) when it polls the workers,
+    # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s). Dying right after a fast epoch's report could beat that
+    # poll and restart from the checkpoint before; a real crash is not that well timed, so wait a few polls.
+    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
+    os._exit(1)
+
+
+@dataclass
+class Trainables:
+    """The un-wrapped models and everything that is stepped with them."""
+
+    gen: Any
+    disc: Any
+    opt_g: Any
+    opt_d: Any
+    sched_g: Any
+    sched_d: Any
+    scaler: Any
+
+
+@dataclass
+class RunState:
+    """Mutable per-worker progress."""
+
+    rank: int
+    device: Any
+    global_step: int
+    trainables: Trainables
+    skipped_steps: int = 0
+    consecutive_scaler_skips: int = 0
+
+
+def train_epoch(
+    cfg: RunConfig,
+    epoch: int,
+    run: RunState,
+    gen_ddp: Any,
+    disc_ddp: Any,
+    sampler: Any,
+    items: TrainingItems,
+    settings: Any,
+    reporter: Any,
+    fault: dict[str, Any] | None,
+) -> tuple[MetricAccumulator, int, float]:
+    """All steps of one epoch on this worker's slices; returns (metric sums, steps, seconds).
+
+    The next batch is built (and copied to the device) while the step runs (:mod:`rvc_ray.data.prefetch`).
+    """
+    from rvc_ray.data.prefetch import BatchPrefetcher
+
+    t = run.trainables
+    epoch_sums = MetricAccumulator()
+    steps_done, started = 0, time.perf_counter()
+    gen_ddp.train()
+    disc_ddp.train()
+    if getattr(items, "device", None) is not None:  # DeviceItemCache: batches are padded on the device already
+        batches: Any = (items.batch(indices) for indices in sampler)
+    else:
+        batches = BatchPrefetcher(sampler, items.batch, run.device, depth=cfg.train.prefetch_batches)
+    for batch in batches:
+        metrics = guarded_step(cfg, run, gen_ddp, disc_ddp, batch, settings)
+        metrics["learning_rate"] = float(t.opt_g.param_groups[0]["lr"])
+        run.global_step += 1
+        steps_done += 1
+        epoch_sums.add(metrics)
+        count_skips(cfg, run, metrics)
+        if run.global_step % cfg.train.log_every_steps == 0:
+            step_sums = MetricAccumulator()
+            step_sums.add(metrics)
+            reporter.log_step(epoch=epoch, step=run.global_step, metrics=step_sums.mean_across_workers(run.device))
+        if steps_done == 1:
+            _maybe_inject_failure(fault, run.rank, epoch)
+    return epoch_sums, steps_done, time.perf_counter() - started
+
+
+def global_batch_of(cfg: RunConfig) -> int:
+    """``train.batch_size`` once resolved (the loop replaces ``auto`` by the batch it found, first thing)."""
+    batch = cfg.train.batch_size
+    if not isinstance(batch, int):
+        raise RuntimeError("train.batch_size=auto must be resolved before training (_resolve_batch_size)")
+    return batch
+
+
+def guarded_step(
+    cfg: RunConfig, run: RunState, gen_ddp: Any, disc_ddp: Any, batch: Any, settings: Any
+) -> dict[str, float]:
+    """One ``train_step``, with the batch-health flag agreed by every worker (so all ranks raise, or all
+    skip, together: none is left waiting in a collective) and out-of-memory turned into a health error."""
+    from rvc_ray.train import steps
+    from rvc_ray.train.collectives import any_across_workers
+    from rvc_ray.train.memory import is_out_of_memory
+
+    t = run.trainables
+    problem = steps.find_batch_problem(batch)
+    if any_across_workers(problem is not None, run.device):
+        reason = problem or "another worker's slice of this global batch is unusable"
+        if settings.nonfinite_policy == "raise":
+            raise steps.BadBatchError(f"rank {run.rank}: {reason}")
+        log.warning("skipping the step: %s", reason)
+        return {"skipped": 1.0}
+    try:
+        return steps.train_step(
+            gen_ddp, disc_ddp, t.opt_g, t.opt_d, batch, settings, scaler=t.scaler, check_batch=False
+        )
+    except steps.TrainingHealthError:
+        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise steps.TrainingOutOfMemoryError(
+            f"rank {run.rank}: out of memory at step {run.global_step + 1} with {batch.size} clips per worker "
+            f"({first_line}); lower train.batch_size or data.max_frames, or use train.batch_size=auto"
+        ) from exc
+
+
+def count_skips(cfg: RunConfig, run: RunState, metrics: dict[str, float]) -> None:
+    """fp16 GradScaler skips are normal while the scale settles, so only a run of more than
+    ``train.max_skipped_steps`` consecutive ones is a health error; other skips count over the whole run."""
+    from rvc_ray.train import steps
+
+    limit = cfg.train.max_skipped_steps
+    if metrics.get("skipped/scaler", 0.0) > 0:
+        run.consecutive_scaler_skips += 1
+        if run.consecutive_scaler_skips > limit:
+            raise steps.NonFiniteLossError(
+                f"rank {run.rank}: the fp16 GradScaler skipped {run.consecutive_scaler_skips} steps in a row "
+                f"(train.max_skipped_steps={limit}): the gradients overflow at every scale; use bf16 or fp32"
+            )
+        return
+    run.consecutive_scaler_skips = 0
+    run.skipped_steps += int(metrics.get("skipped", 0.0) > 0)
+    if run.skipped_steps > limit:
+        raise steps.TrainingHealthError(
+            f"rank {run.rank} skipped {run.skipped_steps} steps (train.max_skipped_steps={limit})"
+        )
