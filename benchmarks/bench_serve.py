@@ -82,7 +82,7 @@ def _offline(cfg, voice_path: Path, seconds: float, threads: int) -> dict:
     torch.set_num_threads(threads)
     analysis = AnalysisModels(cfg.features)
     started = time.perf_counter()
-    pipeline = VoiceConverterPipeline.from_files(voice_path, None, analysis, default_f0_method=cfg.serve.f0_method)
+    pipeline = VoiceConverterPipeline.from_files(voice_path, None, analysis, configured_f0_method=cfg.serve.f0_method)
     load_s = time.perf_counter() - started
     options = ConversionOptions(seed=0)
     started = time.perf_counter()

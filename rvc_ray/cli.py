@@ -176,7 +176,9 @@ def tune(
 
 @app.command()
 def serve(
-    voices: Annotated[Path | None, typer.Option(help="Directory of <voice_id>.pth (+ .index) files.")] = None,
+    voices: Annotated[
+        str | None, typer.Option(help="Directory or URI (s3://...) of <voice_id>.pth (+ .index) files.")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:

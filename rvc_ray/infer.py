@@ -38,6 +38,7 @@ from rvc_ray.inference.audio import (
     resample,
 )
 from rvc_ray.inference.chunking import HOP_16K, ChunkingSettings, find_chunk_cuts, plan_chunks
+from rvc_ray.inference.defaults import choose_f0_method, f0_method_problem, trained_f0_method
 from rvc_ray.inference.envelope import mix_rms_envelope
 from rvc_ray.inference.retrieval import mix_retrieved_features
 
@@ -126,7 +127,8 @@ class VoiceConverterPipeline:
         voice: a ``LoadedVoice`` (``rvc_ray.model.export.load_voice``).
         index: the voice's retrieval index (``rvc_ray.features.index.load_index``) or ``None``.
         analysis: the shared content-encoder / F0 cache.
-        default_f0_method: used when a request names none.
+        configured_f0_method: the server's / config's F0 method; used when a request names none and it
+            can run here (else the voice's own, else a bundled one: :func:`choose_f0_method`).
         name: the voice's name in reports and errors.
         chunking: long-input settings (RVC fp32 defaults).
         device: torch device of the generator.
@@ -138,7 +140,7 @@ class VoiceConverterPipeline:
         index: Any | None,
         analysis: AnalysisModels,
         *,
-        default_f0_method: str,
+        configured_f0_method: str | None,
         name: str,
         chunking: ChunkingSettings | None = None,
         device: str = "cpu",
@@ -146,7 +148,8 @@ class VoiceConverterPipeline:
         self.voice = voice
         self.index = index
         self.analysis = analysis
-        self.default_f0_method = default_f0_method
+        self.rmvpe_path = analysis.features.rmvpe_path
+        self.f0_choice = choose_f0_method(None, configured_f0_method, trained_f0_method(voice.info), self.rmvpe_path)
         self.name = name
         self.chunking = chunking or ChunkingSettings()
         self.device = device
@@ -164,7 +167,7 @@ class VoiceConverterPipeline:
         index_path: Path | None,
         analysis: AnalysisModels,
         *,
-        default_f0_method: str,
+        configured_f0_method: str | None,
         name: str | None = None,
         chunking: ChunkingSettings | None = None,
         device: str = "cpu",
@@ -189,7 +192,7 @@ class VoiceConverterPipeline:
             except Exception as exc:  # noqa: BLE001
                 raise VoiceLoadError(f"the index of voice {name!r} could not be loaded: {exc}") from exc
         return cls(
-            voice, index, analysis, default_f0_method=default_f0_method, name=name, chunking=chunking, device=device
+            voice, index, analysis, configured_f0_method=configured_f0_method, name=name, chunking=chunking, device=device
         )
 
     @property
@@ -212,7 +215,15 @@ class VoiceConverterPipeline:
                 f"speaker_id {options.speaker_id} is out of range: voice {self.name!r} has "
                 f"{self.voice.num_speakers} speaker(s) (0..{int(self.voice.num_speakers) - 1})"
             )
-        return options.f0_method or self.default_f0_method
+        if options.f0_method is None or not self.voice.use_f0:
+            return self.f0_choice.method
+        problem = f0_method_problem(options.f0_method, self.rmvpe_path)
+        if problem is not None:
+            raise InvalidOptionError(
+                f"f0_method {options.f0_method!r} cannot run on this server ({problem}); leave it out to use "
+                f"{self.f0_choice.method!r} ({self.f0_choice.reason}), or pick another"
+            )
+        return options.f0_method
 
     def _compute_pitch(
         self, padded_16k: np.ndarray, num_frames: int, method: str, options: ConversionOptions
@@ -369,13 +380,14 @@ def convert_file(
     """Convert one audio file offline (what ``rvc-ray convert`` runs).
 
     The output format follows ``output_path``'s extension (``.wav`` -> 16-bit PCM, ``.flac``, ``.ogg``).
-    The F0 method is ``options.f0_method`` or else ``features.f0_method``.
+    The F0 method is ``options.f0_method``, else ``features.f0_method`` when it can run here, else the
+    voice's own, else a bundled one (:func:`rvc_ray.inference.defaults.choose_f0_method`).
     """
     import soundfile as sf
 
     analysis = AnalysisModels(features)
     pipeline = VoiceConverterPipeline.from_files(
-        Path(voice_path), Path(index_path) if index_path else None, analysis, default_f0_method=features.f0_method
+        Path(voice_path), Path(index_path) if index_path else None, analysis, configured_f0_method=features.f0_method
     )
     decoded = decode_audio(Path(input_path), name=f"input file {Path(input_path).name!r}")
     result = pipeline.convert(decoded.wav_16k, options)

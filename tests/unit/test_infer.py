@@ -80,6 +80,7 @@ class _SineGenerator(torch.nn.Module):
 class _FakeAnalysis:
     def __init__(self, dim: int, hz: float) -> None:
         self.encoder, self.pitch = _FakeEncoder(dim), _FakePitch(hz)
+        self.features = SimpleNamespace(rmvpe_path=None)
 
     def content_encoder(self, spec, voice_name="voice"):
         return self.encoder
@@ -99,7 +100,7 @@ def _fake_pipeline(sample_rate=40000, hz=200.0, chunking=None, index=None, num_s
         info={},
     )
     return VoiceConverterPipeline(
-        voice, index, _FakeAnalysis(8, hz), default_f0_method="fcpe", name="fake", chunking=chunking
+        voice, index, _FakeAnalysis(8, hz), configured_f0_method="fcpe", name="fake", chunking=chunking
     )
 
 
@@ -340,7 +341,7 @@ def test_same_seed_gives_the_same_audio_and_retrieval_changes_it(tiny_voice_file
     from rvc_ray.inference.analysis import AnalysisModels
 
     cfg, voice, index = tiny_voice_files
-    pipeline = VoiceConverterPipeline.from_files(voice, index, AnalysisModels(cfg.features), default_f0_method="fcpe")
+    pipeline = VoiceConverterPipeline.from_files(voice, index, AnalysisModels(cfg.features), configured_f0_method="fcpe")
     tone = _tone(0.8)
     first = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
     again = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
@@ -355,7 +356,7 @@ def test_a_voice_needing_hubert_says_what_is_missing(tiny_voice_files):
     from rvc_ray.inference.analysis import AnalysisModels, AnalysisUnavailableError
 
     cfg, voice, _ = tiny_voice_files
-    pipeline = VoiceConverterPipeline.from_files(voice, None, AnalysisModels(cfg.features), default_f0_method="fcpe")
+    pipeline = VoiceConverterPipeline.from_files(voice, None, AnalysisModels(cfg.features), configured_f0_method="fcpe")
     pipeline.encoder_spec = content_encoder_spec({"content_encoder": {"kind": "hf"}}, 64, "v2")
     with pytest.raises(AnalysisUnavailableError, match="features.content_encoder_path"):
         pipeline.convert(_tone(0.5))
