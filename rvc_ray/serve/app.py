@@ -41,10 +41,7 @@ def build_settings(cfg: RunConfig, voices: str | Path | None = None) -> ServeSet
             "<voice_id>.pth files (+ optional <voice_id>.index)"
         )
     if storage.is_remote(location):
-        try:
-            storage.list_files(location, suffix=".pth")
-        except (OSError, ValueError) as exc:
-            raise storage.StorageError(f"cannot list voices at {location}: {' '.join(str(exc).split())[:300]}") from exc
+        _check_remote_voices(location)
     return ServeSettings(
         voices=location,
         features=cfg.features.model_dump(mode="json"),
@@ -63,6 +60,27 @@ def build_settings(cfg: RunConfig, voices: str | Path | None = None) -> ServeSet
         result_cache_mb=serve_cfg.result_cache_mb,
         max_voices_per_request=serve_cfg.max_voices_per_request,
     )
+
+
+def _check_remote_voices(location: str) -> None:
+    """Fail now, with one line, when the bucket of ``location`` is missing or cannot be read."""
+    import pyarrow.fs
+
+    from rvc_ray import storage
+
+    fs, path = storage.filesystem_and_path(location)
+    bucket = path.split("/", 1)[0]
+    try:
+        missing = fs.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound
+        if not missing:
+            storage.list_files(location, suffix=".pth")
+    except (OSError, ValueError) as exc:
+        raise storage.StorageError(
+            f"cannot list voices at {location}: {' '.join(str(exc).split())[:300]}; check AWS_ENDPOINT_URL and "
+            "the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+        ) from exc
+    if missing:
+        raise storage.StorageError(f"cannot list voices at {location}: the bucket {bucket!r} does not exist")
 
 
 def _converter_options(settings: ServeSettings) -> dict[str, Any]:

@@ -598,6 +598,8 @@ def test_the_page_converts_with_two_epochs_in_headless_chromium(app_url, tmp_pat
             )
         )
         assert len(driver.find_elements(By.CSS_SELECTOR, ".card img")) == 3  # input + two epochs
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, min(int(height) + 120, 4000))  # the whole page, results included
         shot = tmp_path / "serve_page.png"
         driver.save_screenshot(str(shot))
     finally:
