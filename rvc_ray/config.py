@@ -363,6 +363,7 @@ class ServeConfig(_Node):
     f0_method: Literal["rmvpe", "crepe", "crepe-tiny", "fcpe"] = "rmvpe"
     result_cache_mb: float = Field(256.0, gt=0)
     max_voices_per_request: int = Field(16, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class RunConfig(_Node):

@@ -40,6 +40,7 @@ from rvc_ray.inference.audio import (
 from rvc_ray.inference.chunking import HOP_16K, ChunkingSettings, find_chunk_cuts, plan_chunks
 from rvc_ray.inference.defaults import choose_f0_method, f0_method_problem, trained_f0_method
 from rvc_ray.inference.envelope import mix_rms_envelope
+from rvc_ray.inference.precision import autocast_dtype
 from rvc_ray.inference.retrieval import mix_retrieved_features
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class ConversionReport:
     real_time_factor: float
     timings_s: dict[str, float] = field(default_factory=dict)
     output_path: str | None = None
+    synthesis_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,10 @@ class VoiceConverterPipeline:
         name: the voice's name in reports and errors.
         chunking: long-input settings (RVC fp32 defaults).
         device: torch device of the generator.
+        precision: ``auto`` (bf16 synthesis on CPUs that compute bf16 natively, else fp32), ``fp32``
+            or ``bf16`` (:mod:`rvc_ray.inference.precision`).
+
+    The generator's weight norms are folded into plain weights once, here (inference never trains it).
     """
 
     def __init__(
@@ -144,6 +150,7 @@ class VoiceConverterPipeline:
         name: str,
         chunking: ChunkingSettings | None = None,
         device: str = "cpu",
+        precision: str = "auto",
     ) -> None:
         self.voice = voice
         self.index = index
@@ -153,6 +160,8 @@ class VoiceConverterPipeline:
         self.name = name
         self.chunking = chunking or ChunkingSettings()
         self.device = device
+        self.autocast_dtype = autocast_dtype(precision, "cuda" if str(device).startswith("cuda") else "cpu")
+        self.folded_weight_norms = _fold_weight_norm(voice.generator)
         self.encoder_spec = content_encoder_spec(voice.info, voice.content_dim, voice.version)
         if index is not None and index.vectors.shape[1] != voice.content_dim:
             raise VoiceLoadError(
@@ -171,6 +180,7 @@ class VoiceConverterPipeline:
         name: str | None = None,
         chunking: ChunkingSettings | None = None,
         device: str = "cpu",
+        precision: str = "auto",
     ) -> VoiceConverterPipeline:
         """Load ``voice_path`` (an rvc-ray, RVC-WebUI or Applio ``.pth``) and ``index_path``.
 
@@ -192,7 +202,14 @@ class VoiceConverterPipeline:
             except Exception as exc:  # noqa: BLE001
                 raise VoiceLoadError(f"the index of voice {name!r} could not be loaded: {exc}") from exc
         return cls(
-            voice, index, analysis, configured_f0_method=configured_f0_method, name=name, chunking=chunking, device=device
+            voice,
+            index,
+            analysis,
+            configured_f0_method=configured_f0_method,
+            name=name,
+            chunking=chunking,
+            device=device,
+            precision=precision,
         )
 
     @property
@@ -240,6 +257,16 @@ class VoiceConverterPipeline:
         f0 = (f0 * np.float32(2.0 ** (options.f0_up_key / 12.0))).astype(np.float32)
         return compute_pitch_bins(f0).astype(np.int64), f0
 
+    def _autocast(self) -> Any:
+        """bf16 autocast for the content encoder and synthesis when ``precision`` asks for it, else a no-op."""
+        import torch
+
+        return torch.autocast(
+            "cuda" if str(self.device).startswith("cuda") else "cpu",
+            dtype=getattr(torch, self.autocast_dtype or "float32"),
+            enabled=self.autocast_dtype is not None,
+        )
+
     def _convert_chunk(
         self,
         segment_16k: np.ndarray,
@@ -254,7 +281,8 @@ class VoiceConverterPipeline:
 
         started = time.perf_counter()
         encoder = self.analysis.content_encoder(self.encoder_spec, self.name)
-        feats = np.asarray(_to_numpy(encoder.encode(segment_16k)), dtype=np.float32)  # [T50, C]
+        with self._autocast():
+            feats = np.asarray(_to_numpy(encoder.encode(segment_16k)), dtype=np.float32)  # [T50, C]
         timings["content"] += time.perf_counter() - started
         started = time.perf_counter()
         use_protect = self.voice.use_f0 and options.protect < 0.5
@@ -275,7 +303,7 @@ class VoiceConverterPipeline:
                 feats0 = _fit_frames(np.repeat(feats0, 2, axis=0), num_frames)
                 mask = np.where(f0_hz < 1.0, options.protect, 1.0).astype(np.float32)[:, None]
                 feats = feats * mask + feats0 * (1.0 - mask)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             content = torch.from_numpy(np.ascontiguousarray(feats))[None].to(self.device)
             wav = self.voice.generator.infer(
                 content,
@@ -351,8 +379,21 @@ class VoiceConverterPipeline:
             processing_s=round(processing, 4),
             real_time_factor=round(processing / max(input_s, 1e-9), 4),
             timings_s={k: round(v, 4) for k, v in timings.items()},
+            synthesis_dtype=self.autocast_dtype or "float32",
         )
         return ConversionResult(wav=out, sample_rate=out_rate, report=report)
+
+
+def _fold_weight_norm(generator: Any) -> int:
+    """Fold every weight norm of ``generator`` into its plain weight (the same output, less work per call)."""
+    from torch.nn.utils import parametrize
+
+    if not hasattr(generator, "modules"):  # a stand-in generator (tests)
+        return 0
+    modules = [m for m in generator.modules() if parametrize.is_parametrized(m, "weight")]
+    for module in modules:  # listed first: removing a parametrization swaps the module's class
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return len(modules)
 
 
 def _fit_frames(feats: np.ndarray, num_frames: int) -> np.ndarray:
@@ -376,6 +417,7 @@ def convert_file(
     output_path: Path,
     options: ConversionOptions,
     features: FeatureConfig,
+    precision: str = "auto",
 ) -> ConversionReport:
     """Convert one audio file offline (what ``rvc-ray convert`` runs).
 
@@ -387,7 +429,11 @@ def convert_file(
 
     analysis = AnalysisModels(features)
     pipeline = VoiceConverterPipeline.from_files(
-        Path(voice_path), Path(index_path) if index_path else None, analysis, configured_f0_method=features.f0_method
+        Path(voice_path),
+        Path(index_path) if index_path else None,
+        analysis,
+        configured_f0_method=features.f0_method,
+        precision=precision,
     )
     decoded = decode_audio(Path(input_path), name=f"input file {Path(input_path).name!r}")
     result = pipeline.convert(decoded.wav_16k, options)

@@ -59,6 +59,7 @@ def build_settings(cfg: RunConfig, voices: str | Path | None = None) -> ServeSet
         api_key=serve_cfg.api_key,
         result_cache_mb=serve_cfg.result_cache_mb,
         max_voices_per_request=serve_cfg.max_voices_per_request,
+        precision=serve_cfg.precision,
     )
 
 

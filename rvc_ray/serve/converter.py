@@ -106,6 +106,7 @@ class VoiceConverter:
                 configured_f0_method=self.settings.f0_method,
                 name=voice_id,
                 device=self.device,
+                precision=self.settings.precision,
             ),
         )
         self._voice_bytes[model_id] = pipeline.memory_bytes()

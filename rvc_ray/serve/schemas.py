@@ -145,6 +145,7 @@ class ServeSettings(BaseModel):
     ingress_cpus: float = Field(0.25, gt=0, description="CPUs reserved by the HTTP ingress replica.")
     result_cache_mb: float = Field(256.0, gt=0, description="Converted results kept by the ingress (LRU).")
     max_voices_per_request: int = Field(16, ge=1, description="Voices one POST /v1/convert may compare.")
+    precision: str = Field("auto", description="Synthesis number format: auto | fp32 | bf16.")
     voice_cache_dir: Path | None = Field(None, description="Local copies of remote voices (default: temp dir).")
     app_name: str = "rvc"
     route_prefix: str = "/"
