@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rvc_ray.config import load_run_config
-from rvc_ray.serve.app import _converter_options, build_settings, ingress_max_ongoing_requests
+from rvc_ray.serve.app import _converter_options, build_settings
 from rvc_ray.serve.catalog import read_voice_info
 from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceNotFoundError, VoiceRegistry
 
