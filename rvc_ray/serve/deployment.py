@@ -9,6 +9,7 @@ Serve routes a voice to a replica that already holds it, and a replaced voice fi
 # No ``from __future__ import annotations`` here: Serve pickles the route methods by value, and FastAPI
 # must still resolve their parameter annotations (``request: Request``) in the replica.
 import asyncio
+import html
 import logging
 import uuid
 from importlib import resources
@@ -90,9 +91,11 @@ class VoiceApi:
     # ------------------------------------------------------------------ page and health
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page(self) -> HTMLResponse:
-        """The listening page (plain HTML; it calls the API below)."""
-        return HTMLResponse(_static("index.html"))
+    async def page(self, request: Request) -> HTMLResponse:
+        """The listening page (plain HTML; it calls the API below, relative to the app's route prefix)."""
+        root = html.escape(request.scope.get("root_path", "").rstrip("/"), quote=True)
+        text = _static("index.html").decode().replace("<head>", f'<head>\n  <base href="{root}/">', 1)
+        return HTMLResponse(text)
 
     @api.get("/static/{name}", include_in_schema=False)
     async def static(self, name: str) -> Response:

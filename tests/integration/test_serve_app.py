@@ -427,7 +427,7 @@ def test_the_page_and_its_files_are_served_without_a_key(app_url):
 
     page = httpx.get(f"{app_url}/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert 'src="static/app.js"' in page.text and 'id="api-key"' in page.text
+    assert 'src="static/app.js"' in page.text and 'id="api-key"' in page.text and '<base href="/">' in page.text
     assert "MediaRecorder" in httpx.get(f"{app_url}/static/app.js").text
     assert httpx.get(f"{app_url}/static/secret.py").status_code == 404
     options = httpx.get(f"{app_url}/v1/options")
@@ -483,6 +483,7 @@ def test_voices_are_listed_and_converted_from_a_bucket(s3_app_url):
     cloud = listing[0]
     assert (cloud["run"], cloud["epoch"], cloud["step"], cloud["has_index"]) == ("cloud", 3, 9, True)
     assert cloud["validation"] == {"val/mel_l1": 0.5} and cloud["error"] is None
+    assert '<base href="/s3/">' in httpx.get(f"{s3_app_url}").text  # the page's API calls stay under /s3
     response = httpx.post(
         f"{s3_app_url}/v1/voices/cloud_e3_s9/convert", content=_wav_bytes(_tone(1.0, 220, SR), SR), timeout=120
     )

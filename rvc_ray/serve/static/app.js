@@ -3,7 +3,7 @@
 // conversions from POST v1/convert (one input, several voices), results and spectrograms from v1/results.
 "use strict";
 
-const BASE = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
+const BASE = new URL(document.baseURI).pathname; // the app's route prefix + "/" (a <base> set by the server)
 const $ = (id) => document.getElementById(id);
 const state = { voices: [], schema: null, input: null, inputName: null, recorder: null, objectUrls: [] };
 
@@ -58,7 +58,9 @@ function renderVoices() {
     title.textContent = `run ${run} `;
     const all = document.createElement("button");
     all.type = "button"; all.textContent = "select all epochs"; all.className = "select-run"; all.dataset.run = run;
-    all.onclick = () => voices.forEach((v) => { const box = root.querySelector(`input[data-voice="${v.id}"]`); if (box && !box.disabled) box.checked = true; });
+    // "<run>.pth" is training's copy of the latest epoch: skip it when the epochs themselves are listed.
+    const epochs = voices.filter((v) => !(v.id === run && voices.length > 1));
+    all.onclick = () => epochs.forEach((v) => { const box = root.querySelector(`input[data-voice="${v.id}"]`); if (box && !box.disabled) box.checked = true; });
     title.appendChild(all);
     root.appendChild(title);
     const table = document.createElement("table");
@@ -75,7 +77,8 @@ function renderVoices() {
         <td class="num">${voice.sample_rate ?? "–"}</td><td class="f0"></td>`;
       const box = row.querySelector("input");
       box.dataset.voice = voice.id;
-      row.querySelector(".id").textContent = voice.id + (voice.error ? ` (${voice.error})` : "");
+      const note = voice.error ? ` (${voice.error})` : voice.id === run && voices.length > 1 ? " (latest copy)" : "";
+      row.querySelector(".id").textContent = voice.id + note;
       if (voice.error) { box.disabled = true; row.querySelector(".id").className = "id voice-error"; }
       const f0 = row.querySelector(".f0");
       f0.textContent = voice.f0_method || "–";
