@@ -483,7 +483,7 @@ def test_voices_are_listed_and_converted_from_a_bucket(s3_app_url):
     cloud = listing[0]
     assert (cloud["run"], cloud["epoch"], cloud["step"], cloud["has_index"]) == ("cloud", 3, 9, True)
     assert cloud["validation"] == {"val/mel_l1": 0.5} and cloud["error"] is None
-    assert '<base href="/s3/">' in httpx.get(f"{s3_app_url}").text  # the page's API calls stay under /s3
+    assert '<base href="/s3/">' in httpx.get(s3_app_url, follow_redirects=True).text  # API calls stay under /s3
     response = httpx.post(
         f"{s3_app_url}/v1/voices/cloud_e3_s9/convert", content=_wav_bytes(_tone(1.0, 220, SR), SR), timeout=120
     )
