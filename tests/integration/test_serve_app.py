@@ -539,6 +539,8 @@ def _chrome(tmp_path: Path):
         "--disable-sync",
         "--disable-dev-shm-usage",
         "--autoplay-policy=no-user-gesture-required",
+        "--use-fake-device-for-media-stream",  # a synthetic microphone (a beep), for the record button
+        "--use-fake-ui-for-media-stream",
         "--window-size=1400,1100",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):
@@ -581,6 +583,15 @@ def test_the_page_converts_with_two_epochs_in_headless_chromium(app_url, tmp_pat
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'button.select-run[data-run="demo"]'))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#options input[name="f0_up_key"]'))
         assert not driver.find_element(By.ID, "error").is_displayed()
+        driver.find_element(By.ID, "record").click()  # the microphone path: MediaRecorder -> WAV in the page
+        time.sleep(1.2)
+        driver.find_element(By.ID, "record").click()
+        recorded = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1]; const a = document.getElementById('input-audio');"
+            "const ready = () => done({duration: a.duration, type: a.src.slice(0, 5)});"
+            "const wait = () => (a.src && a.readyState >= 1) ? ready() : setTimeout(wait, 100); wait();"
+        )
+        assert recorded["type"] == "blob:" and 0.5 < recorded["duration"] < 3.0, recorded
         driver.find_element(By.ID, "file").send_keys(str(upload))
         driver.find_element(By.CSS_SELECTOR, 'button.select-run[data-run="demo"]').click()
         driver.find_element(By.ID, "convert").click()
