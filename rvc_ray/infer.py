@@ -40,7 +40,7 @@ from rvc_ray.inference.audio import (
 from rvc_ray.inference.chunking import HOP_16K, ChunkingSettings, find_chunk_cuts, plan_chunks
 from rvc_ray.inference.defaults import choose_f0_method, f0_method_problem, trained_f0_method
 from rvc_ray.inference.envelope import mix_rms_envelope
-from rvc_ray.inference.precision import autocast_dtype
+from rvc_ray.inference.precision import autocast_dtype, fold_weight_norm
 from rvc_ray.inference.retrieval import mix_retrieved_features
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class VoiceConverterPipeline:
         self.chunking = chunking or ChunkingSettings()
         self.device = device
         self.autocast_dtype = autocast_dtype(precision, "cuda" if str(device).startswith("cuda") else "cpu")
-        self.folded_weight_norms = _fold_weight_norm(voice.generator)
+        self.folded_weight_norms = fold_weight_norm(voice.generator)
         self.encoder_spec = content_encoder_spec(voice.info, voice.content_dim, voice.version)
         if index is not None and index.vectors.shape[1] != voice.content_dim:
             raise VoiceLoadError(
@@ -382,18 +382,6 @@ class VoiceConverterPipeline:
             synthesis_dtype=self.autocast_dtype or "float32",
         )
         return ConversionResult(wav=out, sample_rate=out_rate, report=report)
-
-
-def _fold_weight_norm(generator: Any) -> int:
-    """Fold every weight norm of ``generator`` into its plain weight (the same output, less work per call)."""
-    from torch.nn.utils import parametrize
-
-    if not hasattr(generator, "modules"):  # a stand-in generator (tests)
-        return 0
-    modules = [m for m in generator.modules() if parametrize.is_parametrized(m, "weight")]
-    for module in modules:  # listed first: removing a parametrization swaps the module's class
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    return len(modules)
 
 
 def _fit_frames(feats: np.ndarray, num_frames: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The number format of synthesis: fp32, or bf16 autocast where the CPU computes bf16 natively.
+"""Inference speed levers: weight norm folded at load, and the number format of synthesis (fp32, or
+bf16 autocast where the CPU computes bf16 natively).
 
 The HiFi-GAN decoder is most of a conversion's time (docs/benchmarks.md). On CPUs with AVX512-BF16 or
 AMX, oneDNN runs its convolutions in bf16 about twice as fast as in fp32; the output stays within the
@@ -9,9 +10,9 @@ emulated and slower, so ``auto`` keeps fp32 there. On CUDA ``auto`` keeps fp32 (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["PRECISIONS", "Precision", "autocast_dtype", "cpu_has_native_bf16"]
+__all__ = ["PRECISIONS", "Precision", "autocast_dtype", "cpu_has_native_bf16", "fold_weight_norm"]
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
@@ -44,3 +45,15 @@ def autocast_dtype(precision: str, device: str) -> str | None:
     if precision == "bf16":
         return "bfloat16"
     return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else None
+
+
+def fold_weight_norm(generator: Any) -> int:
+    """Fold every weight norm of ``generator`` into its plain weight (the same output, less work per call)."""
+    from torch.nn.utils import parametrize
+
+    if not hasattr(generator, "modules"):  # a stand-in generator (tests)
+        return 0
+    modules = [m for m in generator.modules() if parametrize.is_parametrized(m, "weight")]
+    for module in modules:  # listed first: removing a parametrization swaps the module's class
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return len(modules)
