@@ -24,9 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--voices",
-        type=Path,
         default=None,
-        help="directory of <voice_id>.pth (+ .index) files (default: serve.voices_dir of the config)",
+        help="directory or URI (s3://bucket/runs/demo/voices) of <voice_id>.pth (+ .index) files "
+        "(default: serve.voices_dir of the config)",
     )
     parser.add_argument("--config", "-c", default=None, help="job YAML or preset name (default: built-in defaults)")
     parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], help="section.key=value")

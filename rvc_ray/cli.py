@@ -176,7 +176,9 @@ def tune(
 
 @app.command()
 def serve(
-    voices: Annotated[Path | None, typer.Option(help="Directory of <voice_id>.pth (+ .index) files.")] = None,
+    voices: Annotated[
+        str | None, typer.Option(help="Directory or URI (s3://...) of <voice_id>.pth (+ .index) files.")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -218,7 +220,7 @@ def convert(
             filter_radius=filter_radius,
             speaker_id=speaker_id,
             output_sample_rate=output_sample_rate or None,
-            f0_method=f0_method or cfg.features.f0_method,
+            f0_method=f0_method,  # None: the configured one if it can run here, else the voice's, else fcpe
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -226,7 +228,7 @@ def convert(
     if index_path is None:
         index_path = _index_beside(voice)
         typer.echo(f"index: {index_path}" if index_path else "index: none found beside the voice, retrieval off", err=True)
-    _run_stage(convert_file, voice, index_path, input_path, output_path, options, cfg.features)
+    _run_stage(convert_file, voice, index_path, input_path, output_path, options, cfg.features, cfg.serve.precision)
 
 
 def _index_beside(voice: Path) -> Path | None:
@@ -234,7 +236,8 @@ def _index_beside(voice: Path) -> Path | None:
     from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceNotFoundError, VoiceRegistry
 
     try:
-        return VoiceRegistry(voice.parent).resolve(voice.stem).index_path
+        index = VoiceRegistry(voice.parent).resolve(voice.stem).index
+        return Path(index) if index else None
     except (InvalidVoiceIdError, VoiceNotFoundError):
         return None
 

@@ -360,7 +360,7 @@ class TuneConfig(_Node):
 class ServeConfig(_Node):
     """Ray Serve application serving every voice of a directory."""
 
-    voices_dir: Path = Path("voices")
+    voices_dir: str = Field("voices", min_length=1, description="Local directory or URI (s3://...) of the voices.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     num_replicas: int = Field(1, ge=1)
@@ -373,6 +373,9 @@ class ServeConfig(_Node):
     max_duration_s: float = Field(120.0, gt=0)
     api_key: str | None = None
     f0_method: Literal["rmvpe", "crepe", "crepe-tiny", "fcpe"] = "rmvpe"
+    result_cache_mb: float = Field(256.0, gt=0)
+    max_voices_per_request: int = Field(16, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class RunConfig(_Node):

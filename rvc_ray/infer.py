@@ -38,7 +38,9 @@ from rvc_ray.inference.audio import (
     resample,
 )
 from rvc_ray.inference.chunking import HOP_16K, ChunkingSettings, find_chunk_cuts, plan_chunks
+from rvc_ray.inference.defaults import choose_f0_method, f0_method_problem, trained_f0_method
 from rvc_ray.inference.envelope import mix_rms_envelope
+from rvc_ray.inference.precision import autocast_dtype, fold_weight_norm
 from rvc_ray.inference.retrieval import mix_retrieved_features
 
 if TYPE_CHECKING:
@@ -108,6 +110,7 @@ class ConversionReport:
     real_time_factor: float
     timings_s: dict[str, float] = field(default_factory=dict)
     output_path: str | None = None
+    synthesis_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,15 @@ class VoiceConverterPipeline:
         voice: a ``LoadedVoice`` (``rvc_ray.model.export.load_voice``).
         index: the voice's retrieval index (``rvc_ray.features.index.load_index``) or ``None``.
         analysis: the shared content-encoder / F0 cache.
-        default_f0_method: used when a request names none.
+        configured_f0_method: the server's / config's F0 method; used when a request names none and it
+            can run here (else the voice's own, else a bundled one: :func:`choose_f0_method`).
         name: the voice's name in reports and errors.
         chunking: long-input settings (RVC fp32 defaults).
         device: torch device of the generator.
+        precision: ``auto`` (bf16 synthesis on CPUs that compute bf16 natively, else fp32), ``fp32``
+            or ``bf16`` (:mod:`rvc_ray.inference.precision`).
+
+    The generator's weight norms are folded into plain weights once, here (inference never trains it).
     """
 
     def __init__(
@@ -138,18 +146,22 @@ class VoiceConverterPipeline:
         index: Any | None,
         analysis: AnalysisModels,
         *,
-        default_f0_method: str,
+        configured_f0_method: str | None,
         name: str,
         chunking: ChunkingSettings | None = None,
         device: str = "cpu",
+        precision: str = "auto",
     ) -> None:
         self.voice = voice
         self.index = index
         self.analysis = analysis
-        self.default_f0_method = default_f0_method
+        self.rmvpe_path = analysis.features.rmvpe_path
+        self.f0_choice = choose_f0_method(None, configured_f0_method, trained_f0_method(voice.info), self.rmvpe_path)
         self.name = name
         self.chunking = chunking or ChunkingSettings()
         self.device = device
+        self.autocast_dtype = autocast_dtype(precision, "cuda" if str(device).startswith("cuda") else "cpu")
+        self.folded_weight_norms = fold_weight_norm(voice.generator)
         self.encoder_spec = content_encoder_spec(voice.info, voice.content_dim, voice.version)
         if index is not None and index.vectors.shape[1] != voice.content_dim:
             raise VoiceLoadError(
@@ -164,10 +176,11 @@ class VoiceConverterPipeline:
         index_path: Path | None,
         analysis: AnalysisModels,
         *,
-        default_f0_method: str,
+        configured_f0_method: str | None,
         name: str | None = None,
         chunking: ChunkingSettings | None = None,
         device: str = "cpu",
+        precision: str = "auto",
     ) -> VoiceConverterPipeline:
         """Load ``voice_path`` (an rvc-ray, RVC-WebUI or Applio ``.pth``) and ``index_path``.
 
@@ -189,7 +202,14 @@ class VoiceConverterPipeline:
             except Exception as exc:  # noqa: BLE001
                 raise VoiceLoadError(f"the index of voice {name!r} could not be loaded: {exc}") from exc
         return cls(
-            voice, index, analysis, default_f0_method=default_f0_method, name=name, chunking=chunking, device=device
+            voice,
+            index,
+            analysis,
+            configured_f0_method=configured_f0_method,
+            name=name,
+            chunking=chunking,
+            device=device,
+            precision=precision,
         )
 
     @property
@@ -212,7 +232,15 @@ class VoiceConverterPipeline:
                 f"speaker_id {options.speaker_id} is out of range: voice {self.name!r} has "
                 f"{self.voice.num_speakers} speaker(s) (0..{int(self.voice.num_speakers) - 1})"
             )
-        return options.f0_method or self.default_f0_method
+        if options.f0_method is None or not self.voice.use_f0:
+            return self.f0_choice.method
+        problem = f0_method_problem(options.f0_method, self.rmvpe_path)
+        if problem is not None:
+            raise InvalidOptionError(
+                f"f0_method {options.f0_method!r} cannot run on this server ({problem}); leave it out to use "
+                f"{self.f0_choice.method!r} ({self.f0_choice.reason}), or pick another"
+            )
+        return options.f0_method
 
     def _compute_pitch(
         self, padded_16k: np.ndarray, num_frames: int, method: str, options: ConversionOptions
@@ -229,6 +257,16 @@ class VoiceConverterPipeline:
         f0 = (f0 * np.float32(2.0 ** (options.f0_up_key / 12.0))).astype(np.float32)
         return compute_pitch_bins(f0).astype(np.int64), f0
 
+    def _autocast(self) -> Any:
+        """bf16 autocast for the content encoder and synthesis when ``precision`` asks for it, else a no-op."""
+        import torch
+
+        return torch.autocast(
+            "cuda" if str(self.device).startswith("cuda") else "cpu",
+            dtype=getattr(torch, self.autocast_dtype or "float32"),
+            enabled=self.autocast_dtype is not None,
+        )
+
     def _convert_chunk(
         self,
         segment_16k: np.ndarray,
@@ -243,7 +281,8 @@ class VoiceConverterPipeline:
 
         started = time.perf_counter()
         encoder = self.analysis.content_encoder(self.encoder_spec, self.name)
-        feats = np.asarray(_to_numpy(encoder.encode(segment_16k)), dtype=np.float32)  # [T50, C]
+        with self._autocast():
+            feats = np.asarray(_to_numpy(encoder.encode(segment_16k)), dtype=np.float32)  # [T50, C]
         timings["content"] += time.perf_counter() - started
         started = time.perf_counter()
         use_protect = self.voice.use_f0 and options.protect < 0.5
@@ -264,7 +303,7 @@ class VoiceConverterPipeline:
                 feats0 = _fit_frames(np.repeat(feats0, 2, axis=0), num_frames)
                 mask = np.where(f0_hz < 1.0, options.protect, 1.0).astype(np.float32)[:, None]
                 feats = feats * mask + feats0 * (1.0 - mask)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             content = torch.from_numpy(np.ascontiguousarray(feats))[None].to(self.device)
             wav = self.voice.generator.infer(
                 content,
@@ -340,6 +379,7 @@ class VoiceConverterPipeline:
             processing_s=round(processing, 4),
             real_time_factor=round(processing / max(input_s, 1e-9), 4),
             timings_s={k: round(v, 4) for k, v in timings.items()},
+            synthesis_dtype=self.autocast_dtype or "float32",
         )
         return ConversionResult(wav=out, sample_rate=out_rate, report=report)
 
@@ -365,17 +405,23 @@ def convert_file(
     output_path: Path,
     options: ConversionOptions,
     features: FeatureConfig,
+    precision: str = "auto",
 ) -> ConversionReport:
     """Convert one audio file offline (what ``rvc-ray convert`` runs).
 
     The output format follows ``output_path``'s extension (``.wav`` -> 16-bit PCM, ``.flac``, ``.ogg``).
-    The F0 method is ``options.f0_method`` or else ``features.f0_method``.
+    The F0 method is ``options.f0_method``, else ``features.f0_method`` when it can run here, else the
+    voice's own, else a bundled one (:func:`rvc_ray.inference.defaults.choose_f0_method`).
     """
     import soundfile as sf
 
     analysis = AnalysisModels(features)
     pipeline = VoiceConverterPipeline.from_files(
-        Path(voice_path), Path(index_path) if index_path else None, analysis, default_f0_method=features.f0_method
+        Path(voice_path),
+        Path(index_path) if index_path else None,
+        analysis,
+        configured_f0_method=features.f0_method,
+        precision=precision,
     )
     decoded = decode_audio(Path(input_path), name=f"input file {Path(input_path).name!r}")
     result = pipeline.convert(decoded.wav_16k, options)

@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Headless Chromium + chromedriver for the listening page's browser test (tests/integration/test_serve_page.py).
+# Installed through apt when missing and we are root or have passwordless sudo; otherwise the test says what to do.
+if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } && command -v apt-get >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && SUDO="sudo -n"; } || SUDO="skip"
+  if [ "$SUDO" != skip ]; then
+    echo "[bootstrap] installing chromium + chromium-driver (apt) for the browser test" >&2
+    $SUDO apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+      chromium chromium-driver >/dev/null || echo "[bootstrap] apt could not install chromium" >&2
+  fi
+fi
 STAMP=.venv/.rvc-ray-installed
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x .venv/bin/python ]; then

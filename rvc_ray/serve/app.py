@@ -1,7 +1,7 @@
 """Building and running the Serve application from a :class:`RunConfig`.
 
 ``build_app(settings)`` returns the bound application (``VoiceApi`` ingress -> ``VoiceConverter``);
-``run_serve(cfg, voices_dir)`` starts it on the cluster (``ensure_ray``), bound to ``serve.host:serve.port``.
+``run_serve(cfg, voices)`` starts it on the cluster (``ensure_ray``), bound to ``serve.host:serve.port``.
 This module imports neither ray nor torch at import time (the CLI imports it).
 """
 
@@ -17,26 +17,33 @@ from rvc_ray.serve.schemas import ServeSettings
 if TYPE_CHECKING:
     from rvc_ray.config import RunConfig
 
-__all__ = ["build_app", "build_settings", "run_serve"]
+__all__ = ["build_app", "build_settings", "ingress_max_ongoing_requests", "run_serve", "storage_environment"]
 
 log = logging.getLogger(__name__)
 
 
-def build_settings(cfg: RunConfig, voices_dir: Path | None = None) -> ServeSettings:
-    """The app's settings: ``cfg.serve`` (voices dir overridden by ``voices_dir``) plus ``cfg.features``.
+def build_settings(cfg: RunConfig, voices: str | Path | None = None) -> ServeSettings:
+    """The app's settings: ``cfg.serve`` (voices location overridden by ``voices``) plus ``cfg.features``.
+
+    ``voices`` (or ``serve.voices_dir``) is a local directory or a URI such as ``s3://bucket/runs/demo/voices``.
 
     Raises:
-        FileNotFoundError: the voices directory does not exist.
+        FileNotFoundError: a local voices directory does not exist.
+        rvc_ray.storage.StorageError: a remote location cannot be listed (no bucket, refused credentials...).
     """
+    from rvc_ray import storage
+
     serve_cfg = cfg.serve
-    directory = Path(voices_dir if voices_dir is not None else serve_cfg.voices_dir).expanduser().resolve()
-    if not directory.is_dir():
+    location = storage.normalize_location(str(voices if voices is not None else serve_cfg.voices_dir))
+    if not storage.is_remote(location) and not Path(location).is_dir():
         raise FileNotFoundError(
-            f"voices directory {directory} does not exist (serve.voices_dir or --voices): it should hold "
+            f"voices directory {location} does not exist (serve.voices_dir or --voices): it should hold "
             "<voice_id>.pth files (+ optional <voice_id>.index)"
         )
+    if storage.is_remote(location):
+        _check_remote_voices(location)
     return ServeSettings(
-        voices_dir=directory,
+        voices=location,
         features=cfg.features.model_dump(mode="json"),
         f0_method=serve_cfg.f0_method,
         host=serve_cfg.host,
@@ -50,7 +57,31 @@ def build_settings(cfg: RunConfig, voices_dir: Path | None = None) -> ServeSetti
         max_upload_mb=serve_cfg.max_upload_mb,
         max_duration_s=serve_cfg.max_duration_s,
         api_key=serve_cfg.api_key,
+        result_cache_mb=serve_cfg.result_cache_mb,
+        max_voices_per_request=serve_cfg.max_voices_per_request,
+        precision=serve_cfg.precision,
     )
+
+
+def _check_remote_voices(location: str) -> None:
+    """Fail now, with one line, when the bucket of ``location`` is missing or cannot be read."""
+    import pyarrow.fs
+
+    from rvc_ray import storage
+
+    fs, path = storage.filesystem_and_path(location)
+    bucket = path.split("/", 1)[0]
+    try:
+        missing = fs.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound
+        if not missing:
+            storage.list_files(location, suffix=".pth")
+    except (OSError, ValueError) as exc:
+        raise storage.StorageError(
+            f"cannot list voices at {location}: {' '.join(str(exc).split())[:300]}; check AWS_ENDPOINT_URL and "
+            "the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+        ) from exc
+    if missing:
+        raise storage.StorageError(f"cannot list voices at {location}: the bucket {bucket!r} does not exist")
 
 
 def _converter_options(settings: ServeSettings) -> dict[str, Any]:
@@ -74,16 +105,66 @@ def _converter_options(settings: ServeSettings) -> dict[str, Any]:
     return options
 
 
-def build_app(settings: ServeSettings) -> Any:
-    """The Serve application (``serve.run`` it): ``VoiceApi`` bound to a ``VoiceConverter`` handle."""
+def ingress_max_ongoing_requests(settings: ServeSettings) -> int:
+    """Requests the single ``VoiceApi`` replica takes at once: what every converter replica can hold, and more.
+
+    Each conversion keeps its ingress request open while a converter works on it, so the ingress must
+    admit at least the converters' total capacity (``max_ongoing_requests`` x the most replicas they can
+    scale to); the same again is headroom for listing, the page, cached results and queued uploads.
+    Serve's default (5) would cap the whole app at 5 requests in flight whatever the replica count.
+    """
+    most_replicas = max(settings.num_replicas, settings.autoscale_max_replicas or 0)
+    return max(16, 2 * most_replicas * settings.max_ongoing_requests)
+
+
+def build_app(settings: ServeSettings, storage_env: dict[str, str] | None = None) -> Any:
+    """The Serve application (``serve.run`` it): ``VoiceApi`` bound to a ``VoiceConverter`` handle.
+
+    ``storage_env`` (the ``AWS_*`` variables of the deploying process, see :func:`storage_environment`)
+    is given to both deployments' replicas, so they reach the same object store.
+    """
     from rvc_ray.serve.deployment import VoiceApi, VoiceConverter
 
     raw = settings.model_dump(mode="json")
-    converter = VoiceConverter.options(**_converter_options(settings)).bind(raw)
-    return VoiceApi.options(ray_actor_options={"num_cpus": settings.ingress_cpus}).bind(raw, converter)
+    converter_options = _converter_options(settings)
+    ingress_actor: dict[str, Any] = {"num_cpus": settings.ingress_cpus}
+    if storage_env:
+        runtime_env = {"env_vars": dict(storage_env)}
+        converter_options["ray_actor_options"]["runtime_env"] = runtime_env
+        ingress_actor["runtime_env"] = runtime_env
+    converter = VoiceConverter.options(**converter_options).bind(raw)
+    return VoiceApi.options(
+        ray_actor_options=ingress_actor,
+        max_ongoing_requests=ingress_max_ongoing_requests(settings),
+        max_queued_requests=-1,
+    ).bind(raw, converter)
 
 
-def run_serve(cfg: RunConfig, voices_dir: Path | None = None, blocking: bool = True) -> ServeSettings:
+def storage_environment(location: str, environ: dict[str, str]) -> dict[str, str]:
+    """The standard object-store variables in ``environ`` that replicas need for a remote ``location``."""
+    from rvc_ray import storage
+
+    if not storage.is_remote(location):
+        return {}
+    names = (
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    )
+    return {name: environ[name] for name in names if environ.get(name)}
+
+
+def run_serve(
+    cfg: RunConfig,
+    voices_dir: str | Path | None = None,
+    blocking: bool = True,
+    storage_env: dict[str, str] | None = None,
+) -> ServeSettings:
     """Deploy the voice-conversion app on the cluster (``RAY_ADDRESS`` or a local one).
 
     HTTP listens on ``cfg.serve.host:cfg.serve.port`` (only applied when this call starts Serve; a
@@ -91,8 +172,11 @@ def run_serve(cfg: RunConfig, voices_dir: Path | None = None, blocking: bool = T
     (Ctrl+C or SIGTERM, e.g. ``ray job stop``), then deletes the app; with ``blocking=False`` it returns once the app is RUNNING and
     leaves it deployed.
 
+    ``voices_dir`` is a local directory or a URI (``s3://bucket/runs/demo/voices``); for a URI, the
+    ``storage_env`` variables (default: the ``AWS_*`` ones of this process) are given to the replicas.
+
     Returns:
-        The settings used (host, port, voices dir...).
+        The settings used (host, port, voices location...).
     """
     from ray import serve
 
@@ -101,10 +185,16 @@ def run_serve(cfg: RunConfig, voices_dir: Path | None = None, blocking: bool = T
     settings = build_settings(cfg, voices_dir)
     ensure_ray()
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(build_app(settings), name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
+    if storage_env is None:
+        import os
+
+        storage_env = storage_environment(settings.voices, dict(os.environ))
+    serve.run(
+        build_app(settings, storage_env), name=settings.app_name, route_prefix=settings.route_prefix, blocking=False
+    )
     url = f"http://{settings.host}:{settings.port}"
-    log.warning("rvc-ray serving voices of %s at %s (OpenAPI: %s/docs)", settings.voices_dir, url, url)
-    print(f"serving {settings.voices_dir} at {url}  (API docs: {url}/docs)", flush=True)
+    log.warning("rvc-ray serving voices of %s at %s (OpenAPI: %s/docs)", settings.voices, url, url)
+    print(f"serving {settings.voices} at {url}  (listening page: {url}/ , API docs: {url}/docs)", flush=True)
     if blocking:
         _interrupt_on_sigterm()  # `ray job stop` sends SIGTERM: take the app down with the job
         try:

@@ -1,243 +1,86 @@
-"""The Ray Serve deployments: ``VoiceApi`` (FastAPI ingress) -> ``VoiceConverter`` (multiplexed voices).
+"""The ``VoiceApi`` ingress (FastAPI) -> ``VoiceConverter`` (multiplexed voices, :mod:`rvc_ray.serve.converter`).
 
-``VoiceApi`` is light: authentication, voice-id validation against the directory, upload limits,
-decoding to 16 kHz, option validation and WAV encoding. It calls ``VoiceConverter`` through a handle
-with ``multiplexed_model_id=<voice_id>``, so Serve routes a voice to a replica that already holds it.
-``VoiceConverter`` loads a voice once per replica (``serve.multiplexed``), capped by count
-(``max_voices_per_replica``) and by estimated memory (``max_voice_memory_mb``, least recently used
-voices are evicted first), and shares one content encoder and F0 extractor across its voices.
+``VoiceApi`` is light: the listening page (``/``), authentication, voice-id validation against the voices
+location, upload limits, decoding to 16 kHz, option validation, the result cache and WAV/PNG encoding.
+It calls ``VoiceConverter`` through a handle with ``multiplexed_model_id=<voice_id>@<fingerprint>``, so
+Serve routes a voice to a replica that already holds it, and a replaced voice file is loaded afresh.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Serve pickles the route methods by value, and FastAPI
+# must still resolve their parameter annotations (``request: Request``) in the replica.
 import asyncio
+import html
 import logging
-import secrets
 import uuid
-from dataclasses import asdict
+from importlib import resources
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from fastapi import Request
+from fastapi.responses import HTMLResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rvc_ray.infer import ConversionOptions
-from rvc_ray.serve.schemas import ERROR_STATUS, ErrorBody, HealthBody, ServeSettings, VoiceInfo, VoiceList
-from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceNotFoundError, VoiceRegistry
+from rvc_ray.serve.converter import VoiceConverter, VoiceTooLargeError
+from rvc_ray.serve.http import (
+    ERROR_RESPONSES,
+    SELECTION_FIELDS,
+    ApiError,
+    api,
+    authorize,
+    error_cause,
+    error_message,
+    options_openapi,
+    parse_options,
+    read_upload,
+)
+from rvc_ray.serve.results import ResultCache, input_key, render_spectrogram_png, result_key
+from rvc_ray.serve.schemas import (
+    ConvertedVoice,
+    ConvertManyBody,
+    HealthBody,
+    ServeSettings,
+    VoiceInfo,
+    VoiceList,
+)
+from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceFiles, VoiceNotFoundError, VoiceRegistry
 
 __all__ = ["ApiError", "VoiceApi", "VoiceConverter", "VoiceTooLargeError", "api"]
 
 logger = logging.getLogger("ray.serve")
 _MB = 1024 * 1024
-_OPTION_NAMES = tuple(ConversionOptions.model_fields)
-_AUDIO_FIELDS = ("file", "audio")
-
-
-class ApiError(Exception):
-    """An error answered as ``ErrorBody`` JSON with the status of its code (``ERROR_STATUS``)."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(code, detail)
-        self.code, self.detail = code, detail
-
-
-class VoiceTooLargeError(RuntimeError):
-    """A voice alone is larger than ``max_voice_memory_mb``."""
-
-
-# --------------------------------------------------------------------------- converter
-
-
-@serve.deployment(name="VoiceConverter", health_check_period_s=10, health_check_timeout_s=30)
-class VoiceConverter:
-    """Holds loaded voices (multiplexed) and converts 16 kHz audio with them."""
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        import torch
-
-        from rvc_ray.config import FeatureConfig
-        from rvc_ray.inference.analysis import AnalysisModels
-
-        self.settings = ServeSettings.model_validate(settings)
-        self.registry = VoiceRegistry(self.settings.voices_dir)
-        self.device = "cuda" if self.settings.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
-        torch.set_num_threads(max(1, int(self.settings.cpus_per_replica)))
-        self.analysis = AnalysisModels(FeatureConfig.model_validate(self.settings.features), self.device)
-        self._voice_bytes: dict[str, int] = {}
-        self._load_counts: dict[str, int] = {}
-
-        async def load_voice(voice_id: str) -> Any:
-            return await self._load_voice(voice_id)
-
-        # Created per instance so that the count cap comes from the config (Serve supports this form).
-        self._load_fn = load_voice
-        self._get_voice = serve.multiplexed(max_num_models_per_replica=self.settings.max_voices_per_replica)(load_voice)
-
-    def _loaded_ids(self) -> list[str]:
-        wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
-        return list(wrapper.models) if wrapper is not None else []
-
-    async def _make_room(self, needed: int) -> None:
-        """Evict least recently used voices until ``needed`` more bytes fit under the memory cap.
-
-        Uses the multiplex wrapper's own LRU eviction (it runs under the wrapper's load lock, where
-        this is called from), so Serve's routing table stays right.
-        """
-        cap = int(self.settings.max_voice_memory_mb * _MB)
-        wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
-        if wrapper is None:
-            return
-        while wrapper.models and sum(self._voice_bytes.get(v, 0) for v in wrapper.models) + needed > cap:
-            evicted = next(iter(wrapper.models))
-            await wrapper.unload_model_lru()
-            self._voice_bytes.pop(evicted, None)
-            logger.info("evicted voice %r to stay under max_voice_memory_mb", evicted)
-
-    async def _load_voice(self, voice_id: str) -> Any:
-        from rvc_ray.infer import VoiceConverterPipeline
-
-        files = self.registry.resolve(voice_id)
-        on_disk = files.model_path.stat().st_size + (files.index_path.stat().st_size if files.index_path else 0)
-        estimate = 2 * on_disk  # fp16 exports become fp32 in memory; FAISS + a vector copy for the index
-        cap = int(self.settings.max_voice_memory_mb * _MB)
-        if estimate > cap:
-            raise VoiceTooLargeError(
-                f"voice {voice_id!r} needs about {estimate / _MB:.0f} MB, more than max_voice_memory_mb="
-                f"{self.settings.max_voice_memory_mb:g}"
-            )
-        await self._make_room(estimate)
-        loop = asyncio.get_running_loop()
-        pipeline = await loop.run_in_executor(
-            None,
-            lambda: VoiceConverterPipeline.from_files(
-                files.model_path,
-                files.index_path,
-                self.analysis,
-                default_f0_method=self.settings.f0_method,
-                name=voice_id,
-                device=self.device,
-            ),
-        )
-        self._voice_bytes[voice_id] = pipeline.memory_bytes()
-        self._load_counts[voice_id] = self._load_counts.get(voice_id, 0) + 1
-        logger.info("loaded voice %r (%.1f MB)", voice_id, self._voice_bytes[voice_id] / _MB)
-        return pipeline
-
-    async def convert(self, voice_id: str, wav_16k: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
-        """Convert ``wav_16k [N]`` with ``voice_id``; returns ``{"wav", "sample_rate", "report"}``."""
-        pipeline = await self._get_voice(voice_id)
-        parsed = ConversionOptions.model_validate(options)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, pipeline.convert, wav_16k, parsed)
-        return {"wav": result.wav, "sample_rate": result.sample_rate, "report": asdict(result.report)}
-
-    async def replica_stats(self) -> dict[str, Any]:
-        """This replica's voices: ``loaded`` (id -> measured bytes, LRU order) and ``loads`` (id -> load count)."""
-        return {
-            "loaded": {v: self._voice_bytes.get(v, 0) for v in self._loaded_ids()},
-            "loads": dict(self._load_counts),
-        }
-
-    def check_health(self) -> None:
-        if not self.registry.voices_dir.is_dir():
-            raise RuntimeError("the voices directory is gone")
-
-
-# --------------------------------------------------------------------------- HTTP ingress
-
-api = FastAPI(
-    title="rvc-ray voice conversion",
-    version="1",
-    description="Convert speech or singing with trained RVC voices. Errors are JSON `{error, detail}`.",
-)
-
-
-@api.exception_handler(ApiError)
-async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(ErrorBody(error=exc.code, detail=exc.detail).model_dump(), status_code=ERROR_STATUS[exc.code])
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    detail = "no such endpoint; see /docs for the API" if exc.status_code == 404 else str(exc.detail)
-    return JSONResponse(ErrorBody(error=code, detail=detail).model_dump(), status_code=exc.status_code)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()]
-    body = ErrorBody(error="invalid_options", detail="; ".join(parts))
-    return JSONResponse(body.model_dump(), status_code=422)
-
-
-def _options_openapi() -> dict[str, Any]:
-    schema = ConversionOptions.model_json_schema()
-    params = [
-        {"name": name, "in": "query", "required": False, "schema": prop, "description": prop.get("description", "")}
-        for name, prop in schema["properties"].items()
-    ]
-    form_props = {"file": {"type": "string", "format": "binary", "description": "The audio file."}}
-    form_props.update(schema["properties"])
-    return {
-        "parameters": params,
-        "requestBody": {
-            "required": True,
-            "description": "The audio: a raw body (any Content-Type except forms) or a multipart form with "
-            "`file` plus option fields. WAV, FLAC, OGG, MP3 or AIFF, any rate, mono or multi-channel.",
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                "audio/wav": {"schema": {"type": "string", "format": "binary"}},
-                "multipart/form-data": {"schema": {"type": "object", "properties": form_props, "required": ["file"]}},
-            },
-        },
-    }
-
-
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in sorted(set(ERROR_STATUS.values()))
+_STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+_KEY_CHARS = frozenset("0123456789abcdef")
+_SELECTION_OPENAPI = {
+    "voices": {"type": "string", "description": "Comma-separated voice ids to convert with (or use `run`)."},
+    "run": {"type": "string", "description": "A training run: every `<run>_e<E>_s<S>` voice, by epoch."},
 }
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The exception raised in the replica (Ray wraps it in a ``RayTaskError`` subclass of its type)."""
-    return getattr(exc, "cause", None) or exc
-
-
-def _message(exc: BaseException) -> str:
-    """The message of the replica's exception, without Ray's traceback text."""
-    cause = _cause(exc)
-    return str(getattr(cause, "public_message", None) or cause)
+def _static(name: str) -> bytes:
+    return (resources.files("rvc_ray.serve") / "static" / name).read_bytes()
 
 
 @serve.deployment(name="VoiceApi")
 @serve.ingress(api)
 class VoiceApi:
-    """HTTP front door: validation, limits, auth; conversion is delegated to ``VoiceConverter``."""
+    """HTTP front door: the page, validation, limits, auth, result cache; conversion is ``VoiceConverter``'s."""
 
     def __init__(self, settings: dict[str, Any], converter: DeploymentHandle) -> None:
+        from rvc_ray.serve.catalog import RunScores
+
         self.settings = ServeSettings.model_validate(settings)
-        self.registry = VoiceRegistry(self.settings.voices_dir)
+        self.registry = VoiceRegistry(self.settings.voices, self.settings.voice_cache_dir)
         self.converter = converter
-        self._metadata: dict[tuple[str, int, int], VoiceInfo] = {}
+        self.results = ResultCache(int(self.settings.result_cache_mb * _MB))
+        self.scores = RunScores(self.registry.location)
+        self._metadata: dict[str, VoiceInfo] = {}
 
     def _authorize(self, request: Request) -> None:
-        expected = self.settings.api_key
-        if not expected:
-            return
-        given = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if given is None or not secrets.compare_digest(given.encode(), expected.encode()):
-            raise ApiError("unauthorized", "missing or wrong API key: send it in the X-API-Key header")
+        authorize(self.settings.api_key, request)
 
-    def _resolve(self, voice_id: str) -> Any:
+    def _resolve(self, voice_id: str) -> VoiceFiles:
         try:
             return self.registry.resolve(voice_id)
         except InvalidVoiceIdError as exc:
@@ -245,125 +88,213 @@ class VoiceApi:
         except VoiceNotFoundError as exc:
             raise ApiError("voice_not_found", str(exc)) from None
 
+    # ------------------------------------------------------------------ page and health
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self, request: Request) -> HTMLResponse:
+        """The listening page (plain HTML; it calls the API below, relative to the app's route prefix)."""
+        root = html.escape(request.scope.get("root_path", "").rstrip("/"), quote=True)
+        text = _static("index.html").decode().replace("<head>", f'<head>\n  <base href="{root}/">', 1)
+        return HTMLResponse(text)
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> Response:
+        if name not in _STATIC_FILES:
+            raise ApiError("not_found", "no such file")
+        return Response(_static(name), media_type=_STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
     @api.get("/healthz", response_model=HealthBody, tags=["health"])
     async def healthz(self) -> HealthBody:
-        """Liveness: the app is up and can read its voices directory (no API key needed)."""
-        readable = self.registry.voices_dir.is_dir()
-        return HealthBody(voices=len(self.registry.list_voices()) if readable else 0, voices_dir_readable=readable)
+        """Liveness: the app is up and can read its voices location (no API key needed)."""
+        loop = asyncio.get_running_loop()
+        readable = await loop.run_in_executor(None, self.registry.is_readable)
+        count = len(await loop.run_in_executor(None, self.registry.list_voices)) if readable else 0
+        return HealthBody(voices=count, voices_dir_readable=readable)
 
-    @api.get("/v1/voices", response_model=VoiceList, responses=_ERROR_RESPONSES, tags=["voices"])
-    async def list_voices(self, request: Request) -> VoiceList:
-        """Every voice of the voices directory with its rate, version, F0 flag and training info."""
+    @api.get("/v1/options", tags=["conversion"])
+    async def options_schema(self, request: Request) -> dict[str, Any]:
+        """The JSON schema of the conversion options (names, ranges, defaults, descriptions)."""
         self._authorize(request)
-        from rvc_ray.serve.voices import read_voice_info
+        return ConversionOptions.model_json_schema()
+
+    # ------------------------------------------------------------------ voices
+
+    async def _info(self, files: VoiceFiles) -> VoiceInfo:
+        """A voice's metadata (cached per content), with its validation scores and default F0 method."""
+        from rvc_ray.inference.defaults import choose_f0_method, trained_f0_method
+        from rvc_ray.serve.catalog import read_voice_info
 
         loop = asyncio.get_running_loop()
-        infos = []
-        for files in self.registry.list_voices():
-            stat = files.model_path.stat()
-            key = (files.voice_id, stat.st_mtime_ns, stat.st_size)
-            if key not in self._metadata:
-                self._metadata[key] = await loop.run_in_executor(None, read_voice_info, files)
-            infos.append(self._metadata[key])
-        return VoiceList(voices=infos)
+        info = self._metadata.get(files.cache_key)
+        if info is None:
+            try:
+                local = await loop.run_in_executor(None, self.registry.fetch, files)
+            except OSError as exc:
+                logger.error("voice %r could not be fetched: %s", files.voice_id, exc)
+                info = VoiceInfo(
+                    id=files.voice_id, sample_rate=None, version=None, use_f0=None, has_index=files.index is not None,
+                    size_mb=round(files.size_bytes / _MB, 2), error="the voice file could not be fetched",
+                )  # fmt: skip
+                return info
+            info = await loop.run_in_executor(None, read_voice_info, files, local)
+            self._metadata[files.cache_key] = info
+        update: dict[str, Any] = {}
+        scores = self.scores.for_voice(info.epoch, info.step)
+        if scores:
+            update["validation"] = scores
+        if info.use_f0:
+            rmvpe = self.settings.features.get("rmvpe_path")
+            choice = choose_f0_method(None, self.settings.f0_method, trained_f0_method(info.training), rmvpe)
+            update.update(f0_method=choice.method, f0_method_reason=choice.reason)
+        return info.model_copy(update=update)
 
-    @api.get("/v1/voices/{voice_id}", response_model=VoiceInfo, responses=_ERROR_RESPONSES, tags=["voices"])
+    @api.get("/v1/voices", response_model=VoiceList, responses=ERROR_RESPONSES, tags=["voices"])
+    async def list_voices(self, request: Request) -> VoiceList:
+        """Every voice with its rate, version, run, epoch, step, validation scores and default F0 method."""
+        from rvc_ray.inference.defaults import f0_method_problem
+
+        self._authorize(request)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.scores.refresh)
+        voices = await loop.run_in_executor(None, self.registry.list_voices)
+        listed = set()
+        infos = []
+        for files in voices:
+            infos.append(await self._info(files))
+            listed.add(files.cache_key)
+        for stale in set(self._metadata) - listed:  # replaced or deleted files
+            del self._metadata[stale]
+        rmvpe = self.settings.features.get("rmvpe_path")
+        methods = {m: f0_method_problem(m, rmvpe) for m in ("rmvpe", "crepe", "crepe-tiny", "fcpe")}
+        return VoiceList(voices=infos, f0_methods=methods)
+
+    @api.get("/v1/voices/{voice_id}", response_model=VoiceInfo, responses=ERROR_RESPONSES, tags=["voices"])
     async def get_voice(self, voice_id: str, request: Request) -> VoiceInfo:
         """One voice's metadata."""
         self._authorize(request)
-        from rvc_ray.serve.voices import read_voice_info
-
         files = self._resolve(voice_id)
-        return await asyncio.get_running_loop().run_in_executor(None, read_voice_info, files)
+        await asyncio.get_running_loop().run_in_executor(None, self.scores.refresh)
+        return await self._info(files)
 
-    async def _read_upload(self, request: Request) -> tuple[bytes, dict[str, str]]:
-        """The audio bytes and the form's option fields (raw body -> no fields), within max_upload_mb."""
-        limit = int(self.settings.max_upload_mb * _MB)
-        too_large = ApiError("upload_too_large", f"the upload is larger than {self.settings.max_upload_mb:g} MB")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                raise too_large
-        content_type = request.headers.get("content-type", "").lower()
-        if content_type.startswith("application/x-www-form-urlencoded"):
-            raise ApiError(
-                "unsupported_media_type",
-                "send the audio as a raw body or as multipart/form-data with a 'file' field, not url-encoded",
-            )
-        if not content_type.startswith("multipart/form-data"):
-            return bytes(body), {}
-        return await self._parse_form(request, bytes(body))
-
-    async def _parse_form(self, request: Request, body: bytes) -> tuple[bytes, dict[str, str]]:
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=1, max_fields=len(_OPTION_NAMES) + 2)
-        except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise various errors
-            raise ApiError("invalid_audio", f"the multipart form could not be parsed ({type(exc).__name__})") from None
-        audio, fields = None, {}
-        for key, value in form.multi_items():
-            if key in _AUDIO_FIELDS and hasattr(value, "read"):
-                audio = await value.read()
-            elif isinstance(value, str):
-                fields[key] = value
-            else:
-                raise ApiError("invalid_options", f"form field {key!r} is a file; only 'file' may carry audio")
-        await form.close()
-        if audio is None:
-            raise ApiError("missing_audio", "the multipart form has no 'file' field with the audio")
-        return audio, fields
-
-    @staticmethod
-    def _parse_options(query: dict[str, str], fields: dict[str, str]) -> ConversionOptions:
-        raw: dict[str, str] = {}
-        for source in (query, fields):
-            for key, value in source.items():
-                if key not in _OPTION_NAMES:
-                    raise ApiError(
-                        "invalid_options", f"unknown option {key!r}; valid options: {', '.join(_OPTION_NAMES)}"
-                    )
-                if key in raw and raw[key] != value:
-                    raise ApiError("invalid_options", f"option {key!r} is given twice with different values")
-                if value.strip() != "":
-                    raw[key] = value
-        try:
-            return ConversionOptions.model_validate(raw)
-        except ValidationError as exc:
-            parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
-            raise ApiError("invalid_options", "; ".join(parts)) from None
+    # ------------------------------------------------------------------ conversion
 
     @api.post(
         "/v1/voices/{voice_id}/convert",
         response_class=Response,
         responses={
             200: {"content": {"audio/wav": {}}, "description": "The converted audio (16-bit WAV)."},
-            **_ERROR_RESPONSES,
+            **ERROR_RESPONSES,
         },
-        openapi_extra=_options_openapi(),
+        openapi_extra=options_openapi(),
         tags=["conversion"],
     )
     async def convert(self, voice_id: str, request: Request) -> Response:
         """Convert the uploaded audio with ``voice_id``; options as query parameters or form fields."""
         self._authorize(request)
         files = self._resolve(voice_id)
+        query = self._query(request)
+        options = parse_options(query, {})
+        audio, fields = await read_upload(request, self.settings.max_upload_mb)
+        if fields:
+            options = parse_options(query, fields)
+        input_id, wav_16k = await self._decode(audio)
+        key, cached = await self._convert_cached(files, input_id, wav_16k, options)
+        blob, meta = cached
+        return Response(blob, media_type="audio/wav", headers=self._headers(meta["report"], meta["sample_rate"]))
+
+    @api.post(
+        "/v1/convert",
+        response_model=ConvertManyBody,
+        responses=ERROR_RESPONSES,
+        openapi_extra=options_openapi(_SELECTION_OPENAPI),
+        tags=["conversion"],
+    )
+    async def convert_many(self, request: Request) -> ConvertManyBody:
+        """Convert one upload with several voices (``voices=a,b`` or ``run=<name>``: all its epochs).
+
+        Every voice's result is a URL of the cached WAV (and of its spectrogram); a voice that fails is
+        reported in its entry while the others convert. Same input + voice content + options: cached.
+        """
+        self._authorize(request)
+        query = self._query(request)
+        audio, fields = await read_upload(request, self.settings.max_upload_mb)
+        options = parse_options(query, fields, allowed_extra=SELECTION_FIELDS)
+        chosen = await self._select_voices({**query, **fields})
+        input_id, wav_16k = await self._decode(audio)
+        outcomes = await asyncio.gather(
+            *(self._convert_entry(files, input_id, wav_16k, options, request) for files in chosen)
+        )
+        root = request.scope.get("root_path", "")
+        return ConvertManyBody(
+            input_id=input_id,
+            input_duration_s=round(wav_16k.shape[0] / 16000, 4),
+            input_spectrogram_url=f"{root}/v1/inputs/{input_id}.png",
+            options=options.model_dump(mode="json"),
+            results=list(outcomes),
+        )
+
+    async def _select_voices(self, selection: dict[str, str]) -> list[VoiceFiles]:
+        names = [v.strip() for v in selection.get("voices", "").split(",") if v.strip()]
+        run = selection.get("run", "").strip()
+        if bool(names) == bool(run):
+            raise ApiError("invalid_options", "name the voices: either 'voices' (comma-separated ids) or 'run'")
+        if run:
+            infos = [await self._info(f) for f in await asyncio.get_running_loop().run_in_executor(
+                None, self.registry.list_voices)]  # fmt: skip
+            epochs = sorted(
+                (i for i in infos if i.run == run and i.epoch is not None and i.id != run),
+                key=lambda i: (i.epoch or 0, i.step or 0),
+            )
+            names = [i.id for i in epochs] or [i.id for i in infos if i.run == run]
+            if not names:
+                raise ApiError("voice_not_found", f"no voices of training run {run!r}; GET /v1/voices lists them")
+        if len(names) > self.settings.max_voices_per_request:
+            raise ApiError(
+                "too_many_voices",
+                f"{len(names)} voices asked; at most {self.settings.max_voices_per_request} per request "
+                "(serve.max_voices_per_request)",
+            )
+        return [self._resolve(name) for name in dict.fromkeys(names)]
+
+    async def _convert_entry(
+        self, files: VoiceFiles, input_id: str, wav_16k: np.ndarray, options: ConversionOptions, request: Request
+    ) -> ConvertedVoice:
+        info = await self._info(files)
+        entry = ConvertedVoice(
+            voice=files.voice_id, run=info.run, epoch=info.epoch, step=info.step, validation=info.validation
+        )
+        try:
+            key, (_, meta) = await self._convert_cached(files, input_id, wav_16k, options)
+        except ApiError as exc:
+            return entry.model_copy(update={"error": exc.code, "detail": exc.detail})
+        root = request.scope.get("root_path", "")
+        return entry.model_copy(
+            update={
+                "audio_url": f"{root}/v1/results/{key}.wav",
+                "spectrogram_url": f"{root}/v1/results/{key}.png",
+                "cached": bool(meta.get("hit")),
+                "report": meta["report"],
+            }
+        )
+
+    @staticmethod
+    def _query(request: Request) -> dict[str, str]:
         query = dict(request.query_params)
         if len(query) != len(request.query_params.multi_items()):
             raise ApiError("invalid_options", "an option is repeated in the query string")
-        options = self._parse_options(query, {})
-        audio, fields = await self._read_upload(request)
-        if fields:
-            options = self._parse_options(query, fields)
-        decoded = await asyncio.get_running_loop().run_in_executor(None, self._decode, audio)
-        result = await self._call_converter(files.voice_id, decoded.wav_16k, options)
-        return self._wav_response(result)
+        return query
 
-    def _decode(self, audio: bytes) -> Any:
+    async def _decode(self, audio: bytes) -> tuple[str, np.ndarray]:
+        """``(input id, wav_16k [N])``; the decoded input is cached for its spectrogram."""
+        from rvc_ray.inference.audio import to_pcm16_wav_bytes
+
+        decoded = await asyncio.get_running_loop().run_in_executor(None, self._decode_sync, audio)
+        input_id = input_key(audio)
+        if self.results.get(f"in:{input_id}") is None:
+            self.results.put(f"in:{input_id}", to_pcm16_wav_bytes(decoded.wav_16k, 16000), {"sample_rate": 16000})
+        return input_id, decoded.wav_16k
+
+    def _decode_sync(self, audio: bytes) -> Any:
         from rvc_ray.inference.audio import AudioDecodeError, AudioTooLongError, decode_audio
 
         if not audio:
@@ -376,25 +307,46 @@ class VoiceApi:
             code = "unsupported_media_type" if "could not be decoded" in str(exc) else "invalid_audio"
             raise ApiError(code, str(exc)) from None
 
-    async def _call_converter(self, voice_id: str, wav_16k: np.ndarray, options: ConversionOptions) -> dict[str, Any]:
+    async def _convert_cached(
+        self, files: VoiceFiles, input_id: str, wav_16k: np.ndarray, options: ConversionOptions
+    ) -> tuple[str, tuple[bytes, dict[str, Any]]]:
+        """The result of ``files`` x input x options: from the cache, else converted (and cached)."""
+        from rvc_ray.inference.audio import to_pcm16_wav_bytes
+
+        key = result_key(files.cache_key, input_id, options.model_dump(mode="json"))
+        hit = self.results.get(f"out:{key}")
+        if hit is not None:
+            return key, (hit[0], {**hit[1], "hit": True})
+        result = await self._call_converter(files, wav_16k, options)
+        blob = await asyncio.get_running_loop().run_in_executor(
+            None, to_pcm16_wav_bytes, result["wav"], result["sample_rate"]
+        )
+        meta = {"report": result["report"], "sample_rate": result["sample_rate"], "voice": files.voice_id}
+        self.results.put(f"out:{key}", blob, meta)
+        return key, (blob, {**meta, "hit": False})
+
+    async def _call_converter(
+        self, files: VoiceFiles, wav_16k: np.ndarray, options: ConversionOptions
+    ) -> dict[str, Any]:
         from rvc_ray.infer import InvalidOptionError, VoiceLoadError
         from rvc_ray.inference.analysis import AnalysisUnavailableError
         from rvc_ray.inference.audio import AudioDecodeError
 
-        handle = self.converter.options(multiplexed_model_id=voice_id)
+        voice_id = files.voice_id
+        handle = self.converter.options(multiplexed_model_id=files.cache_key)
         try:
-            return await handle.convert.remote(voice_id, wav_16k, options.model_dump())
+            return await handle.convert.remote(files.cache_key, wav_16k, options.model_dump())
         except InvalidOptionError as exc:
-            raise ApiError("invalid_options", _message(exc)) from None
+            raise ApiError("invalid_options", error_message(exc)) from None
         except AudioDecodeError as exc:
-            raise ApiError("invalid_audio", _message(exc)) from None
+            raise ApiError("invalid_audio", error_message(exc)) from None
         except AnalysisUnavailableError as exc:
-            logger.error("voice %r unavailable: %s", voice_id, str(_cause(exc)))
-            raise ApiError("voice_unavailable", _message(exc)) from None
+            logger.error("voice %r unavailable: %s", voice_id, str(error_cause(exc)))
+            raise ApiError("voice_unavailable", error_message(exc)) from None
         except VoiceTooLargeError as exc:
-            raise ApiError("voice_too_large", _message(exc)) from None
-        except (VoiceLoadError, VoiceNotFoundError) as exc:
-            logger.error("voice %r could not be loaded: %s", voice_id, str(_cause(exc)))
+            raise ApiError("voice_too_large", error_message(exc)) from None
+        except (VoiceLoadError, VoiceNotFoundError, OSError) as exc:
+            logger.error("voice %r could not be loaded: %s", voice_id, str(error_cause(exc)))
             raise ApiError("voice_unavailable", f"voice {voice_id!r} could not be loaded on this server") from None
         except Exception:  # noqa: BLE001 - never leak a trace; log it with an id the client can quote
             incident = uuid.uuid4().hex[:12]
@@ -404,19 +356,59 @@ class VoiceApi:
             ) from None
 
     @staticmethod
-    def _wav_response(result: dict[str, Any]) -> Response:
-        from rvc_ray.inference.audio import to_pcm16_wav_bytes
-
-        report = result["report"]
-        headers = {
+    def _headers(report: dict[str, Any], sample_rate: int) -> dict[str, str]:
+        return {
             "X-RVC-Voice": str(report["voice"]),
-            "X-RVC-Sample-Rate": str(result["sample_rate"]),
+            "X-RVC-Sample-Rate": str(sample_rate),
             "X-RVC-Duration-S": f"{report['output_duration_s']:.3f}",
             "X-RVC-Processing-S": f"{report['processing_s']:.3f}",
             "X-RVC-F0-Method": str(report["f0_method"]),
             "X-RVC-Chunks": str(report["num_chunks"]),
             "X-RVC-Used-Index": "true" if report["used_index"] else "false",
         }
-        return Response(
-            to_pcm16_wav_bytes(result["wav"], result["sample_rate"]), media_type="audio/wav", headers=headers
-        )
+
+    # ------------------------------------------------------------------ cached results
+
+    def _cached(self, kind: str, key: str) -> tuple[bytes, dict[str, Any]]:
+        if len(key) != 32 or not set(key) <= _KEY_CHARS:
+            raise ApiError("result_not_found", "malformed result key")
+        item = self.results.get(f"{kind}:{key}")
+        if item is None:
+            raise ApiError("result_not_found", "this result is no longer cached (or never was): convert again")
+        return item
+
+    async def _spectrogram(self, kind: str, key: str, title: str) -> Response:
+        png = self.results.get(f"png-{kind}:{key}")
+        if png is None:
+            import io
+
+            import soundfile as sf
+
+            blob, meta = self._cached(kind, key)
+            wav, rate = sf.read(io.BytesIO(blob), dtype="float32")
+            image = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: render_spectrogram_png(wav, rate, title=meta.get("voice", title))
+            )
+            self.results.put(f"png-{kind}:{key}", image)
+            png = (image, {})
+        return Response(png[0], media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    @api.get("/v1/results/{key}.wav", response_class=Response, responses=ERROR_RESPONSES, tags=["conversion"])
+    async def result_audio(self, key: str, request: Request) -> Response:
+        """A converted result (16-bit WAV) from ``POST /v1/convert``."""
+        self._authorize(request)
+        blob, meta = self._cached("out", key)
+        headers = {**self._headers(meta["report"], meta["sample_rate"]), "Cache-Control": "private, max-age=86400"}
+        return Response(blob, media_type="audio/wav", headers=headers)
+
+    @api.get("/v1/results/{key}.png", response_class=Response, responses=ERROR_RESPONSES, tags=["conversion"])
+    async def result_spectrogram(self, key: str, request: Request) -> Response:
+        """A spectrogram (PNG) of a converted result."""
+        self._authorize(request)
+        return await self._spectrogram("out", key, "result")
+
+    @api.get("/v1/inputs/{key}.png", response_class=Response, responses=ERROR_RESPONSES, tags=["conversion"])
+    async def input_spectrogram(self, key: str, request: Request) -> Response:
+        """A spectrogram (PNG) of an uploaded input (as decoded to 16 kHz)."""
+        self._authorize(request)
+        return await self._spectrogram("in", key, "input")

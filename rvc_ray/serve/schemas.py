@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ERROR_STATUS",
+    "ConvertManyBody",
+    "ConvertedVoice",
     "ErrorBody",
     "HealthBody",
     "ServeSettings",
@@ -46,6 +48,8 @@ ERROR_STATUS: dict[str, int] = {
     "invalid_options": 422,
     "voice_unavailable": 503,
     "voice_too_large": 507,
+    "result_not_found": 404,
+    "too_many_voices": 422,
     "internal_error": 500,
 }
 
@@ -64,10 +68,49 @@ class VoiceInfo(BaseModel):
         default_factory=dict, description="Training info stored in the export (name, epoch, step, content encoder...)."
     )
     error: str | None = Field(None, description="Set when the file's metadata could not be read.")
+    run: str | None = Field(None, description="The training run (experiment name) that exported the voice.")
+    epoch: int | None = Field(None, description="Epoch of the export (from the file or `<run>_e<E>_s<S>`).")
+    step: int | None = Field(None, description="Global step of the export.")
+    validation: dict[str, float] = Field(
+        default_factory=dict,
+        description="Validation scores of that epoch (`val/mel_l1`, `val/mcd`; lower is better), from the run's "
+        "metrics.jsonl or the voice.",
+    )
+    f0_method: str | None = Field(None, description="F0 method a conversion without `f0_method` uses.")
+    f0_method_reason: str | None = Field(None, description="Why that method (configured, trained with, bundled).")
 
 
 class VoiceList(BaseModel):
     voices: list[VoiceInfo]
+    f0_methods: dict[str, str | None] = Field(
+        default_factory=dict, description="Every F0 method -> null when it can run here, else why it cannot."
+    )
+
+
+class ConvertedVoice(BaseModel):
+    """One voice's result in ``POST /v1/convert``: URLs of the WAV and its spectrogram, or an error."""
+
+    voice: str
+    run: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+    validation: dict[str, float] = Field(default_factory=dict)
+    audio_url: str | None = Field(None, description="GET it (with the API key) for the 16-bit WAV.")
+    spectrogram_url: str | None = Field(None, description="GET it for a PNG spectrogram of the result.")
+    cached: bool = Field(False, description="True when the result was served from the result cache.")
+    report: dict[str, Any] | None = Field(None, description="What the conversion did (F0 method, timings...).")
+    error: str | None = Field(None, description="Error code when this voice failed (the others still convert).")
+    detail: str | None = None
+
+
+class ConvertManyBody(BaseModel):
+    """The answer of ``POST /v1/convert``: the input, then one entry per voice in the order asked."""
+
+    input_id: str = Field(description="Hash of the uploaded audio (the result cache's input key).")
+    input_duration_s: float
+    input_spectrogram_url: str
+    options: dict[str, Any] = Field(description="The conversion options used (defaults filled in).")
+    results: list[ConvertedVoice]
 
 
 class HealthBody(BaseModel):
@@ -84,7 +127,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    voices_dir: Path
+    voices: str = Field(description="Where the voices are: a local directory or a URI (rvc_ray.storage location).")
     features: dict[str, Any] = Field(description="FeatureConfig as JSON (content encoder / F0 weights).")
     f0_method: str = "rmvpe"
     host: str = "127.0.0.1"
@@ -100,5 +143,9 @@ class ServeSettings(BaseModel):
     api_key: str | None = None
     max_ongoing_requests: int = Field(4, ge=1, description="Concurrent conversions per converter replica.")
     ingress_cpus: float = Field(0.25, gt=0, description="CPUs reserved by the HTTP ingress replica.")
+    result_cache_mb: float = Field(256.0, gt=0, description="Converted results kept by the ingress (LRU).")
+    max_voices_per_request: int = Field(16, ge=1, description="Voices one POST /v1/convert may compare.")
+    precision: str = Field("auto", description="Synthesis number format: auto | fp32 | bf16.")
+    voice_cache_dir: Path | None = Field(None, description="Local copies of remote voices (default: temp dir).")
     app_name: str = "rvc"
     route_prefix: str = "/"

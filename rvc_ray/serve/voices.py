@@ -1,37 +1,45 @@
-"""The voice directory: which voice ids exist, and the files behind them, safely.
+"""The voices location: which voice ids exist, and the files behind them, safely.
 
-Layout: ``<voices_dir>/<voice_id>.pth`` plus an optional ``<voice_id>.index``. A training run exports
+The location is a local directory or a URI that :mod:`rvc_ray.storage` knows (``s3://bucket/runs/demo/voices``).
+Layout: ``<location>/<voice_id>.pth`` plus an optional ``<voice_id>.index``. A training run exports
 ``<name>_e<E>_s<S>.pth`` beside one ``<name>.index``; that index is found too.
 
+Every voice has a *fingerprint* (size and modification time of its ``.pth`` and ``.index``): a file
+replaced under the same name gets a new fingerprint, so caches keyed by it (a replica's loaded voices,
+converted results, metadata) never serve the old content. Remote voices are downloaded once per
+fingerprint into a local cache directory (:meth:`VoiceRegistry.fetch`).
+
 Safety: a voice id must match :data:`VOICE_ID_PATTERN` (letters, digits, ``_ . -``, no leading dot,
-no path separators); the file it names must resolve, after following symlinks, to a regular file
+no path separators); a local file it names must resolve, after following symlinks, to a regular file
 *inside* the voices directory. Anything else is "no such voice": the client learns nothing about
 the server's file system.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from rvc_ray import storage
 from rvc_ray.errors import InputError
 
-if TYPE_CHECKING:
-    from rvc_ray.serve.schemas import VoiceInfo
-
 __all__ = [
+    "EXPORT_NAME_PATTERN",
     "VOICE_ID_PATTERN",
     "InvalidVoiceIdError",
+    "LocalVoiceFiles",
     "VoiceFiles",
     "VoiceNotFoundError",
     "VoiceRegistry",
-    "read_voice_info",
 ]
 
 VOICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_EXPORT_SUFFIX = re.compile(r"^(?P<name>.+)_e\d+_s\d+$")
+EXPORT_NAME_PATTERN = re.compile(r"^(?P<name>.+)_e(?P<epoch>\d+)_s(?P<step>\d+)$")
+"""``<run name>_e<epoch>_s<step>``: the voices a training run exports at each saved epoch."""
 
 
 class InvalidVoiceIdError(InputError):
@@ -39,23 +47,62 @@ class InvalidVoiceIdError(InputError):
 
 
 class VoiceNotFoundError(LookupError):
-    """A well-formed voice id with no voice file in the voices directory."""
+    """A well-formed voice id with no voice file in the voices location."""
 
 
 @dataclass(frozen=True)
 class VoiceFiles:
-    """A voice's files. ``index_path`` is ``None`` when the voice has no retrieval index."""
+    """A voice's files as locations (local paths or URIs) plus their fingerprint.
+
+    Attributes:
+        voice_id: the id (file name without ``.pth``).
+        model: location of the ``.pth``.
+        index: location of the ``.index``, or ``None`` when the voice has none.
+        fingerprint: changes whenever either file is replaced (sizes and modification times).
+        size_bytes: size of the ``.pth`` plus the ``.index``.
+    """
 
     voice_id: str
+    model: str
+    index: str | None
+    fingerprint: str
+    size_bytes: int
+
+    @property
+    def cache_key(self) -> str:
+        """``<voice_id>@<fingerprint>``: names this content of this voice (a multiplexed model id)."""
+        return f"{self.voice_id}@{self.fingerprint}"
+
+
+@dataclass(frozen=True)
+class LocalVoiceFiles:
+    """Local copies of a voice's files (the files themselves for a local voices directory)."""
+
     model_path: Path
     index_path: Path | None
 
 
-class VoiceRegistry:
-    """Resolves voice ids to files inside one directory (re-scanned on every call: voices can be added live)."""
+@dataclass(frozen=True)
+class _Entry:
+    location: str
+    size: int
+    mtime_ns: int
 
-    def __init__(self, voices_dir: Path) -> None:
-        self.voices_dir = Path(voices_dir).resolve()
+
+class VoiceRegistry:
+    """Resolves voice ids to files in one location (re-listed on every call: voices can be added live).
+
+    Args:
+        location: a local directory or a URI (normalised with :func:`rvc_ray.storage.normalize_location`).
+        cache_dir: where remote voices are downloaded (default: a per-location folder under the temp dir).
+    """
+
+    def __init__(self, location: str | Path, cache_dir: Path | None = None) -> None:
+        self.location = storage.normalize_location(location)
+        self.remote = storage.is_remote(self.location)
+        self.voices_dir = Path(self.location).resolve() if not self.remote else None
+        digest = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "rvc-ray-voice-cache" / digest
 
     def validate_id(self, voice_id: str) -> str:
         """Return ``voice_id`` if well-formed, else raise :class:`InvalidVoiceIdError`."""
@@ -65,8 +112,20 @@ class VoiceRegistry:
             )
         return voice_id
 
+    def is_readable(self) -> bool:
+        """True when the location is a directory (or, remote, a prefix holding objects) this process can list."""
+        if self.voices_dir is not None:
+            return self.voices_dir.is_dir()
+        try:
+            return storage.is_dir(self.location)
+        except (OSError, storage.StorageError):
+            return False
+
+    # ------------------------------------------------------------------ listing
+
     def _inside(self, path: Path) -> Path | None:
         """The resolved path if it is a regular file inside the voices dir (symlinks followed), else None."""
+        assert self.voices_dir is not None
         try:
             resolved = path.resolve(strict=True)
         except (OSError, RuntimeError):
@@ -75,118 +134,109 @@ class VoiceRegistry:
             return None
         return resolved
 
-    def _index_for(self, voice_id: str) -> Path | None:
-        candidates = [self.voices_dir / f"{voice_id}.index"]
-        match = _EXPORT_SUFFIX.fullmatch(voice_id)
+    def _local_entry(self, name: str) -> _Entry | None:
+        assert self.voices_dir is not None
+        resolved = self._inside(self.voices_dir / name)
+        if resolved is None:
+            return None
+        stat = resolved.stat()
+        return _Entry(str(resolved), stat.st_size, stat.st_mtime_ns)
+
+    def _remote_entries(self) -> dict[str, _Entry]:
+        """``file name -> entry`` of the remote location's direct children (one listing call)."""
+        import pyarrow.fs
+
+        fs, root = storage.filesystem_and_path(self.location)
+        try:
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=False, allow_not_found=True))
+        except OSError as exc:
+            raise storage.StorageError(f"cannot list voices at {self.location}: {exc}") from exc
+        entries = {}
+        for info in infos:
+            if info.type == pyarrow.fs.FileType.File:
+                name = info.path.rsplit("/", 1)[-1]
+                mtime = int(info.mtime_ns) if info.mtime_ns is not None else 0
+                entries[name] = _Entry(storage.join(self.location, name), int(info.size or 0), mtime)
+        return entries
+
+    def _entries(self, names: list[str], listing: dict[str, _Entry] | None) -> list[_Entry | None]:
+        if listing is not None:
+            return [listing.get(name) for name in names]
+        return [self._local_entry(name) for name in names]
+
+    def _build(self, voice_id: str, listing: dict[str, _Entry] | None) -> VoiceFiles:
+        (model,) = self._entries([f"{voice_id}.pth"], listing)
+        if model is None:
+            raise VoiceNotFoundError(f"no voice named {voice_id!r}; GET /v1/voices lists the available voices")
+        index_names = [f"{voice_id}.index"]
+        match = EXPORT_NAME_PATTERN.fullmatch(voice_id)
         if match:
-            candidates.append(self.voices_dir / f"{match.group('name')}.index")
-        for candidate in candidates:
-            resolved = self._inside(candidate)
-            if resolved is not None:
-                return resolved
-        return None
+            index_names.append(f"{match.group('name')}.index")
+        index = next((entry for entry in self._entries(index_names, listing) if entry is not None), None)
+        parts = [f"{model.size}-{model.mtime_ns}"] + ([f"{index.size}-{index.mtime_ns}"] if index else [])
+        fingerprint = hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
+        return VoiceFiles(
+            voice_id=voice_id,
+            model=model.location,
+            index=index.location if index else None,
+            fingerprint=fingerprint,
+            size_bytes=model.size + (index.size if index else 0),
+        )
 
     def resolve(self, voice_id: str) -> VoiceFiles:
         """The files of ``voice_id``.
 
         Raises:
             InvalidVoiceIdError: malformed id.
-            VoiceNotFoundError: no ``<voice_id>.pth`` inside the directory (also for symlinks pointing out).
+            VoiceNotFoundError: no ``<voice_id>.pth`` in the location (also for local symlinks pointing out).
         """
         self.validate_id(voice_id)
-        model = self._inside(self.voices_dir / f"{voice_id}.pth")
-        if model is None:
-            raise VoiceNotFoundError(f"no voice named {voice_id!r}; GET /v1/voices lists the available voices")
-        return VoiceFiles(voice_id=voice_id, model_path=model, index_path=self._index_for(voice_id))
+        return self._build(voice_id, self._remote_entries() if self.remote else None)
 
     def list_voices(self) -> list[VoiceFiles]:
         """Every servable voice, sorted by id (files with ids that fail validation are skipped)."""
-        if not self.voices_dir.is_dir():
-            return []
+        if self.remote:
+            listing = self._remote_entries()
+            names = sorted(listing)
+        else:
+            if self.voices_dir is None or not self.voices_dir.is_dir():
+                return []
+            listing = None
+            names = sorted(p.name for p in self.voices_dir.glob("*.pth"))
         voices = []
-        for path in sorted(self.voices_dir.glob("*.pth")):
-            voice_id = path.stem
-            if not VOICE_ID_PATTERN.fullmatch(voice_id):
+        for name in names:
+            if not name.endswith(".pth") or not VOICE_ID_PATTERN.fullmatch(name[: -len(".pth")]):
                 continue
             try:
-                voices.append(self.resolve(voice_id))
-            except (InvalidVoiceIdError, VoiceNotFoundError):
+                voices.append(self._build(name[: -len(".pth")], listing))
+            except VoiceNotFoundError:
                 continue
         return voices
 
+    # ------------------------------------------------------------------ local copies
 
-def _sample_rate_of(value: object) -> int | None:
-    """RVC stores ``sr`` as ``"40k"`` (RVC-WebUI) or ``40000`` (Applio, rvc-ray)."""
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text.endswith("k") and text[:-1].isdigit():
-            return int(text[:-1]) * 1000
-        if text.isdigit():
-            return int(text)
-    return None
+    def fetch(self, files: VoiceFiles) -> LocalVoiceFiles:
+        """Local paths of ``files``: the files themselves, or (remote) copies cached per fingerprint.
 
+        A remote voice is downloaded once per fingerprint (atomically: concurrent replicas on one node
+        never read a half-written copy); older copies of the same voice are deleted.
+        """
+        if not self.remote:
+            return LocalVoiceFiles(Path(files.model), Path(files.index) if files.index else None)
+        folder = self.cache_dir / files.voice_id
+        model = self._download(files.model, folder / f"{files.fingerprint}.pth")
+        index = self._download(files.index, folder / f"{files.fingerprint}.index") if files.index else None
+        for stale in folder.iterdir():
+            if not stale.name.startswith((files.fingerprint, ".")):
+                stale.unlink(missing_ok=True)
+        return LocalVoiceFiles(model, index)
 
-def read_voice_info(files: VoiceFiles) -> VoiceInfo:
-    """Metadata of a voice for ``GET /v1/voices`` without building its generator.
-
-    Reads the ``.pth`` with ``torch.load(weights_only=True, mmap=True)`` (safe: no pickled code runs; cheap:
-    weights are memory-mapped, not read). Fields: ``sr``, ``f0``, ``version``, ``info`` and, for rvc-ray
-    exports, the extra training record; the speaker count is the row count of ``emb_g.weight``.
-    A file that cannot be read is listed with ``error`` set (no server path in it).
-    """
-    import torch
-
-    from rvc_ray.serve.schemas import VoiceInfo
-
-    size_mb = files.model_path.stat().st_size + (files.index_path.stat().st_size if files.index_path else 0)
-    base = {"id": files.voice_id, "has_index": files.index_path is not None, "size_mb": round(size_mb / 2**20, 2)}
-    try:
-        try:
-            ckpt = torch.load(files.model_path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-            ckpt = torch.load(files.model_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not raised
-        return VoiceInfo(
-            **base, sample_rate=None, version=None, use_f0=None, error=f"unreadable voice file ({type(exc).__name__})"
-        )
-    if not isinstance(ckpt, dict) or "weight" not in ckpt:
-        return VoiceInfo(**base, sample_rate=None, version=None, use_f0=None, error="not an RVC voice file")
-    weights = ckpt.get("weight") or {}
-    emb = weights.get("emb_g.weight") if isinstance(weights, dict) else None
-    training: dict[str, object] = {}
-    for key, value in ckpt.items():
-        if key in ("weight", "config", "sr", "f0", "version"):
-            continue
-        if isinstance(value, str | int | float | bool) or value is None:
-            training[key] = value
-        elif isinstance(value, dict):
-            training[key] = _json_safe(value)
-    return VoiceInfo(
-        **base,
-        sample_rate=_sample_rate_of(ckpt.get("sr")),
-        version=str(ckpt.get("version", "v1")),
-        use_f0=bool(int(ckpt.get("f0", 1))),
-        num_speakers=int(emb.shape[0]) if emb is not None else None,
-        training=training,
-    )
-
-
-_PRIVATE_KEYS = ("path", "source_path", "description", "identity")
-
-
-def _json_safe(value: object, depth: int = 0) -> object:
-    """Plain JSON types only (nested dicts/lists of scalars); anything else becomes its type name.
-
-    Keys that may hold server paths (:data:`_PRIVATE_KEYS`) are dropped: the API never shows server paths.
-    """
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if depth > 3:
-        return type(value).__name__
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v, depth + 1) for k, v in value.items() if str(k) not in _PRIVATE_KEYS}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v, depth + 1) for v in value[:64]]
-    return type(value).__name__
+    @staticmethod
+    def _download(location: str, target: Path) -> Path:
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        storage.download_file(location, tmp)
+        os.replace(tmp, target)
+        return target

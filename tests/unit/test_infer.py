@@ -80,6 +80,7 @@ class _SineGenerator(torch.nn.Module):
 class _FakeAnalysis:
     def __init__(self, dim: int, hz: float) -> None:
         self.encoder, self.pitch = _FakeEncoder(dim), _FakePitch(hz)
+        self.features = SimpleNamespace(rmvpe_path=None)
 
     def content_encoder(self, spec, voice_name="voice"):
         return self.encoder
@@ -99,7 +100,7 @@ def _fake_pipeline(sample_rate=40000, hz=200.0, chunking=None, index=None, num_s
         info={},
     )
     return VoiceConverterPipeline(
-        voice, index, _FakeAnalysis(8, hz), default_f0_method="fcpe", name="fake", chunking=chunking
+        voice, index, _FakeAnalysis(8, hz), configured_f0_method="fcpe", name="fake", chunking=chunking
     )
 
 
@@ -340,7 +341,7 @@ def test_same_seed_gives_the_same_audio_and_retrieval_changes_it(tiny_voice_file
     from rvc_ray.inference.analysis import AnalysisModels
 
     cfg, voice, index = tiny_voice_files
-    pipeline = VoiceConverterPipeline.from_files(voice, index, AnalysisModels(cfg.features), default_f0_method="fcpe")
+    pipeline = VoiceConverterPipeline.from_files(voice, index, AnalysisModels(cfg.features), configured_f0_method="fcpe")
     tone = _tone(0.8)
     first = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
     again = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
@@ -355,7 +356,59 @@ def test_a_voice_needing_hubert_says_what_is_missing(tiny_voice_files):
     from rvc_ray.inference.analysis import AnalysisModels, AnalysisUnavailableError
 
     cfg, voice, _ = tiny_voice_files
-    pipeline = VoiceConverterPipeline.from_files(voice, None, AnalysisModels(cfg.features), default_f0_method="fcpe")
+    pipeline = VoiceConverterPipeline.from_files(voice, None, AnalysisModels(cfg.features), configured_f0_method="fcpe")
     pipeline.encoder_spec = content_encoder_spec({"content_encoder": {"kind": "hf"}}, 64, "v2")
     with pytest.raises(AnalysisUnavailableError, match="features.content_encoder_path"):
         pipeline.convert(_tone(0.5))
+
+
+def test_cpu_bf16_detection_reads_the_flags(tmp_path):
+    from rvc_ray.inference.precision import autocast_dtype, cpu_has_native_bf16
+
+    with_amx = tmp_path / "amx"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
+    without = tmp_path / "plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert cpu_has_native_bf16(with_amx) and not cpu_has_native_bf16(without)
+    assert not cpu_has_native_bf16(tmp_path / "missing")
+    assert autocast_dtype("fp32", "cpu") is None and autocast_dtype("bf16", "cpu") == "bfloat16"
+    assert autocast_dtype("auto", "cuda") is None
+    assert autocast_dtype("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else None)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        autocast_dtype("fp8", "cpu")
+
+
+@pytest.mark.slow
+def test_folded_weight_norm_is_exact_and_bf16_synthesis_stays_within_tolerance(tiny_voice_files):
+    """Folding changes nothing; bf16 autocast keeps the waveform within 20 dB SNR of fp32 (docs/serving.md)."""
+    from rvc_ray.infer import VoiceConverterPipeline
+    from rvc_ray.inference.analysis import AnalysisModels
+    from rvc_ray.model.export import load_voice
+
+    cfg, voice, _ = tiny_voice_files
+    analysis = AnalysisModels(cfg.features)
+    fp32 = VoiceConverterPipeline.from_files(voice, None, analysis, configured_f0_method="fcpe", precision="fp32")
+    bf16 = VoiceConverterPipeline.from_files(voice, None, analysis, configured_f0_method="fcpe", precision="bf16")
+    assert fp32.folded_weight_norms > 0 and fp32.autocast_dtype is None and bf16.autocast_dtype == "bfloat16"
+    tone = _tone(1.0)
+    options = ConversionOptions(seed=2, index_rate=0.0, rms_mix_rate=1.0)
+    reference = fp32.convert(tone, options)
+    assert reference.report.synthesis_dtype == "float32"
+    raw = load_voice(voice).generator  # weight norm not folded
+    frames = 30
+    inputs = (
+        torch.randn(1, frames, cfg.model.content_dim),
+        torch.tensor([frames]),
+        torch.randint(1, 255, (1, frames)),
+        torch.rand(1, frames) * 200 + 100,
+        torch.tensor([0]),
+    )
+    with torch.inference_mode():
+        folded_out = fp32.voice.generator.infer(*inputs, generator=torch.Generator().manual_seed(0))
+        raw_out = raw.infer(*inputs, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(folded_out, raw_out, rtol=1e-4, atol=1e-5)
+    low = bf16.convert(tone, options)
+    assert low.report.synthesis_dtype == "bfloat16" and low.wav.shape == reference.wav.shape
+    noise = np.mean((low.wav - reference.wav) ** 2)
+    snr_db = 10 * np.log10(np.mean(reference.wav**2) / max(noise, 1e-20))
+    assert snr_db > 20, snr_db

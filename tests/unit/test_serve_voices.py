@@ -10,7 +10,13 @@ import torch
 
 from rvc_ray.config import load_run_config
 from rvc_ray.serve.app import _converter_options, build_settings
-from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceNotFoundError, VoiceRegistry, read_voice_info
+from rvc_ray.serve.catalog import read_voice_info
+from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceNotFoundError, VoiceRegistry
+
+
+def _info(registry: VoiceRegistry, voice_id: str):
+    files = registry.resolve(voice_id)
+    return read_voice_info(files, registry.fetch(files))
 
 
 def _rvc_voice_file(path: Path, *, sr="40k", f0=1, version="v2", speakers=3, **extra) -> Path:
@@ -66,10 +72,10 @@ def voices_dir(tmp_path: Path) -> Path:
 
 def test_resolve_finds_model_and_index(voices_dir):
     registry = VoiceRegistry(voices_dir)
-    alice = registry.resolve("alice")
+    alice = registry.fetch(registry.resolve("alice"))
     assert alice.model_path == (voices_dir / "alice.pth").resolve() and alice.index_path.name == "alice.index"
-    assert registry.resolve("demo_e4_s100").index_path.name == "demo.index"  # a training run's export + index
-    assert registry.resolve("bob.v1-old").index_path is None
+    assert registry.fetch(registry.resolve("demo_e4_s100")).index_path.name == "demo.index"  # run export + index
+    assert registry.resolve("bob.v1-old").index is None
 
 
 @pytest.mark.parametrize(
@@ -90,7 +96,7 @@ def test_unknown_voice_and_symlink_escape_are_not_found(voices_dir, tmp_path):
     with pytest.raises(VoiceNotFoundError) as excinfo:
         registry.resolve("escape")
     assert str(tmp_path) not in str(excinfo.value)
-    assert registry.resolve("alias").model_path == (voices_dir / "alice.pth").resolve()
+    assert registry.fetch(registry.resolve("alias")).model_path == (voices_dir / "alice.pth").resolve()
     ids = [v.voice_id for v in registry.list_voices()]
     assert ids == ["alias", "alice", "bob.v1-old", "demo_e4_s100"]
 
@@ -105,7 +111,7 @@ def test_listing_skips_files_with_unservable_names(voices_dir):
 
 def test_voice_info_reads_rvc_and_applio_fields(voices_dir):
     registry = VoiceRegistry(voices_dir)
-    alice = read_voice_info(registry.resolve("alice"))
+    alice = _info(registry, "alice")
     assert (alice.sample_rate, alice.version, alice.use_f0, alice.num_speakers, alice.has_index) == (
         40000,
         "v2",
@@ -114,9 +120,9 @@ def test_voice_info_reads_rvc_and_applio_fields(voices_dir):
         True,
     )
     assert alice.training["info"] == "20epoch" and alice.error is None
-    bob = read_voice_info(registry.resolve("bob.v1-old"))
+    bob = _info(registry, "bob.v1-old")
     assert (bob.sample_rate, bob.version, bob.use_f0, bob.has_index) == (48000, "v1", False, False)
-    demo = read_voice_info(registry.resolve("demo_e4_s100"))
+    demo = _info(registry, "demo_e4_s100")
     assert demo.sample_rate == 16000 and demo.training["content_encoder"] == {"kind": "random"}  # no paths shown
 
 
@@ -124,15 +130,15 @@ def test_voice_info_reports_unreadable_files(voices_dir):
     (voices_dir / "broken.pth").write_bytes(b"not a torch file")
     torch.save({"something": 1}, voices_dir / "other.pth")
     registry = VoiceRegistry(voices_dir)
-    broken = read_voice_info(registry.resolve("broken"))
+    broken = _info(registry, "broken")
     assert broken.error.startswith("unreadable voice file") and str(voices_dir) not in broken.error
-    assert read_voice_info(registry.resolve("other")).error == "not an RVC voice file"
+    assert _info(registry, "other").error == "not an RVC voice file"
 
 
 def test_settings_come_from_the_run_config(voices_dir, tmp_path):
     cfg = load_run_config("tiny_cpu", ["serve.max_voices_per_replica=2", "serve.api_key=k", "serve.port=8123"])
     settings = build_settings(cfg, voices_dir)
-    assert settings.voices_dir == voices_dir.resolve() and settings.port == 8123 and settings.api_key == "k"
+    assert settings.voices == str(voices_dir.resolve()) and settings.port == 8123 and settings.api_key == "k"
     assert settings.features["f0_method"] == cfg.features.f0_method and settings.max_voices_per_replica == 2
     with pytest.raises(FileNotFoundError, match="voices directory .* does not exist"):
         build_settings(cfg, tmp_path / "nope")
@@ -166,7 +172,7 @@ def test_memory_cap_evicts_least_recently_used_voices(voices_dir):
         return voice_id
 
     converter = VoiceConverter.func_or_class.__new__(VoiceConverter.func_or_class)
-    converter.settings = ServeSettings(voices_dir=voices_dir, features={}, max_voice_memory_mb=10)
+    converter.settings = ServeSettings(voices=str(voices_dir), features={}, max_voice_memory_mb=10)
     converter._voice_bytes = {"a": 4 * 2**20, "b": 3 * 2**20, "c": 2 * 2**20}
     converter._load_fn = load_voice
     wrapper = _Wrapper()
