@@ -93,6 +93,8 @@ class MultiNodeCluster:
         env = dict(os.environ)
         env.pop("RAY_ADDRESS", None)
         env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **self.env)
+        # `python` in a job's entrypoint is this interpreter, as on a node whose venv is on PATH
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
     def _spawn(self, label: str, num_cpus: float, args: list[str]) -> NodeProcess:
