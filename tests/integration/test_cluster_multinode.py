@@ -125,28 +125,23 @@ def test_a_bucket_that_does_not_exist_is_refused_before_any_work(multinode_clust
 def test_a_worker_node_stopped_mid_training_resumes_from_the_bucket_on_the_other_nodes(
     multinode_cluster, s3_bucket, tmp_path: Path
 ) -> None:
-    import ray
-
     from rvc_ray import storage
     from rvc_ray.data.dataset import write_synthetic_feature_table
     from rvc_ray.layout import RunLayout
-    from rvc_ray.train.launch import fit
 
-    cfg = load_run_config(
-        "tiny_cpu",
-        [
-            f"experiment.work_dir={s3_bucket}/nodeloss",
-            "experiment.name=nodeloss",
-            "train.epochs=6",
-            "train.save_every_epochs=1",
-            "train.keep_last_checkpoints=2",
-            "train.num_preview_clips=0",
-            "train.export_every_save=false",
-            "scaling.num_workers=2",
-            "scaling.cpus_per_worker=1",
-            "scaling.max_failures=2",
-        ],
-    )
+    overrides = [
+        f"experiment.work_dir={s3_bucket}/nodeloss",
+        "experiment.name=nodeloss",
+        "train.epochs=6",
+        "train.save_every_epochs=1",
+        "train.keep_last_checkpoints=2",
+        "train.num_preview_clips=0",
+        "train.export_every_save=false",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=1",
+        "scaling.max_failures=2",
+    ]
+    cfg = load_run_config("tiny_cpu", overrides)
     layout = RunLayout.from_config(cfg)
     local_features = tmp_path / "features"
     write_synthetic_feature_table(
@@ -179,17 +174,29 @@ def test_a_worker_node_stopped_mid_training_resumes_from_the_bucket_on_the_other
                 return
             time.sleep(0.5)
 
-    ray.init(address=multinode_cluster.gcs_address, logging_config=ray.LoggingConfig(log_level="WARNING"))
-    try:
-        killer = threading.Thread(target=stop_a_training_node, daemon=True)
-        killer.start()
-        result = fit(cfg, layout.features_location)
-        killer.join(timeout=5)
-    finally:
-        ray.shutdown()
-
+    # the driver is a separate process (as under `ray job submit`): this pytest process may already run the
+    # suite's local Ray (ray_cluster fixture) and must not join another cluster
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import json, sys\n"
+        "from rvc_ray.config import load_run_config\n"
+        "from rvc_ray.train.launch import fit\n"
+        "cfg = load_run_config('tiny_cpu', json.loads(sys.argv[1]))\n"
+        "result = fit(cfg, sys.argv[2])\n"
+        "print('EPOCHS', result.epochs_completed)\n"
+    )
+    env = {**multinode_cluster._environment(), "RAY_ADDRESS": multinode_cluster.gcs_address,
+           "PYTHONPATH": str(REPO)}
+    killer = threading.Thread(target=stop_a_training_node, daemon=True)
+    killer.start()
+    done = subprocess.run(
+        [sys.executable, str(driver), json.dumps(overrides), layout.features_location],
+        capture_output=True, text=True, timeout=500, env=env, cwd=tmp_path,
+    )
+    killer.join(timeout=5)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "EPOCHS 6" in done.stdout
     assert stopped, "no checkpoint appeared in the bucket, so no node was stopped"
-    assert result.epochs_completed == 6
     metrics = [json.loads(line) for line in _read(s3_bucket, prefix + "metrics.jsonl").splitlines()]
     starts = [m for m in metrics if m["kind"] == "start"]
     assert len(starts) == 2 and starts[1]["resumed_from"] == "checkpoint"
