@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +47,11 @@ from rvc_ray.tune.results import (
     write_results_table,
 )
 from rvc_ray.tune.space import SearchSpace, apply_overrides, build_search_space
+from rvc_ray.tune.trial import build_scheduler, trial_dirname, trial_driver, warn_unsaved_rungs
 
 __all__ = [
     "SweepPlan",
     "TuneResult",
-    "asha_rungs",
     "plan_sweep",
     "run_tune",
     "write_sweep_results",
@@ -125,80 +124,6 @@ def _check_resume_matches(identity_path: str, identity: dict[str, Any]) -> None:
         )
 
 
-def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
-
-
-def _trial_driver(
-    config: dict[str, Any], *, base_config: dict[str, Any], features_dir: str, index_path: str | None, trials_dir: str
-) -> None:
-    """One Tune trial = one Ray Train run of the base config with this trial's sampled values.
-
-    An out-of-memory error in the run fails the trial at once (no Ray Train retries, see
-    :mod:`rvc_ray.tune.out_of_memory`); Tune records it as failed and runs the next trial.
-    """
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from rvc_ray.train.launch import build_torch_trainer
-    from rvc_ray.tune.out_of_memory import FailFastOnOutOfMemory
-
-    cfg = apply_overrides(base_config, config)
-    trial_id = ray.tune.get_context().get_trial_id()
-    trainer = build_torch_trainer(
-        cfg,
-        Path(features_dir),
-        Path(index_path) if index_path else None,
-        run_name=f"trial_{trial_id}",  # stable per trial: a restored trial resumes its own checkpoints
-        storage_path=Path(trials_dir),
-        callbacks=[TuneReportCallback(), FailFastOnOutOfMemory()],
-    )
-    trainer.fit()
-
-
-def asha_rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> list[int]:
-    """The epochs at which ASHA may stop a trial (its rungs below ``max_epochs``), as Ray's ASHA computes them."""
-    count = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) + 1 + 1e-9)
-    return sorted(r for r in (grace_period * reduction_factor**k for k in range(count)) if r < max_epochs)
-
-
-def _warn_unsaved_rungs(cfg: RunConfig, max_epochs: int) -> None:
-    """Log when ASHA may stop trials at epochs that are not saved: those trials are scored earlier (or not)."""
-    if cfg.tune.scheduler != "asha":
-        return
-    every = cfg.train.save_every_epochs
-    unsaved = [r for r in asha_rungs(cfg.tune.grace_period_epochs, cfg.tune.reduction_factor, max_epochs) if r % every]
-    if unsaved:
-        log.warning(
-            "rvc-ray tune: ASHA may stop trials at epoch(s) %s, which are not saved (train.save_every_epochs=%d); "
-            "a trial stopped there is scored at its last saved epoch, or not at all. To score every stopped trial "
-            "at its stopping epoch, set train.save_every_epochs=%d",
-            ", ".join(map(str, unsaved)),
-            every,
-            math.gcd(*unsaved, every),
-        )
-
-
-def _build_scheduler(cfg: RunConfig, max_epochs: int) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if cfg.tune.scheduler == "fifo":
-        return FIFOScheduler()
-    if cfg.tune.grace_period_epochs > max_epochs:
-        raise ConfigError(
-            f"tune.grace_period_epochs={cfg.tune.grace_period_epochs} is longer than the training "
-            f"(train.epochs={max_epochs}); ASHA could never stop a trial"
-        )
-    return ASHAScheduler(
-        # the reported epoch, not Tune's training_iteration: a trial restarted by a resumed sweep continues
-        # its Train checkpoint at epoch k while Tune's iteration count starts again at 1
-        time_attr="epoch",
-        max_t=max_epochs,
-        grace_period=cfg.tune.grace_period_epochs,
-        reduction_factor=cfg.tune.reduction_factor,
-    )
-
-
 @dataclass(frozen=True)
 class SweepPlan:
     """Everything decided (and validated) before the cluster is touched; directories are locations."""
@@ -262,7 +187,7 @@ def plan_sweep(
         index_path=storage.normalize_location(index_path) if index_path is not None else _default_index(cfg),
         sweep_dir=_sweep_location(cfg),
         variants=variants,
-        scheduler=_build_scheduler(cfg, max_epochs),
+        scheduler=build_scheduler(cfg, max_epochs),
         resume=resume,
     )
     if resume:
@@ -274,7 +199,7 @@ def plan_sweep(
             f"a sweep already exists in {plan.experiment_path}; resume it (--resume), or choose another "
             "experiment.name, or delete that directory"
         )
-    _warn_unsaved_rungs(cfg, max_epochs)
+    warn_unsaved_rungs(cfg, max_epochs)
     return plan
 
 
@@ -283,7 +208,7 @@ def _build_tuner(plan: SweepPlan, driver_resources: dict[str, float], concurrenc
 
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(
-            _trial_driver,
+            trial_driver,
             base_config=plan.cfg.model_dump(mode="json"),
             features_dir=plan.features_dir,
             index_path=plan.index_path,
@@ -306,7 +231,7 @@ def _build_tuner(plan: SweepPlan, driver_resources: dict[str, float], concurrenc
             max_concurrent_trials=concurrency,
             scheduler=plan.scheduler,
             time_budget_s=tune_cfg.time_budget_s,
-            trial_dirname_creator=_trial_dirname,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=ray.tune.RunConfig(
             name=SWEEP_NAME,

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from rvc_ray.config import RunConfig
-from rvc_ray.tune.launch import asha_rungs
 from rvc_ray.tune.resources import (
     ClusterGrowth,
     growth_from_autoscaler_status,
@@ -15,6 +14,7 @@ from rvc_ray.tune.resources import (
     trial_demand,
 )
 from rvc_ray.tune.space import apply_overrides
+from rvc_ray.tune.trial import asha_rungs
 
 FIXED = ClusterGrowth(False, "no autoscaler")
 GROWS = ClusterGrowth(True, "an autoscaler is running")
