@@ -126,16 +126,18 @@ def describe_error(error: BaseException | str | None) -> tuple[str | None, str |
     root = cause if isinstance(cause, BaseException) else error
     text = str(root) if not isinstance(root, str) else root
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
-    reason = None
-    for line in reversed(lines):
-        match = _ERROR_LINE.match(line)
+    reason, at = None, 0
+    for at in range(len(lines) - 1, -1, -1):
+        match = _ERROR_LINE.match(lines[at])
         if match:
-            reason = f"{match.group(1).rsplit('.', 1)[-1]}:{match.group(2)}".strip().rstrip(":")
+            reason = f"{match.group(1).rsplit('.', 1)[-1]}:{match.group(2)}".strip()
             break
     if reason is None:
-        first = lines[0] if lines else ""
+        at, first = 0, lines[0] if lines else ""
         reason = f"{type(root).__name__}: {first}" if isinstance(root, BaseException) else first
-    reason = re.sub(r"\s+job_id=\S+.*$", "", reason)  # Ray appends log-context fields to the last line
+    if reason.endswith(":") and at + 1 < len(lines):  # a header ("Training failed due to ... error:") + detail
+        reason = f"{reason} {lines[at + 1].strip()}"
+    reason = re.sub(r"\s+job_id=\S+.*$", "", reason.rstrip(":"))  # Ray appends log-context fields to the last line
     return reason[:500], text[-4000:]
 
 

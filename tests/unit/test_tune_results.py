@@ -134,6 +134,12 @@ def test_copy_best_trial_copies_the_scored_epoch(tmp_path: Path) -> None:
             "Traceback (most recent call last):\n  File x\nrvc_ray.train.NonFiniteLossError: loss is nan job_id=01 x",
             "NonFiniteLossError: loss is nan",
         ),
+        (  # Ray Train's controller error: a header line, then the cause
+            "Traceback (most recent call last):\n  File x\nray.train.ControllerError: Training failed due to controller "
+            "error:\ntraining rank 0 ran out of memory (CUDA out of memory); the trial is failed without retries",
+            "ControllerError: Training failed due to controller error: training rank 0 ran out of memory (CUDA out of "
+            "memory); the trial is failed without retries",
+        ),
     ],
 )
 def test_describe_error(error: object, reason: str | None) -> None:
