@@ -6,11 +6,15 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from rvc_ray.config import RunConfig, load_run_config
+
+if TYPE_CHECKING:
+    from tests.multinode import MultiNodeCluster
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -137,3 +141,21 @@ def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid()}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def multinode_cluster(s3_server: str) -> Iterator[MultiNodeCluster]:
+    """A real multi-node Ray cluster on this machine for the session: a 0-CPU head and two 1-CPU worker nodes.
+
+    Each node is its own ``ray start`` raylet (tests/multinode.py); they inherit the S3 server's ``AWS_*``
+    variables. Connect with ``ray.init(address=cluster.gcs_address)`` or submit jobs to
+    ``cluster.dashboard_url``. A test may add nodes (``add_worker``) or stop them (``stop_node``); it must
+    leave exactly two alive 1-CPU workers behind (e.g. add a spare before stopping one).
+    """
+    from tests.multinode import MultiNodeCluster
+
+    cluster = MultiNodeCluster(worker_cpus=(1, 1)).start()
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
