@@ -28,8 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", default=None, help="job YAML or preset name (default: jobs/configs/demo.yaml)")
     parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], help="section.key=value")
-    parser.add_argument("--input", "-i", dest="inputs", action="append", type=Path, default=[],
-                        help="speaker folder(s) or one folder of speaker sub-folders (default: the demo corpus)")
+    parser.add_argument("--input", "-i", dest="inputs", action="append", default=[],
+                        help="speaker folder(s) or one folder of speaker sub-folders, local or a URI such as "
+                             "s3://bucket/recordings (default: the demo corpus)")
     parser.add_argument("--stop-after", choices=["preprocess", "extract", "index"], default=None,
                         help="stop after this stage")
     parser.add_argument("--demo-seconds", type=float, default=60.0,
@@ -42,12 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     make_package_importable()
     from rvc_ray.config import load_run_config
     from rvc_ray.errors import exit_status_of
-    from rvc_ray.pipeline import prepare_demo_inputs, run_pipeline
+    from rvc_ray.pipeline import check_inputs, prepare_demo_inputs, prepare_run, run_pipeline
+    from rvc_ray.storage import normalize_location
 
     def job() -> None:
         cfg = load_run_config(args.config or DEFAULT_CONFIG, args.overrides)
-        inputs = args.inputs or prepare_demo_inputs(cfg, seconds_per_speaker=args.demo_seconds)
-        run_pipeline(cfg, inputs, stop_after=args.stop_after)
+        inputs = [normalize_location(i) for i in args.inputs]
+        check_inputs(inputs, cfg.preprocess.extensions)
+        prepare_run(cfg)  # refuses a work_dir some node cannot use before the demo corpus is written there
+        inputs = inputs or prepare_demo_inputs(cfg, seconds_per_speaker=args.demo_seconds)
+        run_pipeline(cfg, inputs, stop_after=args.stop_after, locations_checked=True)
 
     return exit_status_of(job)
 

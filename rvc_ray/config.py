@@ -42,6 +42,7 @@ __all__ = [
     "TuneConfig",
     "load_run_config",
     "parse_override",
+    "resolve_locations",
 ]
 
 PRESET_NAMES = ("rvc_v2_32k", "rvc_v2_40k", "rvc_v2_48k", "tiny_cpu")
@@ -56,16 +57,23 @@ class _Node(BaseModel):
 
 
 class ExperimentConfig(_Node):
-    """Where a run lives and what the trained voice is called."""
+    """Where a run lives and what the trained voice is called.
+
+    ``work_dir`` is a location (a plain string, never a ``Path``, so ``s3://`` survives): a local path or a
+    filesystem URI (``s3://``, ``gs://``, ``abfs://``, ``file://``, see ``rvc_ray.storage``). A relative
+    path is made absolute once, by :func:`load_run_config` on the machine that loads the job.
+    """
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    work_dir: Path = Path("runs")
+    work_dir: str = "runs"
     seed: int = 1234
 
     @property
-    def root(self) -> Path:
-        """``work_dir / name``: the directory holding every stage's output."""
-        return self.work_dir / self.name
+    def root(self) -> str:
+        """``work_dir/name`` as a location: the directory (or bucket prefix) holding every stage's output."""
+        from rvc_ray.storage import join, normalize_location
+
+        return join(normalize_location(self.work_dir), self.name)
 
 
 class AudioConfig(_Node):
@@ -306,7 +314,18 @@ class ScalingConfig(_Node):
     gpus_per_worker: float = Field(1.0, gt=0)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     max_failures: int = Field(2, ge=0)
-    storage_path: Path | None = None
+    # Ray Train's checkpoint storage, a location like experiment.work_dir (default: <work_dir>/<name>/train)
+    storage_path: str | None = None
+    # where Ray places the workers: auto = SPREAD for CPU workers (each node's cores used, not two workers
+    # with fractional CPUs packed on one), PACK for GPU workers (fewest nodes, fastest NCCL); see docs/cluster.md
+    placement_strategy: Literal["auto", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "auto"
+
+    @property
+    def resolved_placement_strategy(self) -> Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]:
+        """Ray Train's ``placement_strategy``: ``auto`` is SPREAD on CPUs and PACK on GPUs."""
+        if self.placement_strategy != "auto":
+            return self.placement_strategy
+        return "PACK" if self.use_gpu else "SPREAD"
 
     @property
     def resolved_backend(self) -> Literal["nccl", "gloo"]:
@@ -319,6 +338,11 @@ class ScalingConfig(_Node):
     def _check(self) -> ScalingConfig:
         if self.backend == "nccl" and not self.use_gpu:
             raise ValueError("scaling.backend=nccl needs scaling.use_gpu=true; use gloo (or auto) on CPU workers")
+        if self.use_gpu and self.num_workers > 1 and self.gpus_per_worker < 1 and self.resolved_backend == "nccl":
+            raise ValueError(
+                f"scaling.gpus_per_worker={self.gpus_per_worker:g} with {self.num_workers} workers on NCCL: two ranks "
+                "cannot share a GPU under NCCL; use gpus_per_worker=1 (or scaling.backend=gloo)"
+            )
         return self
 
 
@@ -548,6 +572,27 @@ def load_run_config(
     if overrides:
         source += " + --set " + " ".join(overrides)
     try:
-        return RunConfig.model_validate(data)
+        return resolve_locations(RunConfig.model_validate(data))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def resolve_locations(cfg: RunConfig, *, base: Path | None = None) -> RunConfig:
+    """``cfg`` with ``experiment.work_dir`` and ``scaling.storage_path`` as absolute locations.
+
+    Relative local paths are made absolute against ``base`` (default: this process's directory); URIs are
+    kept (trailing ``/`` dropped). Called once at the edge (:func:`load_run_config`), never in a worker.
+    """
+    from rvc_ray.storage import normalize_location
+
+    work_dir = normalize_location(cfg.experiment.work_dir, base=base)
+    storage = cfg.scaling.storage_path
+    storage = normalize_location(storage, base=base) if storage is not None else None
+    if work_dir == cfg.experiment.work_dir and storage == cfg.scaling.storage_path:
+        return cfg
+    return cfg.model_copy(
+        update={
+            "experiment": cfg.experiment.model_copy(update={"work_dir": work_dir}),
+            "scaling": cfg.scaling.model_copy(update={"storage_path": storage}),
+        }
+    )

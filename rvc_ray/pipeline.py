@@ -17,7 +17,7 @@ from rvc_ray.config import RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.layout import RunLayout
 
-__all__ = ["PipelineResult", "prepare_demo_inputs", "run_pipeline"]
+__all__ = ["PipelineResult", "check_inputs", "prepare_demo_inputs", "prepare_run", "run_pipeline"]
 
 log = logging.getLogger("rvc_ray.pipeline")
 
@@ -34,62 +34,99 @@ class PipelineResult:
     wall_seconds: float
 
 
-def prepare_demo_inputs(cfg: RunConfig, *, seconds_per_speaker: float = 60.0) -> list[Path]:
-    """Generate the built-in demo corpus into the run's ``corpus/`` folder (once) and return its speaker folders."""
+def prepare_demo_inputs(cfg: RunConfig, *, seconds_per_speaker: float = 60.0) -> list[Path | str]:
+    """Generate the built-in demo corpus into the run's ``corpus/`` folder (once) and return its speaker folders.
+
+    On a bucket (``experiment.work_dir=s3://...``) the corpus is generated in a local temporary folder and
+    uploaded, and the speaker folders are returned as URIs, which the preprocessing workers read.
+    """
+    import tempfile
+
+    from rvc_ray import storage
     from rvc_ray.demo_corpus import generate_demo_corpus
 
     layout = RunLayout.from_config(cfg)
-    marker = layout.corpus_dir / ".complete"
-    if not marker.exists():
-        generate_demo_corpus(layout.corpus_dir, num_speakers=2, seconds_per_speaker=seconds_per_speaker, seed=0)
-        marker.write_text(f"{seconds_per_speaker}\n")
-    return sorted(p for p in layout.corpus_dir.iterdir() if p.is_dir())
+    corpus = layout.corpus_location
+    marker = storage.join(corpus, ".complete")
+    if not storage.exists(marker):
+        with tempfile.TemporaryDirectory(prefix="rvc-demo-corpus-") as staging:
+            local = Path(staging) if layout.is_remote else Path(corpus)
+            generate_demo_corpus(local, num_speakers=2, seconds_per_speaker=seconds_per_speaker, seed=0)
+            if layout.is_remote:
+                storage.upload_dir(local, corpus)
+        storage.write_text(marker, f"{seconds_per_speaker}\n")
+    files = storage.list_files(corpus, suffix="", recursive=True)
+    speakers = sorted({f[len(corpus) :].strip("/").split("/")[0] for f in files if not f.endswith(".complete")})
+    return [storage.as_local_or_uri(storage.join(corpus, name)) for name in speakers]
 
 
 def _say(message: str) -> None:
     print(f"[rvc-ray] {message}", flush=True)
 
 
+def check_inputs(inputs: Sequence[Path | str], extensions: Sequence[str]) -> None:
+    """A missing or repeated input folder (local or URI) fails here, before Ray starts or anything is written."""
+    from rvc_ray import storage
+    from rvc_ray.preprocess import discover_inputs
+
+    local = [Path(i) for i in inputs if not storage.is_remote(str(i))]
+    for remote in (str(i) for i in inputs if storage.is_remote(str(i))):
+        if not storage.is_dir(remote):
+            raise InputError(f"input folder {remote} does not exist or holds no files")
+    if local:
+        discover_inputs(local, extensions)
+
+
+def prepare_run(cfg: RunConfig) -> None:
+    """Connect to the cluster and refuse a work_dir / storage_path that some node cannot use (before any work)."""
+    from rvc_ray.cluster import check_run_locations, ensure_ray
+
+    ensure_ray()
+    check_run_locations(RunLayout.from_config(cfg).root_location, cfg.scaling.storage_path)
+
+
 def run_pipeline(
     cfg: RunConfig,
-    inputs: Sequence[Path],
+    inputs: Sequence[Path | str],
     *,
     stop_after: str | None = None,
+    locations_checked: bool = False,
 ) -> PipelineResult:
     """Run preprocess -> extract -> index -> train on ``inputs`` (speaker folders, see docs/dataset.md).
 
+    Every stage reads and writes under the run's location (``experiment.work_dir``, a local path or a URI).
+
     Args:
         cfg: the run configuration.
-        inputs: one folder with one sub-folder per speaker, or one folder per speaker.
+        inputs: one folder with one sub-folder per speaker, or one folder per speaker (local paths or URIs).
         stop_after: ``"preprocess"``, ``"extract"`` or ``"index"`` to stop early; ``None`` runs everything.
+        locations_checked: the caller already ran :func:`prepare_run` for ``cfg``.
     """
-    from rvc_ray.cluster import ensure_ray
-
     if stop_after not in (None, "preprocess", "extract", "index"):
         raise ValueError(f"stop_after must be preprocess, extract, index or None, got {stop_after!r}")
-    from rvc_ray.preprocess import discover_inputs, run_preprocess
+    from rvc_ray.preprocess import run_preprocess
 
     started = time.perf_counter()
-    discover_inputs(inputs, cfg.preprocess.extensions)  # a missing or repeated input folder fails before Ray starts
+    check_inputs(inputs, cfg.preprocess.extensions)
     layout = RunLayout.from_config(cfg)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    ensure_ray()
+    if not locations_checked:
+        prepare_run(cfg)
 
-    _say(f"preprocess {len(inputs)} input folder(s) -> {layout.dataset_dir}")
-    pre = run_preprocess(cfg, list(inputs), layout.dataset_dir)
+    _say(f"preprocess {len(inputs)} input folder(s) -> {layout.dataset_location}")
+    pre = run_preprocess(cfg, list(inputs), layout.dataset_location)
     if pre.num_segments == 0:
         raise InputError(f"preprocessing produced no segments; see the readiness report {pre.report_path}")
     extract = index = train = None
     if stop_after != "preprocess":
         from rvc_ray.features.pipeline import run_extract
 
-        _say(f"extract pitch ({cfg.features.f0_method}) and content features -> {layout.features_dir}")
-        extract = run_extract(cfg, layout.dataset_dir, layout.features_dir)
+        _say(f"extract pitch ({cfg.features.f0_method}) and content features -> {layout.features_location}")
+        extract = run_extract(cfg, layout.dataset_location, layout.features_location)
     if stop_after not in ("preprocess", "extract"):
         from rvc_ray.features.index import run_index
 
-        _say(f"build the retrieval index -> {layout.index_path}")
-        index = run_index(cfg, layout.features_dir, layout.index_path)
+        _say(f"build the retrieval index -> {layout.index_location}")
+        index = run_index(cfg, layout.features_location, layout.index_location)
     if stop_after is None:
         from rvc_ray.train.launch import fit
 
@@ -97,14 +134,14 @@ def run_pipeline(
             f"train on {cfg.scaling.num_workers} worker(s) ({'GPU' if cfg.scaling.use_gpu else 'CPU'}), "
             f"global batch {cfg.train.batch_size} = {cfg.per_worker_batch_size} per worker, {cfg.train.epochs} epochs"
         )
-        train = fit(cfg, layout.features_dir, index_path=layout.index_path)
+        train = fit(cfg, layout.features_location, index_path=layout.index_location)
     wall = time.perf_counter() - started
     _say(f"done in {wall:.1f} s")
     _say(f"readiness report: {pre.report_path}")
     if train is not None:
         voices = list(getattr(train, "exported_voices", ()) or ())
-        _say(f"voice:            {voices[-1] if voices else layout.voices_dir}")
-        _say(f"index:            {layout.index_path}")
-        _say(f"tensorboard:      tensorboard --logdir {getattr(train, 'tensorboard_dir', layout.tensorboard_dir)}")
-        _say(f"metrics:          {layout.metrics_path}")
+        _say(f"voice:            {voices[-1] if voices else layout.voices_location}")
+        _say(f"index:            {layout.index_location}")
+        _say(f"tensorboard:      tensorboard --logdir {getattr(train, 'tensorboard_dir', layout.tensorboard_location)}")
+        _say(f"metrics:          {layout.metrics_location}")
     return PipelineResult(layout, pre, extract, index, train, wall)

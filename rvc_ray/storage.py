@@ -23,10 +23,14 @@ from typing import TYPE_CHECKING
 from rvc_ray.errors import InputError
 
 if TYPE_CHECKING:
+    import pyarrow
     import pyarrow.fs
 
 __all__ = [
     "StorageError",
+    "as_local_or_uri",
+    "cached_local_copy",
+    "file_info",
     "check_writable",
     "download_dir",
     "download_file",
@@ -39,12 +43,14 @@ __all__ = [
     "list_files",
     "makedirs",
     "normalize_location",
+    "read_parquet",
     "read_bytes",
     "read_text",
     "remove",
     "upload_dir",
     "upload_file",
     "write_bytes",
+    "write_parquet",
     "write_text",
 ]
 
@@ -236,6 +242,71 @@ def download_dir(location: str, local_dir: str | Path) -> Path:
         relative = posixpath.relpath(file_path, root_path) if is_remote(location) else os.path.relpath(file_path, root_path)
         download_file(file, target / relative)
     target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def read_parquet(location: str, columns: list[str] | None = None) -> pyarrow.Table:
+    """The Parquet file at ``location`` as an Arrow table (only ``columns`` when given)."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem_and_path(location)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def write_parquet(table: pyarrow.Table, location: str) -> None:
+    """Write ``table`` as the Parquet file ``location`` (atomic on a local disk; one PUT on an object store)."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem_and_path(location)
+    if is_remote(location):
+        pq.write_table(table, path, filesystem=fs)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    pq.write_table(table, str(tmp))
+    os.replace(tmp, target)
+
+
+def as_local_or_uri(location: str) -> Path | str:
+    """A local location as a :class:`~pathlib.Path` (what local callers expect), a URI as the string."""
+    return location if is_remote(location) else Path(location)
+
+
+def file_info(location: str) -> tuple[int, int]:
+    """``(size in bytes, modification time in ns)`` of the file at ``location`` (mtime 0 when unknown)."""
+    import pyarrow.fs
+
+    fs, path = filesystem_and_path(location)
+    info = fs.get_file_info(path)
+    if info.type != pyarrow.fs.FileType.File:
+        raise FileNotFoundError(f"{location} is not a file")
+    return int(info.size or 0), int(info.mtime_ns or 0)
+
+
+def cached_local_copy(location: str, cache_root: str | Path, *, suffix: str = "") -> Path:
+    """A local directory with the files under ``location`` (whose names end with ``suffix``).
+
+    A local ``location`` is returned as is. A remote one is copied once into ``cache_root/<hash>/`` (node-local,
+    e.g. a worker's temporary directory); files already there with the same size are not copied again.
+    """
+    import hashlib
+
+    if not is_remote(location):
+        return Path(location)
+    target = Path(cache_root) / hashlib.sha256(location.encode()).hexdigest()[:16]
+    _, root_path = filesystem_and_path(location)
+    wanted: set[Path] = set()
+    for file in list_files(location, suffix=suffix, recursive=True):
+        _, file_path = filesystem_and_path(file)
+        local = target / posixpath.relpath(file_path, root_path)
+        wanted.add(local)
+        if not local.is_file() or local.stat().st_size != file_info(file)[0]:
+            tmp = download_file(file, local.with_name(f".{local.name}.tmp{os.getpid()}"))
+            os.replace(tmp, local)  # atomic: workers on one node may share the cache
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in [p for p in target.rglob(f"*{suffix}") if p.is_file() and p not in wanted]:
+        stale.unlink(missing_ok=True)  # gone from the location since the last copy
     return target
 
 

@@ -97,6 +97,8 @@ class MultiNodeCluster:
         # State API) refuse to guess when other Ray clusters run on this machine ("Found multiple active Ray
         # instances"); without the cleaner, a Train run killed by Tune (ASHA) leaks its placement group.
         env["RAY_ADDRESS"] = self.gcs_address
+        # `python` in a job's entrypoint is this interpreter, as on a node whose venv is on PATH
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
     def _spawn(self, label: str, num_cpus: float, args: list[str]) -> NodeProcess:

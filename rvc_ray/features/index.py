@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexResult:
-    index_path: Path
+    index_path: Path | str  # a Path when local, the URI on a bucket
     num_vectors: int  # vectors stored in the index (after k-means reduction, if any)
     num_input_frames: int  # train frames read from the feature table (50 Hz)
     n_ivf: int
@@ -156,14 +156,27 @@ def _cap_threads(num_cpus: int) -> None:
 
 def _build_and_write(raw_cfg: dict, features_dir: str, index_path: str) -> dict:
     """Ray task body: load train features, build, write. Returns IndexResult fields (JSON-able)."""
-    import faiss
 
+    import tempfile
+
+    from rvc_ray import storage
     from rvc_ray.config import RunConfig
 
     cfg = RunConfig.model_validate(raw_cfg)
     _cap_threads(cfg.index.num_cpus)
     start = time.perf_counter()
-    feats = load_train_features(Path(features_dir))
+    with tempfile.TemporaryDirectory(prefix="rvc-index-") as scratch:
+        local_features = storage.cached_local_copy(features_dir, Path(scratch) / "features", suffix=".parquet")
+        feats = load_train_features(local_features)
+        return _build_and_store(cfg, feats, index_path, Path(scratch), start)
+
+
+def _build_and_store(cfg: Any, feats: np.ndarray, index_path: str, scratch: Path, start: float) -> dict:
+    """Build the index of ``feats [N, C]`` and write it to the location ``index_path`` (via ``scratch`` if remote)."""
+    import faiss
+
+    from rvc_ray import storage
+
     index = build_ivf_index(
         feats,
         kmeans_threshold=cfg.index.kmeans_threshold,
@@ -172,29 +185,35 @@ def _build_and_write(raw_cfg: dict, features_dir: str, index_path: str) -> dict:
         seed=cfg.experiment.seed,
         use_gpu=cfg.index.use_gpu,
     )
-    path = Path(index_path)
+    path = scratch / Path(index_path).name if storage.is_remote(index_path) else Path(index_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     faiss.write_index(index, str(tmp))
     tmp.replace(path)
+    size = path.stat().st_size
+    if storage.is_remote(index_path):
+        storage.upload_file(path, index_path)
     return {
-        "index_path": str(path),
+        "index_path": index_path,
         "num_vectors": int(index.ntotal),
         "num_input_frames": int(len(feats)),
         "n_ivf": int(faiss.extract_index_ivf(index).nlist),
         "used_kmeans": bool(len(feats) > cfg.index.kmeans_threshold),
         "build_seconds": time.perf_counter() - start,
-        "size_bytes": path.stat().st_size,
+        "size_bytes": size,
     }
 
 
-def run_index(cfg: RunConfig, features_dir: Path, index_path: Path) -> IndexResult:
+def run_index(cfg: RunConfig, features_dir: Path | str, index_path: Path | str) -> IndexResult:
     """Build ``index_path`` from ``features_dir`` in one Ray task (``index.num_cpus`` CPUs, ``index.memory_gb``).
 
-    The task writes the file itself, so on a multi-node cluster ``index_path`` must be on shared storage.
+    Both are locations (local paths or URIs, :mod:`rvc_ray.storage`): the task reads the feature table from
+    there and writes the file itself (through a local temporary file on a bucket), so on a multi-node
+    cluster a local ``index_path`` must be on shared storage.
     """
     import ray
 
+    from rvc_ray import storage
     from rvc_ray.cluster import ensure_ray
 
     ensure_ray()
@@ -205,9 +224,13 @@ def run_index(cfg: RunConfig, features_dir: Path, index_path: Path) -> IndexResu
         max_retries=0,
     )
     raw = ray.get(
-        task.remote(cfg.model_dump(mode="json"), str(Path(features_dir).resolve()), str(Path(index_path).resolve()))
+        task.remote(
+            cfg.model_dump(mode="json"),
+            storage.normalize_location(str(features_dir)),
+            storage.normalize_location(str(index_path)),
+        )
     )
-    result = IndexResult(**{**raw, "index_path": Path(raw["index_path"])})
+    result = IndexResult(**{**raw, "index_path": storage.as_local_or_uri(raw["index_path"])})
     log.info(
         "index: %s  vectors=%d (from %d frames)  IVF%d,Flat  %.1f s  %.1f MiB",
         result.index_path,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rvc_ray import storage
 from rvc_ray.errors import InputError
 from rvc_ray.features.split import assign_splits, mute_segment_id
 
@@ -55,7 +55,7 @@ _INPUT_COLUMNS = ["segment_id", "speaker_id", "wav", "wav_16k"]
 
 @dataclass(frozen=True)
 class ExtractResult:
-    output_dir: Path
+    output_dir: Path | str  # a Path for a local table, the URI for one on a bucket
     num_segments: int  # rows in the table after this run (segments + mute rows)
     num_failed: int
     failures: tuple[tuple[str, str], ...]  # (segment_id, reason)
@@ -109,21 +109,23 @@ def compute_feature_config_hash(cfg: RunConfig, encoder: ContentEncoderInfo) -> 
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _segment_files(dataset_dir: Path) -> list[Path]:
-    files = sorted((Path(dataset_dir) / "segments").glob("part-*.parquet"))
+def _parts(directory: str) -> list[str]:
+    """The ``part-*.parquet`` files under the location ``directory``, sorted, as locations."""
+    return [f for f in storage.list_files(directory, suffix=".parquet") if f.rsplit("/", 1)[-1].startswith("part-")]
+
+
+def _segment_files(dataset_dir: str) -> list[str]:
+    segments = storage.join(dataset_dir, "segments")
+    files = _parts(segments)
     if not files:
-        raise FileNotFoundError(
-            f"{Path(dataset_dir) / 'segments'}: no part-*.parquet segment files; run `rvc-ray preprocess` first"
-        )
+        raise FileNotFoundError(f"{segments}: no part-*.parquet segment files; run `rvc-ray preprocess` first")
     return files
 
 
-def _read_segment_index(files: list[Path]) -> list[tuple[str, int]]:
-    import pyarrow.parquet as pq
-
+def _read_segment_index(files: list[str]) -> list[tuple[str, int]]:
     rows: list[tuple[str, int]] = []
     for file in files:
-        table = pq.read_table(file, columns=["segment_id", "speaker_id"])
+        table = storage.read_parquet(file, columns=["segment_id", "speaker_id"])
         rows.extend(zip(table.column("segment_id").to_pylist(), table.column("speaker_id").to_pylist(), strict=True))
     seen: set[str] = set()
     dupes = [sid for sid, _ in rows if sid in seen or seen.add(sid)]
@@ -132,27 +134,25 @@ def _read_segment_index(files: list[Path]) -> list[tuple[str, int]]:
     return rows
 
 
-def _table_parts(table_dir: Path) -> list[Path]:
-    return sorted(table_dir.glob("part-*.parquet"))
+def _table_parts(table_dir: str) -> list[str]:
+    return _parts(table_dir)
 
 
-def _prepare_resume(output_dir: Path, config_hash: str) -> set[str]:
+def _prepare_resume(output_dir: str, config_hash: str) -> set[str]:
     """Segment ids already extracted with ``config_hash``; removes a table made with another hash."""
-    import pyarrow.parquet as pq
-
-    table_dir = output_dir / "table"
-    manifest = output_dir / "manifest.json"
-    previous = json.loads(manifest.read_text()).get("config_hash") if manifest.is_file() else None
+    table_dir = storage.join(output_dir, "table")
+    manifest = storage.join(output_dir, "manifest.json")
+    previous = json.loads(storage.read_text(manifest)).get("config_hash") if storage.exists(manifest) else None
     parts = _table_parts(table_dir)
     if parts and previous != config_hash:
         log.warning(
             "extract: feature config changed (%s -> %s); removing %d old shards", previous, config_hash, len(parts)
         )
-        shutil.rmtree(table_dir)
+        storage.remove(table_dir)
         return set()
     done: set[str] = set()
     for part in parts:
-        done.update(pq.read_table(part, columns=["segment_id"]).column("segment_id").to_pylist())
+        done.update(storage.read_parquet(part, columns=["segment_id"]).column("segment_id").to_pylist())
     return done
 
 
@@ -195,10 +195,10 @@ def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     )
 
 
-def _build_dataset(cfg: RunConfig, files: list[Path], done: set[str], mute: pa.Table):
+def _build_dataset(cfg: RunConfig, files: list[str], done: set[str], mute: pa.Table):
     import ray
 
-    from rvc_ray.cluster import shorten_ray_data_limits_refresh
+    from rvc_ray.cluster import extraction_plan, shorten_ray_data_limits_refresh
     from rvc_ray.features.stages import ContentStage, PitchStage
 
     shorten_ray_data_limits_refresh()
@@ -206,13 +206,20 @@ def _build_dataset(cfg: RunConfig, files: list[Path], done: set[str], mute: pa.T
     f = cfg.features
     raw = cfg.model_dump(mode="json")
     device = "cuda" if f.use_gpu else "cpu"
-    actor = {"num_cpus": f.cpus_per_actor, "num_gpus": f.gpus_per_actor if f.use_gpu else 0}
-    ds = ray.data.read_parquet([str(p) for p in files], columns=_INPUT_COLUMNS)
+    plan = extraction_plan(f.num_actors, f.cpus_per_actor, stages=2)
+    actor = {"num_cpus": plan.cpus_per_actor, "num_gpus": f.gpus_per_actor if f.use_gpu else 0}
+    filesystem, _ = storage.filesystem_and_path(files[0])
+    ds = ray.data.read_parquet(
+        [storage.filesystem_and_path(p)[1] for p in files],
+        columns=_INPUT_COLUMNS,
+        filesystem=filesystem,
+        ray_remote_args={"num_cpus": plan.cpus_per_task},
+    )
     ds = ds.map_batches(
         _skip_done,
         fn_kwargs={"done": frozenset(done)},
         batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=plan.cpus_per_task,
         batch_size=f.batch_size,
         compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))),  # one shard file: one input block
     )
@@ -227,14 +234,9 @@ def _build_dataset(cfg: RunConfig, files: list[Path], done: set[str], mute: pa.T
     return ds.map_batches(ContentStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **actor)
 
 
-def _write_shard(table: pa.Table, table_dir: Path, run_tag: str, index: int) -> Path:
-    import pyarrow.parquet as pq
-
-    table_dir.mkdir(parents=True, exist_ok=True)
-    path = table_dir / f"part-{run_tag}-{index:05d}.parquet"
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+def _write_shard(table: pa.Table, table_dir: str, run_tag: str, index: int) -> str:
+    path = storage.join(table_dir, f"part-{run_tag}-{index:05d}.parquet")
+    storage.write_parquet(table, path)
     return path
 
 
@@ -265,7 +267,7 @@ def _with_split(table: pa.Table, splits: dict[str, str]) -> pa.Table:
     return table.append_column("split", split).select(FEATURE_TABLE_COLUMNS)
 
 
-def _stream_and_write(ds, table_dir: Path, splits: dict[str, str], total: int) -> dict[str, Any]:
+def _stream_and_write(ds, table_dir: str, splits: dict[str, str], total: int) -> dict[str, Any]:
     import pyarrow as pa
 
     run_tag = uuid.uuid4().hex[:8]
@@ -309,37 +311,32 @@ def _stream_and_write(ds, table_dir: Path, splits: dict[str, str], total: int) -
     return stats
 
 
-def _reconcile_table(table_dir: Path, validation_fraction: float, expected: set[str]) -> dict[str, int]:
+def _reconcile_table(table_dir: str, validation_fraction: float, expected: set[str]) -> dict[str, int]:
     """Assign splits over the rows present and drop rows not in the dataset any more; returns row counts.
 
     Splitting over the rows actually extracted (not the dataset) keeps the per-speaker guarantees of
     :func:`~rvc_ray.features.split.assign_splits` when some segments failed.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     present: list[tuple[str, int]] = []
     for part in _table_parts(table_dir):
-        meta = pq.read_table(part, columns=["segment_id", "speaker_id", "is_mute"])
+        meta = storage.read_parquet(part, columns=["segment_id", "speaker_id", "is_mute"])
         for sid, spk, mute in zip(*(meta.column(c).to_pylist() for c in meta.column_names), strict=True):
             if sid in expected and not mute:
                 present.append((sid, spk))
     splits = assign_splits(present, validation_fraction)
     counts = {"rows": 0, "train": 0, "val": 0, "mute": 0}
     for part in _table_parts(table_dir):
-        table = pq.read_table(part)
+        table = storage.read_parquet(part)
         mask = [sid in expected for sid in table.column("segment_id").to_pylist()]
         fixed = _with_split(table.filter(pa.array(mask, pa.bool_())), splits)
         if fixed.num_rows != table.num_rows or fixed.column("split").to_pylist() != table.column("split").to_pylist():
-            log.info(
-                "extract: updating %s (%d -> %d rows, splits re-assigned)", part.name, table.num_rows, fixed.num_rows
-            )
+            log.info("extract: updating %s (%d -> %d rows, splits re-assigned)", part, table.num_rows, fixed.num_rows)
             if fixed.num_rows:
-                tmp = part.with_suffix(".tmp")
-                pq.write_table(fixed, tmp)
-                tmp.replace(part)
+                storage.write_parquet(fixed, part)
             else:
-                part.unlink()
+                storage.remove(part)
         split = fixed.column("split").to_pylist()
         counts["rows"] += fixed.num_rows
         counts["train"] += split.count("train")
@@ -348,15 +345,15 @@ def _reconcile_table(table_dir: Path, validation_fraction: float, expected: set[
     return counts
 
 
-def _write_manifest(output_dir: Path, payload: dict[str, Any]) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(output_dir / "manifest.json")
+def _write_manifest(output_dir: str, payload: dict[str, Any]) -> None:
+    storage.write_text(storage.join(output_dir, "manifest.json"), json.dumps(payload, indent=2, default=str))
 
 
-def run_extract(cfg: RunConfig, dataset_dir: Path, output_dir: Path) -> ExtractResult:
+def run_extract(cfg: RunConfig, dataset_dir: Path | str, output_dir: Path | str) -> ExtractResult:
     """Extract F0 and content features for every segment of ``dataset_dir`` into ``output_dir``.
+
+    Both are locations (local paths or URIs, :mod:`rvc_ray.storage`): Ray Data reads the segments from
+    there and the feature shards are written there.
 
     Raises:
         FileNotFoundError: no segments, or configured weights missing (named).
@@ -365,8 +362,10 @@ def run_extract(cfg: RunConfig, dataset_dir: Path, output_dir: Path) -> ExtractR
     from rvc_ray.features.content import describe_content_encoder
 
     start = time.perf_counter()
-    output_dir, table_dir = Path(output_dir), Path(output_dir) / "table"
-    files = _segment_files(Path(dataset_dir))
+    dataset_dir = storage.normalize_location(str(dataset_dir))
+    output_dir = storage.normalize_location(str(output_dir))
+    table_dir = storage.join(output_dir, "table")
+    files = _segment_files(dataset_dir)
     segments = _read_segment_index(files)
     speakers = sorted({spk for _, spk in segments})
     splits = assign_splits(segments, cfg.features.validation_fraction)
@@ -390,7 +389,7 @@ def run_extract(cfg: RunConfig, dataset_dir: Path, output_dir: Path) -> ExtractR
         "content_dim": cfg.model.content_dim,
         "validation_fraction": cfg.features.validation_fraction,
         "mute_rows_per_speaker": cfg.features.mute_rows_per_speaker,
-        "dataset_dir": str(Path(dataset_dir).resolve()),
+        "dataset_dir": dataset_dir,
         "config": cfg.model_dump(mode="json"),
     }
     _write_manifest(output_dir, manifest)
@@ -417,7 +416,7 @@ def run_extract(cfg: RunConfig, dataset_dir: Path, output_dir: Path) -> ExtractR
     }
     failures = tuple(sorted(stats["failures"]))
     result = ExtractResult(
-        output_dir=output_dir,
+        output_dir=storage.as_local_or_uri(output_dir),
         num_segments=counts["rows"],
         num_failed=len(failures),
         failures=failures,

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rvc_ray.config import AudioConfig, ModelConfig
     from rvc_ray.model.synthesizer import Synthesizer
 
-__all__ = ["LoadedVoice", "VoiceFormatError", "export_voice", "load_voice"]
+__all__ = ["LoadedVoice", "VoiceFormatError", "export_voice", "load_voice", "publish_voice"]
 
 _RESERVED = {"weight", "config", "info", "sr", "f0", "version", "epoch", "step", "model_name", "creation_date"}
 _RESERVED |= {"model_hash", "vocoder", "speakers_id", "content_dim", "exporter"}
@@ -117,6 +117,29 @@ def export_voice(
     tmp = target.with_name(f".{target.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, target)
+    return target
+
+
+def publish_voice(
+    local_voice: Path, voices_location: str, *, name: str, index_location: str | None = None
+) -> str:
+    """Put an exported voice (a local file) into ``voices_location`` (a local path or a URI).
+
+    Writes ``<voices>/<local_voice.name>`` (unless the file is already there), ``<voices>/<name>.pth`` (the
+    latest) and, when the index exists and is newer than the copy, ``<voices>/<name>.index``. Returns the
+    location of the first.
+    """
+    from rvc_ray import storage
+
+    voices = storage.normalize_location(voices_location)
+    target = storage.join(voices, local_voice.name)
+    if storage.normalize_location(str(local_voice)) != target:
+        storage.upload_file(local_voice, target)
+    storage.upload_file(local_voice, storage.join(voices, f"{name}.pth"))
+    if index_location and storage.exists(index_location):
+        copy = storage.join(voices, f"{name}.index")
+        if not storage.exists(copy) or storage.file_info(copy)[1] < storage.file_info(index_location)[1]:
+            storage.write_bytes(copy, storage.read_bytes(index_location))
     return target
 
 

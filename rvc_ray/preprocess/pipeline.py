@@ -12,8 +12,9 @@ Order of work:
    (``use_ray=True``) or as a plain loop (``use_ray=False``, same function, used by the benchmark and fast
    tests), a few groups per task (:func:`groups_per_task`). Each group's worker writes its own fixed-size shards ``part-<group>-<n>.parquet``
    (:class:`.shards.ShardWriter`), so audio never travels through the driver, and only small outcome
-   summaries come back: byte-identical on a rerun, whatever the cluster size (``output_dir`` must be on
-   storage every node can write, e.g. NFS, on a multi-node cluster);
+   summaries come back: byte-identical on a rerun, whatever the cluster size. ``output_dir`` is a location
+   (:mod:`rvc_ray.storage`): on a bucket (``s3://...``) each worker writes its shards to a local temporary
+   folder and uploads them; input folders may be URIs too (:mod:`.remote_inputs`, read by the workers);
 5. the final report, then the manifest (written last: its presence marks a complete dataset), and one
    throughput line (audio seconds per wall second).
 """
@@ -23,17 +24,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rvc_ray import storage
 from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
 from rvc_ray.preprocess.inspection import FileInspection, inspect_file
+from rvc_ray.preprocess.remote_inputs import RemoteInputs, localize_source, mirror_inputs
 from rvc_ray.preprocess.report import build_report, format_report_text, write_report
 from rvc_ray.preprocess.shards import ShardInfo, ShardWriter, iter_file_tables
 
@@ -53,18 +55,22 @@ class BadFile:
 
 @dataclass(frozen=True)
 class PreprocessResult:
-    """What :func:`run_preprocess` did. ``throughput`` is audio seconds per wall second."""
+    """What :func:`run_preprocess` did. ``throughput`` is audio seconds per wall second.
 
-    output_dir: Path
+    ``output_dir``, ``report_path`` and ``manifest_path`` are :class:`Path` s for a local dataset and URI
+    strings for one on a bucket.
+    """
+
+    output_dir: Path | str
     num_input_files: int
     num_segments: int
     bad_files: tuple[BadFile, ...]
     audio_seconds_in: float
     wall_seconds: float
     throughput: float
-    report_path: Path
+    report_path: Path | str
     verdict: str
-    manifest_path: Path
+    manifest_path: Path | str
     num_shards: int
     reused: bool = False
 
@@ -81,45 +87,47 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _fingerprints(discovery: InputDiscovery) -> list[dict[str, Any]]:
+def _fingerprints(discovery: InputDiscovery, remote: RemoteInputs) -> list[dict[str, Any]]:
     entries = []
     for f in discovery.files:
-        stat = f.path.stat()
+        stat = f.path.stat()  # a remote input's skeleton file has the object's size and mtime
         entries.append(
-            {"path": str(f.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "speaker_id": f.speaker_id}
+            {"path": remote.display(f.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "speaker_id": f.speaker_id}
         )
     return entries
 
 
-def _reuse_if_current(output_dir: Path, config_hash: str, inputs_hash: str, started: float) -> PreprocessResult | None:
-    manifest_path = output_dir / "manifest.json"
-    if not manifest_path.is_file():
-        return None
+def _reuse_if_current(output_dir: str, config_hash: str, inputs_hash: str, started: float) -> PreprocessResult | None:
+    manifest_path = storage.join(output_dir, "manifest.json")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(storage.read_text(manifest_path))
     except (OSError, json.JSONDecodeError):
         return None
     if manifest.get("config_hash") != config_hash or manifest.get("inputs_hash") != inputs_hash:
         return None
-    segments_dir = output_dir / "segments"
+    segments_dir = storage.join(output_dir, "segments")
     for shard in manifest.get("shards", []):
-        path = segments_dir / shard["name"]
-        if not path.is_file() or path.stat().st_size != shard["num_bytes"]:
+        try:
+            size, _ = storage.file_info(storage.join(segments_dir, shard["name"]))
+        except OSError:
+            return None
+        if size != shard["num_bytes"]:
             return None
     counts = manifest["counts"]
     wall = time.perf_counter() - started
     print(f"preprocess: {output_dir} is up to date (same config and inputs); nothing to do")
     return PreprocessResult(
-        output_dir=output_dir,
+        output_dir=storage.as_local_or_uri(output_dir),
         num_input_files=counts["num_input_files"],
         num_segments=counts["num_segments"],
         bad_files=tuple(BadFile(**b) for b in manifest["bad_files"]),
         audio_seconds_in=counts["audio_seconds_in"],
         wall_seconds=wall,
         throughput=0.0,
-        report_path=output_dir / "report.json",
+        report_path=storage.as_local_or_uri(storage.join(output_dir, "report.json")),
         verdict=manifest["verdict"],
-        manifest_path=manifest_path,
+        manifest_path=storage.as_local_or_uri(manifest_path),
         num_shards=len(manifest["shards"]),
         reused=True,
     )
@@ -134,18 +142,46 @@ def file_groups(files: Sequence[SourceFile]) -> list[list[SourceFile]]:
 
 
 def process_file_group(
-    group_index: int, files: Sequence[SourceFile], cfg: RunConfig, segments_dir: Path
+    group_index: int,
+    files: Sequence[SourceFile],
+    cfg: RunConfig,
+    segments_dir: str | Path,
+    source_uris: dict[int, str] | None = None,
 ) -> tuple[dict[int, dict], list[ShardInfo]]:
     """Process ``files`` in order and write their segments to ``part-<group_index>-NNNNN.parquet`` shards.
 
-    Runs in a Ray worker (or in the driver's loop), so the audio is written where it is computed.
+    Runs in a Ray worker (or in the driver's loop), so the audio is written where it is computed: straight
+    into a local ``segments_dir``, or through a local temporary folder uploaded to a remote one. Files whose
+    ``source_index`` is in ``source_uris`` are read from that URI (and recorded under it).
     Returns the per-file outcome summaries (by source index) and the shards written.
     """
-    writer = ShardWriter(segments_dir, cfg.preprocess.rows_per_shard, prefix=f"part-{group_index:05d}")
-    for source in files:
-        for table in iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate):
-            writer.write(table)
-    shards = writer.close(allow_no_shard=True)
+    import tempfile
+
+    import pyarrow as pa
+
+    location = storage.normalize_location(str(segments_dir))
+    staging = tempfile.mkdtemp(prefix="rvc-shards-") if storage.is_remote(location) else None
+    writer = ShardWriter(Path(staging or location), cfg.preprocess.rows_per_shard, prefix=f"part-{group_index:05d}")
+    uris = source_uris or {}
+    try:
+        for given in files:
+            uri = uris.get(given.source_index)
+            with localize_source(given, uri) as source:
+                for table in iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate):
+                    if uri is not None:  # record where the file is, not the worker's temporary copy
+                        column = table.schema.get_field_index("source_path")
+                        values = [None if v is None else uri for v in table.column(column).to_pylist()]
+                        table = table.set_column(column, "source_path", pa.array(values, pa.string()))
+                    writer.write(table)
+        shards = writer.close(allow_no_shard=True)
+        if staging is not None:
+            for shard in shards:
+                storage.upload_file(Path(staging) / shard.name, storage.join(location, shard.name))
+    finally:
+        if staging is not None:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
     return writer.outcomes, shards
 
 
@@ -165,25 +201,38 @@ def groups_per_task(num_groups: int, slots: int) -> int:
     return max(1, min(MAX_GROUPS_PER_TASK, num_groups // (4 * slots)))
 
 
-def task_resources(cfg: RunConfig, nodes: Sequence[dict[str, Any]]) -> dict[str, float | int]:
-    """``num_cpus``/``memory`` of one preprocessing task, checked against the largest alive node.
+def task_resources(
+    cfg: RunConfig,
+    nodes: Sequence[dict[str, Any]],
+    node_types: Sequence[tuple[dict[str, float], int]] = (),
+) -> dict[str, float | int]:
+    """``num_cpus``/``memory`` of one preprocessing task, checked against the largest node, alive or addable.
 
-    A request no node can hold would leave Ray Data waiting forever; this fails at once instead.
+    A request no node can hold would leave Ray Data waiting forever; this fails at once instead. A request
+    that only a node type of the autoscaler can hold (a 0-CPU head with autoscaling CPU workers) is kept:
+    Ray waits while the autoscaler adds that node. Node types that do not declare ``memory`` are assumed
+    to hold the memory request.
 
     Args:
         nodes: ``ray.nodes()``.
+        node_types: the autoscaler's ``(resources, max_count)`` node groups (``rvc_ray.cluster.autoscaler_node_types``).
 
     Raises:
         InputError: ``preprocess.cpus_per_task`` or ``preprocess.memory_gb_per_task`` exceeds every node.
     """
+    import math
+
+    from rvc_ray.cluster import ClusterCapacity
+
     pp = cfg.preprocess
     memory = int(pp.memory_gb_per_task * 2**30)
-    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
-    max_cpus = max((float(r.get("CPU", 0.0)) for r in alive), default=0.0)
-    max_memory = max((float(r.get("memory", 0.0)) for r in alive), default=0.0)
+    capacity = ClusterCapacity(tuple(n.get("Resources", {}) for n in nodes if n.get("Alive", True)), tuple(node_types))
+    max_cpus = capacity.largest("CPU")
+    max_memory = capacity.largest("memory", unknown_in_types=math.inf)
     if pp.cpus_per_task > max_cpus:
         raise InputError(
-            f"preprocess.cpus_per_task={pp.cpus_per_task} is more than the largest node has ({max_cpus:g} CPUs)"
+            f"preprocess.cpus_per_task={pp.cpus_per_task} is more than the largest node has ({max_cpus:g} CPUs), "
+            "counting the node types the autoscaler can add"
         )
     if memory > max_memory:
         raise InputError(
@@ -191,6 +240,14 @@ def task_resources(cfg: RunConfig, nodes: Sequence[dict[str, Any]]) -> dict[str,
             f"({max_memory / 2**30:.1f} GiB); lower it or add memory"
         )
     return {"num_cpus": pp.cpus_per_task, "memory": memory}
+
+
+def _cpu_slots(cfg: RunConfig, num_items: int) -> int:
+    """Tasks that can run at once: the CPUs the cluster has or can grow to (at most one per item)."""
+    from rvc_ray.cluster import cluster_capacity
+
+    cpus = min(cluster_capacity().cpus_max, num_items * cfg.preprocess.cpus_per_task)
+    return max(1, int(cpus // cfg.preprocess.cpus_per_task))
 
 
 def _process_group_batch(batch: Any, raw_config: dict[str, Any], segments_dir: str) -> Any:
@@ -201,32 +258,32 @@ def _process_group_batch(batch: Any, raw_config: dict[str, Any], segments_dir: s
     rows = []
     for row in batch.to_pylist():
         files = [SourceFile(Path(f["path"]), f["speaker_id"], f["speaker_name"], f["source_index"]) for f in row["files"]]
-        outcomes, shards = process_file_group(row["group_index"], files, cfg, Path(segments_dir))
+        uris = {f["source_index"]: f["uri"] for f in row["files"] if f["uri"]}
+        outcomes, shards = process_file_group(row["group_index"], files, cfg, segments_dir, uris)
         result = {"outcomes": outcomes, "shards": [vars(s) for s in shards]}
         rows.append({"group_index": row["group_index"], "result": json.dumps(result)})
     return pa.Table.from_pylist(rows)
 
 
 def _run_groups_with_ray(
-    cfg: RunConfig, groups: Sequence[Sequence[SourceFile]], segments_dir: Path
+    cfg: RunConfig, groups: Sequence[Sequence[SourceFile]], segments_dir: str, remote: RemoteInputs
 ) -> list[tuple[dict[int, dict], list[ShardInfo]]]:
     import ray
     import ray.data
 
-    from rvc_ray.cluster import ensure_ray, shorten_ray_data_limits_refresh
+    from rvc_ray.cluster import cluster_capacity, ensure_ray, shorten_ray_data_limits_refresh
 
     ensure_ray()
     shorten_ray_data_limits_refresh()
-    resources = task_resources(cfg, ray.nodes())
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    slots = max(1, int(cpus // cfg.preprocess.cpus_per_task))
+    slots = _cpu_slots(cfg, len(groups))
+    resources = task_resources(cfg, ray.nodes(), cluster_capacity().node_types)
     per_task = groups_per_task(len(groups), slots)
     items = [
         {
             "group_index": index,
             "files": [
                 {"path": str(f.path), "speaker_id": f.speaker_id, "speaker_name": f.speaker_name,
-                 "source_index": f.source_index}
+                 "source_index": f.source_index, "uri": remote.uri_of.get(str(f.path), "")}
                 for f in group
             ],
         }
@@ -252,49 +309,70 @@ def _run_groups_with_ray(
     return results
 
 
-def _prepare_segments_dir(output_dir: Path) -> Path:
-    segments_dir = output_dir / "segments"
-    segments_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "manifest.json").unlink(missing_ok=True)  # no manifest until the dataset is complete
-    for old in segments_dir.glob("part-*.parquet"):
-        old.unlink()
+def _prepare_segments_dir(output_dir: str) -> str:
+    segments_dir = storage.join(output_dir, "segments")
+    storage.makedirs(segments_dir)
+    storage.remove(storage.join(output_dir, "manifest.json"))  # no manifest until the dataset is complete
+    for old in storage.list_files(segments_dir, suffix=".parquet"):
+        if old.rsplit("/", 1)[-1].startswith("part-"):
+            storage.remove(old)
     return segments_dir
 
 
-def _inspect_files(files: Sequence[SourceFile], raw_preprocess: dict[str, Any]) -> list[FileInspection]:
+def _inspect_files(
+    files: Sequence[SourceFile], raw_preprocess: dict[str, Any], uris: dict[int, str] | None = None
+) -> list[FileInspection]:
+    """Inspect ``files`` (those in ``uris`` are read from there and reported under their URI)."""
+    from dataclasses import replace
+
     pp = PreprocessConfig.model_validate(raw_preprocess)
-    return [inspect_file(f, pp) for f in files]
+    found = []
+    for given in files:
+        uri = (uris or {}).get(given.source_index)
+        with localize_source(given, uri) as source:
+            inspection = inspect_file(source, pp)
+        found.append(replace(inspection, path=uri) if uri is not None else inspection)
+    return found
 
 
-def _inspect_all(cfg: RunConfig, discovery: InputDiscovery, use_ray: bool) -> list[FileInspection]:
+def _inspect_all(
+    cfg: RunConfig, discovery: InputDiscovery, use_ray: bool, remote: RemoteInputs
+) -> list[FileInspection]:
     """The readiness pass: in Ray tasks (groups of files, one group per CPU slot, twice over) or in a loop."""
     files = list(discovery.files)
     raw = cfg.preprocess.model_dump(mode="json")
+    uris = {f.source_index: remote.uri_of[str(f.path)] for f in files if str(f.path) in remote.uri_of}
     if not use_ray or len(files) < 2:
-        return _inspect_files(files, raw)
+        return _inspect_files(files, raw, uris)
     import ray
 
-    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.cluster import autoscaler_node_types, ensure_ray
 
     ensure_ray()
-    resources = task_resources(cfg, ray.nodes())
-    slots = max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) // cfg.preprocess.cpus_per_task))
+    resources = task_resources(cfg, ray.nodes(), autoscaler_node_types())
+    slots = _cpu_slots(cfg, len(files))
     groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
     task = ray.remote(**resources)(_inspect_files)
-    by_index = {i.source_index: i for group in ray.get([task.remote(g, raw) for g in groups]) for i in group}
+    by_index = {i.source_index: i for group in ray.get([task.remote(g, raw, uris) for g in groups]) for i in group}
     return [by_index[f.source_index] for f in files]
 
 
 def run_preprocess(
-    cfg: RunConfig, inputs: Sequence[Path], output_dir: Path, *, use_ray: bool = True, force: bool = False
+    cfg: RunConfig,
+    inputs: Sequence[Path | str],
+    output_dir: Path | str,
+    *,
+    use_ray: bool = True,
+    force: bool = False,
 ) -> PreprocessResult:
     """Turn raw recordings into the Parquet segment dataset of the shared contract (docs/dataset.md).
 
     Args:
         cfg: the run configuration (``preprocess`` and ``audio.sample_rate`` are used).
-        inputs: one folder of speaker sub-folders, one speaker folder, or several speaker folders.
-        output_dir: the dataset directory (``RunLayout.dataset_dir``): ``segments/part-*.parquet``,
-            ``manifest.json``, ``report.json``, ``report.txt``.
+        inputs: one folder of speaker sub-folders, one speaker folder, or several speaker folders; local
+            paths or URIs (``s3://bucket/recordings``).
+        output_dir: the dataset location (``RunLayout.dataset_location``), a local path or a URI:
+            ``segments/part-*.parquet``, ``manifest.json``, ``report.json``, ``report.txt``.
         use_ray: run the per-file work as a Ray Data pipeline on the cluster (``ensure_ray()``); ``False``
             runs the same per-file function in a plain loop in this process.
         force: redo the work even when the manifest says the dataset is current.
@@ -302,26 +380,31 @@ def run_preprocess(
     Raises:
         FileNotFoundError / NotADirectoryError / ValueError: an input folder is missing or given twice.
     """
+    with mirror_inputs(inputs) as remote:
+        return _run_preprocess(cfg, remote, storage.normalize_location(str(output_dir)), use_ray, force)
+
+
+def _run_preprocess(cfg: RunConfig, remote: RemoteInputs, output_dir: str, use_ray: bool, force: bool) -> PreprocessResult:
     started = time.perf_counter()
-    output_dir = Path(output_dir).expanduser().resolve()
     pp = cfg.preprocess
-    discovery = discover_inputs(inputs, pp.extensions)
+    discovery = remote.with_uris(discover_inputs(list(remote.roots), pp.extensions))
     config_hash = _digest(_config_section(cfg))
-    fingerprints = _fingerprints(discovery)
-    inputs_hash = _digest({"files": fingerprints, "skipped": [str(s.path) for s in discovery.skipped]})
+    fingerprints = _fingerprints(discovery, remote)
+    inputs_hash = _digest({"files": fingerprints, "skipped": [remote.display(s.path) for s in discovery.skipped]})
     if not force:
         reused = _reuse_if_current(output_dir, config_hash, inputs_hash, started)
         if reused is not None:
             return reused
 
-    inspections = _inspect_all(cfg, discovery, use_ray)
+    inspections = _inspect_all(cfg, discovery, use_ray, remote)
     readiness = build_report(discovery, inspections, pp)
     report_path = write_report(readiness, output_dir)
     print(format_report_text(readiness), end="")
     if readiness["verdict"] == "insufficient":
         message = (
             f"WARNING: not enough usable audio for a good voice (verdict 'insufficient'; need at least "
-            f"{pp.min_usable_minutes} min per speaker); continuing anyway. See {report_path.with_suffix('.txt')}"
+            f"{pp.min_usable_minutes} min per speaker); continuing anyway. See "
+            f"{storage.join(output_dir, 'report.txt')}"
         )
         logger.warning(message)
         print(message)
@@ -329,14 +412,15 @@ def run_preprocess(
     segments_dir = _prepare_segments_dir(output_dir)
     good = [f for f, i in zip(discovery.files, inspections, strict=True) if not i.is_bad]
     groups = file_groups(good)
+    uris = {f.source_index: remote.uri_of[str(f.path)] for f in good if str(f.path) in remote.uri_of}
     if use_ray and groups:
-        results = _run_groups_with_ray(cfg, groups, segments_dir)
+        results = _run_groups_with_ray(cfg, groups, segments_dir, remote)
     else:
-        results = [process_file_group(index, group, cfg, segments_dir) for index, group in enumerate(groups)]
+        results = [process_file_group(index, group, cfg, segments_dir, uris) for index, group in enumerate(groups)]
     outcomes = {index: summary for group_outcomes, _ in results for index, summary in group_outcomes.items()}
     shards = [shard for _, group_shards in results for shard in group_shards]
     if not shards:  # no segment at all: still leave one (empty) shard with the schema
-        shards = ShardWriter(segments_dir, pp.rows_per_shard).close()
+        shards = _empty_shard(segments_dir, pp.rows_per_shard)
 
     final = build_report(discovery, inspections, pp, outcomes)
     report_path = write_report(final, output_dir)
@@ -350,9 +434,10 @@ def run_preprocess(
         "config_hash": config_hash,
         "inputs_hash": inputs_hash,
         "config": _config_section(cfg),
-        "inputs": [str(Path(p).expanduser().resolve()) for p in inputs],
+        "inputs": [remote.display(Path(p).expanduser().resolve()) for p in remote.roots],
         "speakers": [
-            {"speaker_id": s.speaker_id, "name": s.name, "folders": list(s.folders), "assigned_by": s.assigned_by}
+            {"speaker_id": s.speaker_id, "name": s.name, "folders": [remote.display(f) for f in s.folders],
+             "assigned_by": s.assigned_by}
             for s in discovery.speakers
         ],
         "files": fingerprints,
@@ -370,17 +455,15 @@ def run_preprocess(
         "engine": "ray" if use_ray else "local",
         "wall_seconds": round(wall, 3),
     }
-    manifest_path = output_dir / "manifest.json"
-    tmp = manifest_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(manifest_path)
+    manifest_path = storage.join(output_dir, "manifest.json")
+    storage.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")  # atomic on a local disk
     print(
         f"preprocess: {audio_in:.1f} s of audio from {len(good)} files in {wall:.2f} s wall = "
         f"{throughput:.1f} audio-s per wall-s; {num_segments} segments in {len(shards)} shard(s), "
         f"{len(bad_files)} bad file(s); {segments_dir}"
     )
     return PreprocessResult(
-        output_dir=output_dir,
+        output_dir=storage.as_local_or_uri(output_dir),
         num_input_files=len(discovery.files),
         num_segments=num_segments,
         bad_files=bad_files,
@@ -389,6 +472,17 @@ def run_preprocess(
         throughput=throughput,
         report_path=report_path,
         verdict=final["verdict"],
-        manifest_path=manifest_path,
+        manifest_path=storage.as_local_or_uri(manifest_path),
         num_shards=len(shards),
     )
+
+
+def _empty_shard(segments_dir: str, rows_per_shard: int) -> list[ShardInfo]:
+    """One empty shard with the schema (a dataset is never a folder without Parquet files)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rvc-shards-") as staging:
+        shards = ShardWriter(Path(staging), rows_per_shard).close()
+        for shard in shards:
+            storage.upload_file(Path(staging) / shard.name, storage.join(segments_dir, shard.name))
+    return shards

@@ -175,10 +175,13 @@ def format_report_text(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: Mapping[str, Any], output_dir: Path) -> Path:
-    """Write ``report.json`` and ``report.txt`` into ``output_dir``; returns the JSON path."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = output_dir / "report.json"
-    json_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    (output_dir / "report.txt").write_text(format_report_text(report), encoding="utf-8")
-    return json_path
+def write_report(report: Mapping[str, Any], output_dir: Path | str) -> Path | str:
+    """Write ``report.json`` and ``report.txt`` into ``output_dir`` (a local path or a URI, see
+    :mod:`rvc_ray.storage`); returns the JSON file (a ``Path`` when local, the URI otherwise)."""
+    from rvc_ray import storage
+
+    location = storage.normalize_location(str(output_dir))
+    json_path = storage.join(location, "report.json")
+    storage.write_text(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    storage.write_text(storage.join(location, "report.txt"), format_report_text(report))
+    return storage.as_local_or_uri(json_path)

@@ -40,6 +40,7 @@ __all__ = [
     "read_checkpoint_meta",
     "restore_initial_state",
     "restore_rng_state",
+    "local_feature_table",
     "save_train_state",
 ]
 
@@ -281,3 +282,15 @@ def restore_initial_state(
         load_pretrained_pair(cfg, gen, disc)
         return RestoredState(source="pretrained")
     return RestoredState()
+
+
+def local_feature_table(features_location: str) -> Path:
+    """The feature table (``features/table/*.parquet``) as a local folder: the folder itself when local, else a
+    copy of the table in this node's temporary directory (shared by the workers of a node, refreshed on use)."""
+    import tempfile
+
+    from rvc_ray import storage
+
+    return storage.cached_local_copy(
+        features_location, Path(tempfile.gettempdir()) / "rvc-ray-feature-tables", suffix=".parquet"
+    )

@@ -13,9 +13,9 @@ error at once instead of replaying epochs. :func:`clear_health_failure` runs in 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from rvc_ray import storage
 from rvc_ray.train import steps
 
 __all__ = ["HEALTH_FAILURE_FILE", "clear_health_failure", "record_health_failure", "refuse_to_replay_health_failure"]
@@ -23,27 +23,28 @@ __all__ = ["HEALTH_FAILURE_FILE", "clear_health_failure", "record_health_failure
 HEALTH_FAILURE_FILE = "health_failure.json"
 
 
-def clear_health_failure(run_dir: Path) -> None:
-    """Forget a recorded failure (driver side, before a new ``fit``)."""
-    (Path(run_dir) / HEALTH_FAILURE_FILE).unlink(missing_ok=True)
+def _marker(run_dir: Path | str) -> str:
+    return storage.join(storage.normalize_location(str(run_dir)), HEALTH_FAILURE_FILE)
 
 
-def record_health_failure(run_dir: Path, rank: int, error: steps.TrainingHealthError) -> None:
+def clear_health_failure(run_dir: Path | str) -> None:
+    """Forget a recorded failure (driver side, before a new ``fit``). ``run_dir`` is a path or a URI."""
+    storage.remove(_marker(run_dir))
+
+
+def record_health_failure(run_dir: Path | str, rank: int, error: steps.TrainingHealthError) -> None:
     """Write ``{"error": class name, "message", "rank"}`` atomically (the first writer's record is kept)."""
-    path = Path(run_dir) / HEALTH_FAILURE_FILE
-    if path.exists():
+    path = _marker(run_dir)
+    if storage.exists(path):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"error": type(error).__name__, "message": str(error), "rank": rank}), encoding="utf-8")
-    tmp.replace(path)
+    storage.write_text(path, json.dumps({"error": type(error).__name__, "message": str(error), "rank": rank}))
 
 
-def refuse_to_replay_health_failure(run_dir: Path) -> None:
+def refuse_to_replay_health_failure(run_dir: Path | str) -> None:
     """Raise the recorded health error (same class) if an earlier attempt of this ``fit`` stopped on one."""
-    path = Path(run_dir) / HEALTH_FAILURE_FILE
+    path = _marker(run_dir)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(storage.read_text(path))
     except FileNotFoundError:
         return
     except (OSError, json.JSONDecodeError):

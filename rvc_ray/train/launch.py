@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rvc_ray import storage
 from rvc_ray.config import RunConfig
 from rvc_ray.errors import InputError
 
@@ -36,6 +38,8 @@ class TrainingSetupError(InputError):
 class TrainResult:
     """What a finished training run produced.
 
+    Every location is a :class:`Path` for a local run and a URI string for a run on a bucket.
+
     Attributes:
         run_dir: the Ray Train run directory (``storage_path / name``) holding the checkpoints.
         best_checkpoint: the kept checkpoint with the lowest ``val/mel_l1`` (None if none was saved).
@@ -48,17 +52,17 @@ class TrainResult:
         per_worker_batch_size: items per step on each worker.
     """
 
-    run_dir: Path
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
-    exported_voices: tuple[Path, ...]
+    run_dir: Path | str
+    best_checkpoint: Path | str | None
+    last_checkpoint: Path | str | None
+    exported_voices: tuple[Path | str, ...]
     metrics: dict[str, Any]
-    tensorboard_dir: Path
+    tensorboard_dir: Path | str
     epochs_completed: int
     global_batch_size: int
     per_worker_batch_size: int
-    metrics_path: Path | None = None
-    voices_dir: Path | None = None
+    metrics_path: Path | str | None = None
+    voices_dir: Path | str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,12 +86,12 @@ class _OutputDirs:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_content_encoder_info(features_dir: Path) -> dict[str, Any]:
-    manifest = features_dir / "manifest.json"
-    if not manifest.is_file():
+def _read_content_encoder_info(features_dir: str) -> dict[str, Any]:
+    manifest = storage.join(features_dir, "manifest.json")
+    if not storage.exists(manifest):
         return {"content_encoder": {"kind": "unknown", "note": f"{manifest} not found"}}
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = json.loads(storage.read_text(manifest))
     except json.JSONDecodeError as exc:
         raise TrainingSetupError(f"{manifest} is not valid JSON: {exc}") from exc
     if data.get("status") not in (None, "complete"):
@@ -105,19 +109,17 @@ def _read_content_encoder_info(features_dir: Path) -> dict[str, Any]:
     return info
 
 
-def _check_feature_table(cfg: RunConfig, features_dir: Path) -> None:
+def _check_feature_table(cfg: RunConfig, features_dir: str) -> None:
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    files = sorted((features_dir / "table").glob("part-*.parquet"))
+    table_dir = storage.join(features_dir, "table")
+    files = [f for f in storage.list_files(table_dir, suffix=".parquet") if f.rsplit("/", 1)[-1].startswith("part-")]
     if not files:
-        raise TrainingSetupError(
-            f"no feature table in {features_dir / 'table'} (part-*.parquet); run the extract stage first"
-        )
+        raise TrainingSetupError(f"no feature table in {table_dir} (part-*.parquet); run the extract stage first")
     dims: set[int] = set()
     train_rows = 0
     for path in files:
-        table = pq.read_table(path, columns=["content_dim", "split", "speaker_id"])
+        table = storage.read_parquet(path, columns=["content_dim", "split", "speaker_id"])
         dims.update(int(d) for d in table.column("content_dim").to_pylist())
         top = pc.max(table.column("speaker_id")).as_py()
         if top is not None and int(top) >= cfg.model.spk_embed_dim:
@@ -166,15 +168,15 @@ def _check_initial_weights(cfg: RunConfig) -> None:
 
 def build_torch_trainer(
     cfg: RunConfig,
-    features_dir: Path,
-    index_path: Path | None = None,
+    features_dir: Path | str,
+    index_path: Path | str | None = None,
     *,
     run_name: str,
-    storage_path: Path,
+    storage_path: Path | str,
     callbacks: Sequence[ray.train.UserCallback] = (),
-    tensorboard_dir: Path | None = None,
-    metrics_path: Path | None = None,
-    voices_dir: Path | None = None,
+    tensorboard_dir: Path | str | None = None,
+    metrics_path: Path | str | None = None,
+    voices_dir: Path | str | None = None,
     local_mode: bool = False,
     failure_injection: FailureInjection | None = None,
 ) -> TorchTrainer:
@@ -185,7 +187,9 @@ def build_torch_trainer(
         features_dir: the extract stage's output (``table/*.parquet``, ``manifest.json``).
         index_path: the FAISS index copied next to every exported voice (optional).
         run_name: the Ray Train run name; the same ``storage_path`` + ``run_name`` resumes.
-        storage_path: where Ray Train keeps checkpoints (shared storage on multi-node clusters).
+        storage_path: where Ray Train keeps checkpoints (shared storage on multi-node clusters): a local path or
+            a URI (``s3://...``, passed to Ray Train as ``storage_filesystem`` + path). Every location
+            argument may be a URI.
         callbacks: Ray Train ``UserCallback`` s (Tune passes ``TuneReportCallback``).
         tensorboard_dir, metrics_path, voices_dir: outputs written by rank 0; default under
             ``storage_path / run_name``.
@@ -199,20 +203,32 @@ def build_torch_trainer(
     from rvc_ray.train.health_marker import clear_health_failure
     from rvc_ray.train.loop import WorkerPaths, train_loop_per_worker
 
-    features_dir = Path(features_dir).resolve()
-    storage_path = Path(storage_path).resolve()
-    _check_feature_table(cfg, features_dir)
+    features = storage.normalize_location(str(features_dir))
+    storage_location = storage.normalize_location(str(storage_path))
+    _check_feature_table(cfg, features)
     _check_initial_weights(cfg)
-    run_dir = storage_path / run_name
-    paths = WorkerPaths(
-        features_dir=str(features_dir),
-        tensorboard_dir=str((tensorboard_dir or run_dir / "tensorboard").resolve()),
-        metrics_path=str((metrics_path or run_dir / "metrics.jsonl").resolve()),
-        voices_dir=str((voices_dir or run_dir / "voices").resolve()),
-        index_path=str(Path(index_path).resolve()) if index_path is not None else None,
-        checkpoint_root=str(run_dir) if local_mode else None,
-        run_dir=str(run_dir),
+    run_dir = storage.join(storage_location, run_name)
+
+    def location(given: Path | str | None, default: str) -> str:
+        return storage.normalize_location(str(given)) if given is not None else storage.join(run_dir, default)
+
+    metrics_location = location(metrics_path, "metrics.jsonl")
+    metrics_parent = metrics_location.rsplit("/", 1)[0] if storage.is_remote(metrics_location) else str(
+        Path(metrics_location).parent
     )
+    paths = WorkerPaths(
+        features_dir=features,
+        tensorboard_dir=location(tensorboard_dir, "tensorboard"),
+        metrics_path=metrics_location,
+        voices_dir=location(voices_dir, "voices"),
+        index_path=storage.normalize_location(str(index_path)) if index_path is not None else None,
+        checkpoint_root=run_dir if local_mode else None,
+        run_dir=run_dir,
+        workers_dir=storage.join(metrics_parent, "workers"),
+    )
+    if local_mode and storage.is_remote(run_dir):
+        raise TrainingSetupError("local_mode training writes checkpoints itself and needs a local storage_path")
+    filesystem, storage_fs_path = storage.filesystem_and_path(storage_location)
     clear_health_failure(run_dir)  # a new fit trains again (and resumes) after the cause was fixed
     scaling = cfg.scaling
     resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
@@ -230,18 +246,20 @@ def build_torch_trainer(
         train_loop_config={
             "run": cfg.model_dump(mode="json"),
             "paths": paths.__dict__,
-            "content_encoder": _read_content_encoder_info(features_dir),
+            "content_encoder": _read_content_encoder_info(features),
             "fault": failure_injection.to_json() if failure_injection is not None else None,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=0 if local_mode else scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=None if local_mode else resources,
+            placement_strategy=scaling.resolved_placement_strategy,
         ),
         torch_config=TorchConfig(backend=scaling.resolved_backend, timeout_s=1800),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(storage_path),
+            storage_path=storage_fs_path if storage.is_remote(storage_location) else storage_location,
+            storage_filesystem=filesystem if storage.is_remote(storage_location) else None,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_last_checkpoints,
@@ -255,8 +273,8 @@ def build_torch_trainer(
 
 def fit(
     cfg: RunConfig,
-    features_dir: Path,
-    index_path: Path | None = None,
+    features_dir: Path | str,
+    index_path: Path | str | None = None,
     *,
     failure_injection: FailureInjection | None = None,
 ) -> TrainResult:
@@ -269,26 +287,39 @@ def fit(
     from rvc_ray.layout import RunLayout
 
     layout = RunLayout.from_config(cfg)
-    storage = Path(cfg.scaling.storage_path) if cfg.scaling.storage_path is not None else layout.train_dir
+    checkpoints = storage.normalize_location(cfg.scaling.storage_path or layout.train_location)
+    index = storage.normalize_location(str(index_path)) if index_path is not None else None
     trainer = build_torch_trainer(
         cfg,
         features_dir,
-        index_path if index_path is not None and Path(index_path).is_file() else None,
+        index if index is not None and storage.exists(index) else None,
         run_name=cfg.experiment.name,
-        storage_path=storage,
-        tensorboard_dir=layout.tensorboard_dir,
-        metrics_path=layout.metrics_path,
-        voices_dir=layout.voices_dir,
+        storage_path=checkpoints,
+        tensorboard_dir=layout.tensorboard_location,
+        metrics_path=layout.metrics_location,
+        voices_dir=layout.voices_location,
         failure_injection=failure_injection,
     )
     ensure_ray()
-    return train_result_from(trainer.fit(), cfg, run_dir=storage.resolve() / cfg.experiment.name, layout=layout)
+    run_dir = storage.join(checkpoints, cfg.experiment.name)
+    return train_result_from(trainer.fit(), cfg, run_dir=storage.as_local_or_uri(run_dir), layout=layout)
 
 
-def _best_checkpoint_on_disk(run_dir: Path) -> Path | None:
+def _checkpoint_location(run_dir: Path | str, checkpoint_path: str) -> Path | str:
+    """A Ray ``Checkpoint.path`` (a path inside its filesystem: ``bucket/key`` for S3) as a location."""
+    run = str(run_dir)
+    if storage.is_remote(run):
+        scheme = run.split("://", 1)[0]
+        return f"{scheme}://{checkpoint_path.lstrip('/')}"
+    return Path(checkpoint_path)
+
+
+def _best_checkpoint_on_disk(run_dir: Path | str) -> Path | None:
     """The ``epoch_*`` checkpoint under ``run_dir`` with the lowest ``val/mel_l1`` in its meta.json."""
     from rvc_ray.train.checkpoint import read_checkpoint_meta
 
+    if storage.is_remote(str(run_dir)):
+        return None
     scored: list[tuple[float, Path]] = []
     for directory in sorted(Path(run_dir).glob("epoch_*")):
         try:
@@ -300,31 +331,39 @@ def _best_checkpoint_on_disk(run_dir: Path) -> Path | None:
     return min(scored)[1] if scored else None
 
 
-def train_result_from(result: Any, cfg: RunConfig, *, run_dir: Path, layout: Any = None) -> TrainResult:
+def train_result_from(result: Any, cfg: RunConfig, *, run_dir: Path | str, layout: Any = None) -> TrainResult:
     """Turn a Ray Train ``Result`` into a :class:`TrainResult` (also used by Tune for a trial)."""
+    import re
+
     metrics = dict(result.return_value or result.metrics or {})
-    last = Path(result.checkpoint.path) if result.checkpoint is not None else None
-    best: Path | None = None
+    last = _checkpoint_location(run_dir, result.checkpoint.path) if result.checkpoint is not None else None
+    best: Path | str | None = None
     scored = [(m.get("val/mel_l1"), c) for c, m in (result.best_checkpoints or []) if m.get("val/mel_l1") is not None]
     if scored:
-        best = Path(min(scored, key=lambda pair: pair[0])[1].path)
+        best = _checkpoint_location(run_dir, min(scored, key=lambda pair: pair[0])[1].path)
     else:
         best = _best_checkpoint_on_disk(run_dir)
-    voices_dir = layout.voices_dir if layout is not None else run_dir / "voices"
-    tensorboard_dir = layout.tensorboard_dir if layout is not None else run_dir / "tensorboard"
-    metrics_path = layout.metrics_path if layout is not None else run_dir / "metrics.jsonl"
-    name = cfg.experiment.name
-    voices = sorted(Path(voices_dir).glob(f"{name}_e*_s*.pth"), key=lambda p: int(p.stem.rsplit("_s", 1)[1]))
+    run = storage.normalize_location(str(run_dir))
+    voices_dir = layout.voices_location if layout is not None else storage.join(run, "voices")
+    tensorboard_dir = layout.tensorboard_location if layout is not None else storage.join(run, "tensorboard")
+    metrics_path = layout.metrics_location if layout is not None else storage.join(run, "metrics.jsonl")
+    name = re.escape(cfg.experiment.name)
+    found = [
+        (int(m.group(1)), f)
+        for f in storage.list_files(voices_dir, suffix=".pth")
+        if (m := re.fullmatch(rf"{name}_e\d+_s(\d+)\.pth", f.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1]))
+    ]
+    voices = [storage.as_local_or_uri(f) for _, f in sorted(found)]
     return TrainResult(
         run_dir=run_dir,
         best_checkpoint=best,
         last_checkpoint=last,
         exported_voices=tuple(voices),
         metrics=metrics,
-        tensorboard_dir=Path(tensorboard_dir),
+        tensorboard_dir=storage.as_local_or_uri(tensorboard_dir),
         epochs_completed=int(metrics.get("epoch", 0)),
         global_batch_size=cfg.train.batch_size,
         per_worker_batch_size=cfg.per_worker_batch_size,
-        metrics_path=Path(metrics_path),
-        voices_dir=Path(voices_dir),
+        metrics_path=storage.as_local_or_uri(metrics_path),
+        voices_dir=storage.as_local_or_uri(voices_dir),
     )

@@ -61,6 +61,7 @@ class WorkerPaths:
     index_path: str | None = None
     checkpoint_root: str | None = None
     run_dir: str | None = None  # the run's directory in Ray Train storage (health_failure.json lives there)
+    workers_dir: str | None = None  # where each worker records its Ray node id (reporting.record_worker_node)
 
 
 def state_fingerprint(state_dict: dict[str, Any]) -> str:
@@ -210,24 +211,19 @@ def _write_checkpoint_dir(
 
 
 def _export(
-    cfg: RunConfig, gen: torch.nn.Module, paths: WorkerPaths, epoch: int, step: int, extra: dict[str, Any]
-) -> Path:
-    """``voices/<name>_e<E>_s<S>.pth`` + ``voices/<name>.pth`` (latest) + ``voices/<name>.index``."""
-    from rvc_ray.model.export import export_voice
+    cfg: RunConfig, gen: torch.nn.Module, paths: WorkerPaths, epoch: int, step: int, extra: dict[str, Any], scratch: Path
+) -> tuple[Path, str]:
+    """``voices/<name>_e<E>_s<S>.pth`` + ``voices/<name>.pth`` (latest) + ``voices/<name>.index``.
 
-    voices = Path(paths.voices_dir)
-    voices.mkdir(parents=True, exist_ok=True)
+    Returns the voice as a local file (in ``scratch`` when the voices live on a bucket) and its location."""
+    from rvc_ray import storage
+    from rvc_ray.model.export import export_voice, publish_voice
+
     name = cfg.experiment.name
-    target = voices / f"{name}_e{epoch}_s{step}.pth"
+    local_dir = scratch if storage.is_remote(paths.voices_dir) else Path(paths.voices_dir)
+    target = local_dir / f"{name}_e{epoch}_s{step}.pth"
     export_voice(gen.state_dict(), cfg.model, cfg.audio, target, epoch=epoch, step=step, name=name, extra_info=extra)
-    latest = voices / f"{name}.pth"
-    shutil.copyfile(target, latest.with_name(f".{latest.name}.tmp"))
-    os.replace(latest.with_name(f".{latest.name}.tmp"), latest)
-    if paths.index_path and Path(paths.index_path).is_file():
-        index_copy = voices / f"{name}.index"
-        if not index_copy.exists() or index_copy.stat().st_mtime < Path(paths.index_path).stat().st_mtime:
-            shutil.copyfile(paths.index_path, index_copy)
-    return target
+    return target, publish_voice(target, paths.voices_dir, name=name, index_location=paths.index_path)
 
 
 @dataclass(frozen=True)
@@ -372,9 +368,11 @@ def _save_checkpoint(
     _write_checkpoint_dir(staging, state, cfg, t.gen, t.disc, t.opt_g, t.opt_d)
     if cfg.train.export_every_save:
         extra = dict(config.get("content_encoder") or {})
-        voice = _export(cfg, t.gen, paths, epoch, run.global_step, extra)
+        voice, voice_location = _export(cfg, t.gen, paths, epoch, run.global_step, extra, staging)
         shutil.copyfile(voice, staging / "voice.pth")
-        epoch_metrics["voice_path"] = str(voice)
+        if voice.parent == staging:
+            voice.unlink()
+        epoch_metrics["voice_path"] = voice_location
     return staging
 
 
@@ -395,22 +393,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from rvc_ray.data.sampler import DistributedBucketSampler
     from rvc_ray.model.build import build_discriminator, build_generator
     from rvc_ray.train import steps
-    from rvc_ray.train.checkpoint import restore_initial_state
+    from rvc_ray.train.checkpoint import local_feature_table, restore_initial_state
     from rvc_ray.train.health_marker import record_health_failure, refuse_to_replay_health_failure
-    from rvc_ray.train.reporting import TrainingReporter
+    from rvc_ray.train.reporting import TrainingReporter, record_worker_node
     from rvc_ray.train.validation import evaluate_items
 
     cfg = RunConfig.model_validate(config["run"])
     paths = WorkerPaths(**config["paths"])
     if paths.run_dir:
-        refuse_to_replay_health_failure(Path(paths.run_dir))
+        refuse_to_replay_health_failure(paths.run_dir)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     _configure_threads(cfg)
     device = get_device()
     seed = cfg.experiment.seed
 
-    train_items, val_items = _load_items(cfg, Path(paths.features_dir))
+    train_items, val_items = _load_items(cfg, local_feature_table(paths.features_dir))
     sampler = DistributedBucketSampler(
         train_items.lengths,
         global_batch_size=cfg.train.batch_size,
@@ -435,9 +433,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     gen_ddp, disc_ddp = wrap_models(gen, disc)
     trainables = _Trainables(gen, disc, opt_g, opt_d, sched_g, sched_d, scaler)
-    reporter = TrainingReporter(
-        Path(paths.tensorboard_dir), Path(paths.metrics_path), enabled=rank == 0, purge_step=global_step + 1
-    )
+    reporter = TrainingReporter(paths.tensorboard_dir, paths.metrics_path, enabled=rank == 0, purge_step=global_step + 1)
+    if paths.workers_dir:
+        record_worker_node(
+            paths.workers_dir, rank=rank, node_id=ray.get_runtime_context().get_node_id(),
+            start_epoch=start_epoch, world_size=world,
+        )
     per_worker = sampler.per_replica_batch_size
     start_note = {
         "kind": "start",
@@ -455,9 +456,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if rank == 0:
         log.warning("rvc-ray train: %s", json.dumps(start_note))
         reporter.log_text(step=global_step, name="run/start", text=json.dumps(start_note))
-        Path(paths.metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        with Path(paths.metrics_path).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({**start_note, "time": time.time()}) + "\n")
+        reporter.append_record({**start_note, "time": time.time()})
 
     final: dict[str, Any] = {"epoch": restored.epoch, "step": global_step}
     run = _RunState(rank=rank, device=device, global_step=global_step, trainables=trainables)
@@ -470,7 +469,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             )
         except steps.TrainingHealthError as exc:
             if paths.run_dir:
-                record_health_failure(Path(paths.run_dir), rank, exc)
+                record_health_failure(paths.run_dir, rank, exc)
             raise
         sched_g.step()
         sched_d.step()

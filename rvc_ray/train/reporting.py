@@ -8,6 +8,10 @@ Scalar names are the ones RVC users read in TensorBoard (rvc-spec §6.7): ``loss
 
 ``metrics.jsonl`` gets one JSON object per line: ``{"kind": "step", ...}`` every
 ``train.log_every_steps`` steps and ``{"kind": "epoch", ...}`` after every epoch.
+
+Both locations may be URIs (``s3://...``, :mod:`rvc_ray.storage`): TensorBoard can only write to a local
+disk, so rank 0 then writes both into a local temporary folder and uploads them after every epoch and at
+:meth:`TrainingReporter.close` (an existing ``metrics.jsonl`` is downloaded first, so a resumed run appends).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     from tensorboardX import SummaryWriter
 
-__all__ = ["SCALAR_NAMES", "TrainingReporter", "mel_to_image", "read_event_tags"]
+__all__ = ["SCALAR_NAMES", "TrainingReporter", "mel_to_image", "read_event_tags", "record_worker_node"]
 
 SCALAR_NAMES = (
     "loss/g/total",
@@ -59,21 +63,64 @@ class TrainingReporter:
     """
 
     def __init__(
-        self, tensorboard_dir: Path, metrics_path: Path, *, enabled: bool = True, purge_step: int | None = None
+        self,
+        tensorboard_dir: Path | str,
+        metrics_path: Path | str,
+        *,
+        enabled: bool = True,
+        purge_step: int | None = None,
     ) -> None:
-        self.enabled = enabled
-        self.metrics_path = Path(metrics_path)
-        self._writer: SummaryWriter | None = None
-        if enabled:
-            from tensorboardX import SummaryWriter
+        from rvc_ray import storage
 
-            Path(tensorboard_dir).mkdir(parents=True, exist_ok=True)
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(logdir=str(tensorboard_dir), purge_step=purge_step, flush_secs=10)
+        self.enabled = enabled
+        self._tensorboard_location = storage.normalize_location(str(tensorboard_dir))
+        self._metrics_location = storage.normalize_location(str(metrics_path))
+        self._staging: Path | None = None
+        self.metrics_path = Path(self._metrics_location) if not storage.is_remote(self._metrics_location) else Path()
+        local_tensorboard = Path(self._tensorboard_location) if not storage.is_remote(self._tensorboard_location) else None
+        self._writer: SummaryWriter | None = None
+        if not enabled:
+            return
+        if storage.is_remote(self._metrics_location) or local_tensorboard is None:
+            import tempfile
+
+            self._staging = Path(tempfile.mkdtemp(prefix="rvc-reporting-"))
+        if storage.is_remote(self._metrics_location):
+            assert self._staging is not None
+            self.metrics_path = self._staging / "metrics.jsonl"
+            if storage.exists(self._metrics_location):  # a resumed run appends to the history
+                storage.download_file(self._metrics_location, self.metrics_path)
+        if local_tensorboard is None:
+            assert self._staging is not None
+            local_tensorboard = self._staging / "tensorboard"
+        from tensorboardX import SummaryWriter
+
+        local_tensorboard.mkdir(parents=True, exist_ok=True)
+        self._local_tensorboard = local_tensorboard
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = SummaryWriter(logdir=str(local_tensorboard), purge_step=purge_step, flush_secs=10)
 
     def _append_line(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        """One free-form line of ``metrics.jsonl`` (e.g. the ``kind=start`` record), uploaded at once if remote."""
+        if not self.enabled:
+            return
+        self._append_line(record)
+        self._upload()
+
+    def _upload(self) -> None:
+        """Copy the staged files to their remote locations (a no-op for local ones)."""
+        from rvc_ray import storage
+
+        if self._staging is None:
+            return
+        if storage.is_remote(self._metrics_location) and self.metrics_path.is_file():
+            storage.upload_file(self.metrics_path, self._metrics_location)
+        if storage.is_remote(self._tensorboard_location):
+            storage.upload_dir(self._local_tensorboard, self._tensorboard_location)
 
     def _scalars(self, metrics: dict[str, float], step: int) -> None:
         assert self._writer is not None
@@ -96,6 +143,7 @@ class TrainingReporter:
         self._append_line({"kind": "epoch", "epoch": epoch, "step": step, "time": time.time(), **metrics})
         assert self._writer is not None
         self._writer.flush()
+        self._upload()
 
     def log_mel_images(self, *, step: int, mel_org: np.ndarray, mel_gen: np.ndarray) -> None:
         """``slice/mel_org`` and ``slice/mel_gen`` images ([n_mels, F] log-mels)."""
@@ -125,6 +173,12 @@ class TrainingReporter:
             self._writer.flush()
             self._writer.close()
             self._writer = None
+            self._upload()
+        if self._staging is not None:
+            import shutil
+
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
 
     def __enter__(self) -> TrainingReporter:
         return self
@@ -162,3 +216,19 @@ def read_event_tags(tensorboard_dir: Path) -> dict[str, dict[str, list[tuple[int
                 elif kind == "tensor":
                     found["text"].setdefault(value.tag, []).append((event.step, 0.0))
     return found
+
+
+def record_worker_node(train_location: str, *, rank: int, node_id: str, start_epoch: int, world_size: int) -> str:
+    """Record which Ray node a training worker runs on: ``<train>/workers/start-<time>-rank<r>.json``.
+
+    Every worker of every (re)start writes one, so a run shows where each attempt placed its ranks.
+    Returns the location written.
+    """
+    from rvc_ray import storage
+
+    record = {"rank": rank, "node_id": node_id, "start_epoch": start_epoch, "world_size": world_size, "time": time.time()}
+    location = storage.join(
+        storage.normalize_location(train_location), "workers", f"start-{time.time_ns()}-rank{rank}.json"
+    )
+    storage.write_text(location, json.dumps(record) + "\n")
+    return location

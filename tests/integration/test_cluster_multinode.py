@@ -1,0 +1,201 @@
+"""rvc-ray on a real multi-node Ray cluster (a 0-CPU head and 1-CPU worker raylets) with S3 storage (moto).
+
+* the mission's command through the head's Jobs API, on exactly 2 CPUs: the whole demo pipeline runs,
+  every output lands in the bucket, the two training workers run on two different nodes;
+* a worker node stopped mid-training: the run resumes from its last checkpoint in the bucket on the
+  remaining nodes (one of them a spare) and loses at most one checkpoint interval;
+* a work_dir that no node can use (a missing bucket) is refused before any work, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rvc_ray.config import load_run_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _keys(bucket_uri: str, prefix: str = "") -> list[str]:
+    import boto3
+
+    bucket = bucket_uri.removeprefix("s3://")
+    client = boto3.client("s3")
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return keys
+
+
+def _read(bucket_uri: str, key: str) -> bytes:
+    import boto3
+
+    return bytes(boto3.client("s3").get_object(Bucket=bucket_uri.removeprefix("s3://"), Key=key)["Body"].read())
+
+
+def _worker_records(bucket_uri: str, prefix: str) -> list[dict[str, Any]]:
+    keys = [k for k in _keys(bucket_uri, prefix) if "/workers/start-" in k]
+    return [json.loads(_read(bucket_uri, k)) for k in sorted(keys)]
+
+
+def _submit(cluster: Any, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    ray = str(Path(sys.executable).with_name("ray"))
+    return subprocess.run(
+        [ray, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".", "--", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=cluster._environment(),
+    )
+
+
+@pytest.mark.timeout(720)
+def test_mission_command_runs_the_demo_on_a_two_cpu_multinode_cluster_into_s3(multinode_cluster, s3_bucket) -> None:
+    nodes = multinode_cluster.alive_nodes()
+    assert sum(float(n["resources_total"].get("CPU", 0.0)) for n in nodes) == 2.0
+    worker_nodes = {n["node_id"] for n in nodes if "head" not in n["resources_total"]}
+    repo_runs_before = (REPO / "runs").exists()
+
+    done = _submit(
+        multinode_cluster,
+        "python", "jobs/train.py",
+        "--set", f"experiment.work_dir={s3_bucket}/demo",
+        "--demo-seconds", "12",
+        "--set", "train.epochs=2",
+        "--set", "train.save_every_epochs=1",
+        timeout_s=660,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "succeeded" in (done.stdout + done.stderr).lower()
+
+    keys = _keys(s3_bucket, "demo/demo/")
+    names = {k.removeprefix("demo/demo/") for k in keys}
+    assert {"dataset/report.json", "dataset/report.txt", "dataset/manifest.json", "features/manifest.json"} <= names
+    assert any(k.startswith("dataset/segments/part-") and k.endswith(".parquet") for k in names)
+    assert any(k.startswith("features/table/part-") for k in names)
+    assert "index/demo.index" in names and "voices/demo.index" in names
+    assert "voices/demo.pth" in names and "voices/demo_e2_s" in " ".join(names)
+    assert any(k.startswith("train/tensorboard/events.out.tfevents.") for k in names)
+    assert any(k.startswith("train/demo/epoch_00002/") and k.endswith("state.pt") for k in names)
+    report = json.loads(_read(s3_bucket, "demo/demo/dataset/report.json"))
+    assert report["verdict"] in ("ready", "marginal", "insufficient")
+    metrics = [json.loads(line) for line in _read(s3_bucket, "demo/demo/train/metrics.jsonl").splitlines()]
+    assert [m["epoch"] for m in metrics if m["kind"] == "epoch"] == [1, 2]
+
+    workers = _worker_records(s3_bucket, "demo/demo/train/")
+    assert sorted(w["rank"] for w in workers) == [0, 1]
+    assert len({w["node_id"] for w in workers}) == 2 and {w["node_id"] for w in workers} <= worker_nodes
+
+    # nothing in the repository or in Ray's copy of the working directory
+    assert (REPO / "runs").exists() == repo_runs_before
+    assert multinode_cluster.temp_dir is not None
+    assert not list(multinode_cluster.temp_dir.glob("session_*/runtime_resources/working_dir_files/*/runs"))
+
+
+@pytest.mark.timeout(300)
+def test_a_bucket_that_does_not_exist_is_refused_before_any_work(multinode_cluster, s3_bucket) -> None:
+    done = _submit(
+        multinode_cluster,
+        "python", "jobs/train.py", "--set", "experiment.work_dir=s3://no-such-bucket-rvc/demo",
+        timeout_s=240,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "error: cannot write to s3://no-such-bucket-rvc/demo/demo" in output
+    assert "check that the bucket exists" in output
+    assert "[rvc-ray] preprocess" not in output  # refused before any stage started
+
+    relative = _submit(multinode_cluster, "python", "jobs/train.py", "--set", "experiment.work_dir=runs", timeout_s=240)
+    assert relative.returncode != 0
+    assert "inside Ray's temporary copy of the job's working directory" in relative.stdout + relative.stderr
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_node_stopped_mid_training_resumes_from_the_bucket_on_the_other_nodes(
+    multinode_cluster, s3_bucket, tmp_path: Path
+) -> None:
+    import ray
+
+    from rvc_ray import storage
+    from rvc_ray.data.dataset import write_synthetic_feature_table
+    from rvc_ray.layout import RunLayout
+    from rvc_ray.train.launch import fit
+
+    cfg = load_run_config(
+        "tiny_cpu",
+        [
+            f"experiment.work_dir={s3_bucket}/nodeloss",
+            "experiment.name=nodeloss",
+            "train.epochs=6",
+            "train.save_every_epochs=1",
+            "train.keep_last_checkpoints=2",
+            "train.num_preview_clips=0",
+            "train.export_every_save=false",
+            "scaling.num_workers=2",
+            "scaling.cpus_per_worker=1",
+            "scaling.max_failures=2",
+        ],
+    )
+    layout = RunLayout.from_config(cfg)
+    local_features = tmp_path / "features"
+    write_synthetic_feature_table(
+        local_features,
+        content_dim=cfg.model.content_dim,
+        sample_rate=cfg.audio.sample_rate,
+        frames=[32, 36, 40, 34, 38, 32, 40, 36, 30, 30, 34, 38],
+        splits=["train"] * 10 + ["val"] * 2,
+    )
+    (local_features / "manifest.json").write_text(json.dumps({"content_encoder": {"kind": "random"}}))
+    storage.upload_dir(local_features, layout.features_location)
+
+    spare = multinode_cluster.add_worker(1, label="spare")
+    prefix = "nodeloss/nodeloss/train/"
+    stopped: dict[str, Any] = {}
+
+    def stop_a_training_node() -> None:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            keys = _keys(s3_bucket, prefix + "nodeloss/")
+            epochs = sorted({int(k.split("epoch_")[1][:5]) for k in keys if "/epoch_" in k and k.endswith("meta.json")})
+            if epochs:
+                workers = _worker_records(s3_bucket, prefix)
+                victim_id = next(w["node_id"] for w in workers if w["rank"] == 1)
+                by_id = {n["node_id"]: n for n in multinode_cluster.alive_nodes()}
+                label = next(k for k in by_id[victim_id]["resources_total"] if k in {"w0", "w1", "spare"})
+                node = next(w for w in multinode_cluster.workers if w.label == label)
+                stopped.update(epoch=max(epochs), node_id=victim_id, label=label)
+                multinode_cluster.stop_node(node)
+                return
+            time.sleep(0.5)
+
+    ray.init(address=multinode_cluster.gcs_address, logging_config=ray.LoggingConfig(log_level="WARNING"))
+    try:
+        killer = threading.Thread(target=stop_a_training_node, daemon=True)
+        killer.start()
+        result = fit(cfg, layout.features_location)
+        killer.join(timeout=5)
+    finally:
+        ray.shutdown()
+
+    assert stopped, "no checkpoint appeared in the bucket, so no node was stopped"
+    assert result.epochs_completed == 6
+    metrics = [json.loads(line) for line in _read(s3_bucket, prefix + "metrics.jsonl").splitlines()]
+    starts = [m for m in metrics if m["kind"] == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_from"] == "checkpoint"
+    # at most one checkpoint interval lost: the restart continues right after the newest checkpoint seen
+    assert stopped["epoch"] + 1 <= starts[1]["start_epoch"] <= stopped["epoch"] + 2
+    assert [m["epoch"] for m in metrics if m["kind"] == "epoch"][-1] == 6
+    after = [w for w in _worker_records(s3_bucket, prefix) if w["start_epoch"] == starts[1]["start_epoch"]]
+    assert len(after) == 2 and stopped["node_id"] not in {w["node_id"] for w in after}
+    assert spare.alive

@@ -1,0 +1,87 @@
+"""Planning stages against what a cluster has and can grow to; locations that cannot work on a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rvc_ray.cluster import ClusterCapacity, plan_extraction, refuse_ephemeral_location
+from rvc_ray.config import ConfigError, load_run_config
+from rvc_ray.errors import InputError
+from rvc_ray.layout import RunLayout
+from rvc_ray.storage import StorageError
+
+TWO_ONE_CPU_WORKERS = ClusterCapacity(({"CPU": 0.0, "memory": 8 * 2**30}, {"CPU": 1.0}, {"CPU": 1.0}))
+ZERO_CPU_HEAD = ({"CPU": 0.0, "memory": 8 * 2**30},)
+GPU_NODE_TYPE = ({"CPU": 8.0, "GPU": 1.0}, 4)  # cluster.yaml's GPU workers: min_workers 0, max_workers 4
+
+
+def test_extraction_actors_shrink_to_leave_room_for_the_read_tasks_on_two_cpus() -> None:
+    plan = plan_extraction(TWO_ONE_CPU_WORKERS, num_actors=1, cpus_per_actor=1.0, stages=2)
+    # pitch + content actors + two 0.25-CPU feeding tasks fit in 2 CPUs; each actor fits on a 1-CPU node
+    assert plan.cpus_per_actor == 0.75 and plan.cpus_per_task == 0.25
+    assert 2 * plan.cpus_per_actor + 2 * plan.cpus_per_task <= TWO_ONE_CPU_WORKERS.cpus_now
+
+
+def test_extraction_keeps_its_request_when_it_fits() -> None:
+    roomy = ClusterCapacity(({"CPU": 8.0},))
+    assert plan_extraction(roomy, num_actors=2, cpus_per_actor=1.5, stages=2).cpus_per_actor == 1.5
+
+
+def test_zero_cpu_head_plans_against_the_autoscaler_node_types() -> None:
+    head_only = ClusterCapacity(ZERO_CPU_HEAD, (GPU_NODE_TYPE,))
+    assert head_only.cpus_now == 0 and head_only.cpus_max == 32
+    assert plan_extraction(head_only, num_actors=2, cpus_per_actor=2.0, stages=2).cpus_per_actor == 2.0
+    unbounded = ClusterCapacity(ZERO_CPU_HEAD, (({"CPU": 4.0}, -1),))
+    assert unbounded.cpus_max == float("inf")
+
+
+def test_a_stage_that_cannot_fit_even_after_growing_fails_with_one_line() -> None:
+    with pytest.raises(InputError, match=r"has 0 CPUs and can grow to 0; lower features.num_actors"):
+        plan_extraction(ClusterCapacity(ZERO_CPU_HEAD), num_actors=1, cpus_per_actor=1.0, stages=2)
+    # an actor larger than any node type is capped to the largest node (8 CPUs), not left waiting forever
+    capped = plan_extraction(ClusterCapacity(ZERO_CPU_HEAD, (GPU_NODE_TYPE,)), num_actors=1, cpus_per_actor=16, stages=2)
+    assert capped.cpus_per_actor == 8.0
+
+
+def test_preprocess_tasks_wait_for_an_autoscaler_node_on_a_zero_cpu_head(tiny_cfg) -> None:
+    from rvc_ray.preprocess.pipeline import task_resources
+
+    nodes = [{"Alive": True, "Resources": ZERO_CPU_HEAD[0]}]
+    with pytest.raises(InputError, match=r"cpus_per_task=1.0 is more than the largest node has \(0 CPUs\)"):
+        task_resources(tiny_cfg, nodes)
+    # the autoscaler can add an 8-CPU node (which declares no memory): the request stands, Ray waits for it
+    assert task_resources(tiny_cfg, nodes, [GPU_NODE_TYPE]) == {"num_cpus": 1.0, "memory": 2**30}
+    with pytest.raises(InputError):
+        task_resources(tiny_cfg, nodes, [({"CPU": 8.0}, 0)])  # a node group that may not grow adds nothing
+
+
+def test_several_workers_sharing_gpus_under_nccl_are_refused_at_load() -> None:
+    with pytest.raises(ConfigError, match=r"two ranks cannot share a GPU under NCCL"):
+        load_run_config("tiny_cpu", ["scaling.use_gpu=true", "scaling.gpus_per_worker=0.5"])
+    load_run_config("tiny_cpu", ["scaling.use_gpu=true", "scaling.gpus_per_worker=0.5", "scaling.backend=gloo"])
+    load_run_config("tiny_cpu", ["scaling.use_gpu=true", "scaling.gpus_per_worker=0.5", "scaling.num_workers=1",
+                                 "train.batch_size=4"])
+
+
+def test_locations_are_resolved_once_at_load_and_uris_are_kept(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config("tiny_cpu", ["experiment.work_dir=runs", "scaling.storage_path=ckpt"])
+    assert cfg.experiment.work_dir == str(tmp_path / "runs") and cfg.scaling.storage_path == str(tmp_path / "ckpt")
+    remote = load_run_config("tiny_cpu", ["experiment.work_dir=s3://bucket/runs/", "scaling.storage_path=gs://b/c"])
+    assert (remote.experiment.work_dir, remote.scaling.storage_path) == ("s3://bucket/runs", "gs://b/c")
+    layout = RunLayout.from_config(remote)
+    assert layout.is_remote and layout.index_location == "s3://bucket/runs/demo/index/demo.index"
+    assert layout.metrics_location == "s3://bucket/runs/demo/train/metrics.jsonl"
+    with pytest.raises(StorageError, match="not a local path"):
+        _ = layout.voices_dir
+    assert load_run_config("tiny_cpu", ["experiment.work_dir=file:///data/x"]).experiment.work_dir == "/data/x"
+
+
+def test_a_work_dir_inside_rays_job_copy_is_refused() -> None:
+    job_copy = "/tmp/ray/session_2026/runtime_resources/working_dir_files/_ray_pkg_abc/runs/demo"
+    with pytest.raises(StorageError, match=r"inside Ray's temporary copy of the job's working directory"):
+        refuse_ephemeral_location(job_copy, "experiment.work_dir")
+    refuse_ephemeral_location("/data/runs/demo", "experiment.work_dir")
+    refuse_ephemeral_location("s3://bucket/runtime_resources/x", "experiment.work_dir")
