@@ -154,12 +154,8 @@ class SweepPlan:
         return self.cfg.tune.num_samples * self.space.grid_size
 
 
-def _sweep_location(cfg: RunConfig) -> str:
-    return storage.normalize_location(RunLayout.from_config(cfg).tune_dir)
-
-
 def _default_index(cfg: RunConfig) -> str | None:
-    index = storage.normalize_location(RunLayout.from_config(cfg).index_path)
+    index = RunLayout.from_config(cfg).index_location
     return index if storage.exists(index) else None
 
 
@@ -185,7 +181,7 @@ def plan_sweep(
         space=space,
         features_dir=features,
         index_path=storage.normalize_location(index_path) if index_path is not None else _default_index(cfg),
-        sweep_dir=_sweep_location(cfg),
+        sweep_dir=RunLayout.from_config(cfg).tune_location,
         variants=variants,
         scheduler=build_scheduler(cfg, max_epochs),
         resume=resume,
@@ -287,13 +283,16 @@ def run_tune(
     Raises:
         ConfigError: a bad search path/expression/value, missing features, or a resume that does not match,
             all before any trial starts.
+        StorageError: ``experiment.work_dir`` cannot be written from every node (before any trial starts).
     """
-    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.cluster import check_location_on_cluster, ensure_ray
 
     plan = plan_sweep(
         cfg, features_dir, search=search, search_file=search_file, resume=resume, index_path=index_path
     )
     ensure_ray()
+    # every trial runs wherever the cluster places it: the sweep's storage must work from every node
+    check_location_on_cluster(RunLayout.from_config(cfg).root_location, "experiment.work_dir")
     driver_resources, concurrency = _plan_trials_at_once(plan)
     log.warning(
         "rvc-ray tune %s: %s; up to %d trial(s) at once: %s",

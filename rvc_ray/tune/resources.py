@@ -64,14 +64,29 @@ class ClusterGrowth:
     reason: str
 
 
-def growth_from_autoscaler_status(status: bytes | str | None, *, autoscaler_v2: bool = False) -> ClusterGrowth:
-    """Read the autoscaler monitor's status record (``__autoscaling_status`` in the GCS key-value store).
+def growth_from_autoscaler_status(
+    status: bytes | str | None,
+    *,
+    autoscaler_v2: bool = False,
+    node_types: Sequence[tuple[Mapping[str, float], int]] = (),
+) -> ClusterGrowth:
+    """Whether an autoscaler can add nodes, from what it publishes in the GCS.
 
-    The monitor process runs on every head, but only a head started with an autoscaling config (``ray up``,
-    KubeRay, ``ray start --autoscaling-config``) runs an autoscaler, and only then does the record carry an
-    ``autoscaler_report``. Autoscaler v2 (KubeRay) reports through the GCS instead; it only runs with an
-    autoscaler, so ``autoscaler_v2=True`` means the cluster can grow.
+    Args:
+        status: the autoscaler monitor's status record (``__autoscaling_status``, what ``ray status`` shows).
+            The monitor runs on every head, but only a head started with an autoscaling config (``ray up``,
+            ``ray start --autoscaling-config``) runs an autoscaler, and only then does the record carry an
+            ``autoscaler_report``.
+        autoscaler_v2: autoscaler v2 (KubeRay) is enabled; it only runs with an autoscaler.
+        node_types: the autoscaler's node groups ``(resources, max_count)`` from the GCS cluster config
+            (:func:`rvc_ray.cluster.autoscaler_node_types`); ``max_count`` -1 = unbounded.
     """
+    growing = [(dict(resources), count) for resources, count in node_types if count != 0 and resources]
+    if growing:
+        described = ", ".join(
+            f"{_format_resources(resources)} x {'unbounded' if count < 0 else count}" for resources, count in growing
+        )
+        return ClusterGrowth(True, f"the autoscaler's node types: {described}")
     if autoscaler_v2:
         return ClusterGrowth(True, "autoscaler v2 is enabled on this cluster")
     if not status:
@@ -83,14 +98,15 @@ def growth_from_autoscaler_status(status: bytes | str | None, *, autoscaler_v2: 
     report = record.get("autoscaler_report") if isinstance(record, dict) else None
     if not isinstance(report, dict):
         return ClusterGrowth(False, "no autoscaler (the head was started without an autoscaling config)")
-    node_types = sorted(set((report.get("node_type_mapping") or {}).values()) | set(report.get("active_nodes") or {}))
-    described = f" (node types now: {', '.join(node_types)})" if node_types else ""
-    return ClusterGrowth(True, f"an autoscaler is running{described}")
+    names = sorted(set((report.get("node_type_mapping") or {}).values()) | set(report.get("active_nodes") or {}))
+    return ClusterGrowth(True, "an autoscaler is running" + (f" (node types now: {', '.join(names)})" if names else ""))
 
 
 def detect_cluster_growth() -> ClusterGrowth:
     """:func:`growth_from_autoscaler_status` for the connected cluster (``ray.init`` must have run)."""
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    from rvc_ray.cluster import autoscaler_node_types
 
     autoscaler_v2 = False
     try:
@@ -100,7 +116,7 @@ def detect_cluster_growth() -> ClusterGrowth:
     except Exception:  # noqa: BLE001 - an older or partial GCS: treat as v1
         autoscaler_v2 = False
     status = _internal_kv_get(_AUTOSCALING_STATUS_KEY) if _internal_kv_initialized() else None
-    return growth_from_autoscaler_status(status, autoscaler_v2=autoscaler_v2)
+    return growth_from_autoscaler_status(status, autoscaler_v2=autoscaler_v2, node_types=autoscaler_node_types())
 
 
 @dataclass(frozen=True)

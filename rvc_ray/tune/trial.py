@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 from rvc_ray.config import ConfigError, RunConfig
@@ -38,10 +37,10 @@ def trial_driver(
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = build_torch_trainer(
         cfg,
-        Path(features_dir),
-        Path(index_path) if index_path else None,
+        features_dir,
+        index_path,
         run_name=f"trial_{trial_id}",  # stable per trial: a restored trial resumes its own checkpoints
-        storage_path=Path(trials_dir),
+        storage_path=trials_dir,  # a local path or a URI, like every location of the sweep
         callbacks=[TuneReportCallback(), FailFastOnOutOfMemory()],
     )
     trainer.fit()

@@ -1,7 +1,9 @@
-"""A Ray Tune sweep on a real multi-node cluster (issue #11 point 3, Tune; issue #12 point 4, Tune part).
+"""A Ray Tune sweep on a real multi-node cluster with S3 storage (issue #11 point 3, Tune; issue #12 point 4).
 
 The session's multi-node cluster (tests/multinode.py: a 0-CPU head with ``tune_driver`` slots, two 1-CPU
-worker raylets) runs 4 trials of the tiny preset, 2 at once: each trial's 2 Train workers (0.5 CPU each)
+worker raylets) and S3 server (moto) run 4 trials of the tiny preset, 2 at once, with the features, the
+sweep state, every trial's run, the results table, the plot and ``best/`` in the bucket
+(``experiment.work_dir=s3://<bucket>/runs``): each trial's 2 Train workers (0.5 CPU each)
 fill one worker node, so concurrent trials run on different nodes. One trial's model cannot be allocated
 (``model.spk_embed_dim=10**13``: torch's allocator refuses 640 TB in the trial's workers, a real
 out-of-memory error); with ``scaling.max_failures=2`` Ray Train would retry it twice, but the sweep fails
@@ -13,13 +15,16 @@ epoch and ``best/`` holds that epoch's voice.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from rvc_ray import storage
 from rvc_ray.config import RunConfig, load_run_config
 from rvc_ray.data.dataset import write_synthetic_feature_table
 
@@ -48,16 +53,18 @@ def _sweep_config(work_dir: str) -> RunConfig:
     )
 
 
-def _write_features(features_dir: Path, cfg: RunConfig) -> None:
-    frames = [36 + (i * 5) % 16 for i in range(16)] + [40, 48]
-    write_synthetic_feature_table(
-        features_dir,
-        content_dim=cfg.model.content_dim,
-        sample_rate=cfg.audio.sample_rate,
-        frames=frames,
-        splits=["train"] * 16 + ["val"] * 2,
-        seed=0,
-    )
+def _upload_features(location: str, cfg: RunConfig) -> None:
+    frames = [36 + (i * 5) % 16 for i in range(16)] + [40, 48]  # speakers 0 and 1
+    with tempfile.TemporaryDirectory() as local:
+        write_synthetic_feature_table(
+            Path(local),
+            content_dim=cfg.model.content_dim,
+            sample_rate=cfg.audio.sample_rate,
+            frames=frames,
+            splits=["train"] * 16 + ["val"] * 2,
+            seed=0,
+        )
+        storage.upload_dir(local, location)
 
 
 def _train_worker_nodes(address: str) -> set[str]:
@@ -71,15 +78,16 @@ def _train_worker_nodes(address: str) -> set[str]:
 
 
 def test_sweep_spreads_over_nodes_fails_oom_trial_at_once_and_keeps_the_scored_voice(
-    multinode_cluster, tmp_path: Path
+    multinode_cluster, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
 
     from rvc_ray.tune.launch import run_tune
 
-    cfg = _sweep_config(str(tmp_path / "runs"))
-    features = tmp_path / "features"
-    _write_features(features, cfg)
+    monkeypatch.chdir(tmp_path)  # nothing may land in the current directory
+    cfg = _sweep_config(f"{s3_bucket}/runs")
+    features = f"{s3_bucket}/features"
+    _upload_features(features, cfg)
     ray.init(address=multinode_cluster.gcs_address, logging_config=ray.LoggingConfig(log_level="WARNING"))
     try:
         result = run_tune(cfg, features, search=SEARCH)
@@ -95,7 +103,9 @@ def test_sweep_spreads_over_nodes_fails_oom_trial_at_once_and_keeps_the_scored_v
 
     # 4 trials; the one whose model does not fit failed at once, with the reason, and the sweep went on
     assert result.num_trials == 4 and result.num_failed == 1
-    payload = json.loads(Path(result.results_json).read_text(encoding="utf-8"))
+    tune_dir = f"{s3_bucket}/runs/multinode_sweep/tune"
+    assert result.results_json == f"{tune_dir}/results.json" and result.plot_path == f"{tune_dir}/results.png"
+    payload = json.loads(storage.read_text(result.results_json))
     by_size = {t["config"]["model.spk_embed_dim"]: t for t in payload["trials"]}
     oom = by_size[TOO_BIG]
     assert oom["status"] == "failed" and oom["metric_per_epoch"] == []
@@ -113,13 +123,17 @@ def test_sweep_spreads_over_nodes_fails_oom_trial_at_once_and_keeps_the_scored_v
     scored_epoch = best["scored_epoch"]
     assert scored_epoch in (2, 3) and result.best_metrics["scored_epoch"] == scored_epoch
     assert math.isclose(result.best_metrics["val/mel_l1"], best["metric_per_epoch"][scored_epoch - 1])
-    assert result.best_voice_path is not None
-    voice = torch.load(result.best_voice_path, weights_only=True)
+    assert result.best_voice_path is not None and result.best_voice_path.startswith(f"{tune_dir}/best/")
+    voice = torch.load(io.BytesIO(storage.read_bytes(result.best_voice_path)), weights_only=True)
     assert voice["epoch"] == scored_epoch
     scored_voice = next(s["voice_path"] for s in best["saved_epochs"] if s["epoch"] == scored_epoch)
-    assert Path(result.best_voice_path).read_bytes() == Path(scored_voice).read_bytes()
-    assert result.best_checkpoint_path is not None
-    assert json.loads(Path(result.best_checkpoint_path, "meta.json").read_text())["epoch"] == scored_epoch
-    rows = {r["trial_id"]: r for r in csv.DictReader(Path(result.results_csv).open(encoding="utf-8"))}
-    assert rows[result.best_trial_id]["scored_epoch"] == str(scored_epoch)
-    assert Path(result.plot_path).read_bytes()[:4] == b"\x89PNG"
+    assert scored_voice.startswith(f"{tune_dir}/trials/trial_{best['trial_id']}/voices/")
+    assert storage.read_bytes(result.best_voice_path) == storage.read_bytes(scored_voice)
+    assert result.best_checkpoint_path == f"{tune_dir}/best/checkpoint"
+    meta = json.loads(storage.read_text(storage.join(result.best_checkpoint_path, "meta.json")))
+    assert meta["epoch"] == scored_epoch
+    table = list(csv.DictReader(io.StringIO(storage.read_text(result.results_csv))))
+    assert {r["trial_id"]: r for r in table}[result.best_trial_id]["scored_epoch"] == str(scored_epoch)
+    assert storage.read_bytes(result.plot_path)[:4] == b"\x89PNG"
+    assert storage.exists(f"{tune_dir}/best/best_config.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written locally"

@@ -74,6 +74,14 @@ def test_cluster_growth_from_the_autoscaler_status(status: object, can_grow: boo
     assert growth_from_autoscaler_status(None, autoscaler_v2=True).can_grow
 
 
+def test_cluster_growth_from_the_autoscalers_node_types() -> None:
+    gpu_nodes = ({"CPU": 8.0, "GPU": 1.0}, 4)
+    growth = growth_from_autoscaler_status(None, node_types=[({"CPU": 0.0}, 0), gpu_nodes])
+    assert growth.can_grow and growth.reason == "the autoscaler's node types: {CPU: 8, GPU: 1} x 4"
+    assert growth_from_autoscaler_status(None, node_types=[({"CPU": 4.0}, -1)]).reason.endswith("x unbounded")
+    assert not growth_from_autoscaler_status(None, node_types=[({"CPU": 0.0, "tune_driver": 8.0}, 0)]).can_grow
+
+
 @pytest.mark.parametrize(("grace", "factor", "max_epochs"), [(1, 2, 4), (1, 2, 6), (2, 3, 20), (1, 4, 64), (3, 2, 3)])
 def test_asha_rungs_are_the_epochs_where_rays_asha_stops_trials(grace: int, factor: int, max_epochs: int) -> None:
     from ray.tune.schedulers import ASHAScheduler
