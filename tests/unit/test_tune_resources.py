@@ -89,3 +89,19 @@ def test_asha_rungs_are_the_epochs_where_rays_asha_stops_trials(grace: int, fact
     scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=factor)
     milestones = sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs if milestone < max_epochs)
     assert asha_rungs(grace, factor, max_epochs) == milestones
+
+
+def test_asha_rungs_that_are_not_saved_epochs_are_logged(tiny_cfg: RunConfig, caplog: pytest.LogCaptureFixture) -> None:
+    from rvc_ray.tune.trial import warn_unsaved_rungs
+
+    asha = {"tune.scheduler": "asha", "tune.grace_period_epochs": 1, "tune.reduction_factor": 2}
+    cfg = apply_overrides(tiny_cfg, {**asha, "train.epochs": 8, "train.save_every_epochs": 2})
+    with caplog.at_level("WARNING", logger="rvc_ray.tune"):
+        warn_unsaved_rungs(cfg, 8)  # rungs 1, 2, 4: epoch 1 is not saved
+    assert "epoch(s) 1, which are not saved (train.save_every_epochs=2)" in caplog.text
+    assert "set train.save_every_epochs=1" in caplog.text
+    caplog.clear()
+    saved = apply_overrides(cfg, {"tune.grace_period_epochs": 2})  # rungs 2, 4: both saved
+    with caplog.at_level("WARNING", logger="rvc_ray.tune"):
+        warn_unsaved_rungs(saved, 8)
+    assert caplog.text == ""
