@@ -2,13 +2,15 @@
 
 With no arguments it runs the whole pipeline on the built-in demo corpus with the tiny CPU preset:
 
-    python jobs/train.py
-    ray job submit --working-dir . -- python jobs/train.py
+    python jobs/train.py                       (runs/demo/ under the current directory)
+    ray job submit --working-dir . -- python jobs/train.py --set experiment.work_dir=s3://my-bucket/runs
 
+Under ``ray job submit`` the work_dir must be a URI or an absolute path every node shares: a relative one
+would resolve inside Ray's temporary copy of the working directory, and is refused (docs/cluster.md).
 With a real dataset and job config:
 
     ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/rvc_v2_40k.yaml \
-        --input /data/my_voice --set experiment.name=my_voice
+        --input s3://my-bucket/data/my_voice --set experiment.name=my_voice --set experiment.work_dir=s3://my-bucket/runs
 """
 
 from __future__ import annotations

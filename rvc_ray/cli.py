@@ -70,8 +70,8 @@ def _print_result(result: object) -> None:
 
 @app.command()
 def preprocess(
-    input: Annotated[list[Path], typer.Option("--input", "-i", help="Speaker folder(s), or one folder of speaker sub-folders.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Dataset directory (default: <run>/dataset).")] = None,
+    input: Annotated[list[str], typer.Option("--input", "-i", help="Speaker folder(s), or one folder of speaker sub-folders (path or URI).")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Dataset location (default: <run>/dataset).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -79,13 +79,13 @@ def preprocess(
     cfg = _load(config, set_)
     from rvc_ray.preprocess import run_preprocess
 
-    _run_stage(run_preprocess, cfg, input, output or RunLayout.from_config(cfg).dataset_dir)
+    _run_stage(run_preprocess, cfg, input, output or RunLayout.from_config(cfg).dataset_location)
 
 
 @app.command()
 def extract(
-    dataset: Annotated[Path | None, typer.Option(help="Preprocessed dataset directory (default: <run>/dataset).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Feature directory (default: <run>/features).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Preprocessed dataset location (default: <run>/dataset).")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Feature location (default: <run>/features).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -94,13 +94,13 @@ def extract(
     from rvc_ray.features.pipeline import run_extract
 
     layout = RunLayout.from_config(cfg)
-    _run_stage(run_extract, cfg, dataset or layout.dataset_dir, output or layout.features_dir)
+    _run_stage(run_extract, cfg, dataset or layout.dataset_location, output or layout.features_location)
 
 
 @app.command()
 def index(
-    features: Annotated[Path | None, typer.Option(help="Feature directory (default: <run>/features).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Index path (default: <run>/index/<name>.index).")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature location (default: <run>/features).")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Index location (default: <run>/index/<name>.index).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -109,7 +109,7 @@ def index(
     from rvc_ray.features.index import run_index
 
     layout = RunLayout.from_config(cfg)
-    _run_stage(run_index, cfg, features or layout.features_dir, output or layout.index_path)
+    _run_stage(run_index, cfg, features or layout.features_location, output or layout.index_location)
 
 
 @app.command()
@@ -117,9 +117,9 @@ def train(
     config: ConfigOption = None,
     set_: SetOption = None,
     input: Annotated[
-        list[Path] | None, typer.Option("--input", "-i", help="Raw recordings: run the whole pipeline first.")
+        list[str] | None, typer.Option("--input", "-i", help="Raw recordings (paths or URIs): run the whole pipeline first.")
     ] = None,
-    features: Annotated[Path | None, typer.Option(help="Train on an existing feature directory.")] = None,
+    features: Annotated[str | None, typer.Option(help="Train on an existing feature location.")] = None,
 ) -> None:
     """Train a voice with Ray Train (DDP). With --input, preprocess/extract/index first."""
     cfg = _load(config, set_)
@@ -127,12 +127,12 @@ def train(
     if input:
         from rvc_ray.pipeline import run_pipeline
 
-        run_pipeline(cfg, input)
+        with _user_errors_exit_2():
+            run_pipeline(cfg, input)
         return
     from rvc_ray.train.launch import fit
 
-    index_path = layout.index_path if layout.index_path.exists() else None
-    _run_stage(fit, cfg, features or layout.features_dir, index_path=index_path)
+    _run_stage(fit, cfg, features or layout.features_location, index_path=layout.index_location)
 
 
 @app.command()

@@ -582,12 +582,18 @@ def resolve_locations(cfg: RunConfig, *, base: Path | None = None) -> RunConfig:
 
     Relative local paths are made absolute against ``base`` (default: this process's directory); URIs are
     kept (trailing ``/`` dropped). Called once at the edge (:func:`load_run_config`), never in a worker.
+    A path inside Ray's temporary copy of a job's working directory (what a relative path becomes under
+    ``ray job submit --working-dir .``) is refused: Ray deletes that copy.
     """
+    from rvc_ray.cluster import refuse_ephemeral_location
     from rvc_ray.storage import normalize_location
 
     work_dir = normalize_location(cfg.experiment.work_dir, base=base)
+    refuse_ephemeral_location(work_dir, "experiment.work_dir")  # under `ray job submit`, a relative path lands here
     storage = cfg.scaling.storage_path
     storage = normalize_location(storage, base=base) if storage is not None else None
+    if storage is not None:
+        refuse_ephemeral_location(storage, "scaling.storage_path")
     if work_dir == cfg.experiment.work_dir and storage == cfg.scaling.storage_path:
         return cfg
     return cfg.model_copy(

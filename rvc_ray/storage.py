@@ -46,6 +46,7 @@ __all__ = [
     "read_parquet",
     "read_bytes",
     "read_text",
+    "relative_path",
     "remove",
     "upload_dir",
     "upload_file",
@@ -162,8 +163,21 @@ def list_files(location: str, *, suffix: str = "", recursive: bool = False) -> l
 
 def _location_of(location: str, root_path: str, found_path: str) -> str:
     """Turn a filesystem path found under ``root_path`` back into a location like ``location``."""
-    relative = posixpath.relpath(found_path, root_path) if is_remote(location) else os.path.relpath(found_path, root_path)
-    return join(location, relative)
+    return join(location, relative_path(found_path, root_path))
+
+
+def relative_path(found_path: str, root_path: str) -> str:
+    """``found_path`` relative to ``root_path`` (both paths inside one filesystem, ``/``-separated for URIs).
+
+    Plain string work: ``os.path.relpath`` would call ``os.getcwd()`` for the relative paths of object stores
+    (``bucket/key``), which fails in a process whose working directory was removed.
+    """
+    root = root_path.rstrip("/")
+    if found_path == root:
+        return "."
+    if not found_path.startswith(root + "/"):
+        raise ValueError(f"{found_path} is not under {root_path}")
+    return found_path[len(root) + 1 :]
 
 
 def read_bytes(location: str) -> bytes:
@@ -239,8 +253,7 @@ def download_dir(location: str, local_dir: str | Path) -> Path:
     target = Path(local_dir)
     for file in list_files(location, recursive=True):
         _, file_path = filesystem_and_path(file)
-        relative = posixpath.relpath(file_path, root_path) if is_remote(location) else os.path.relpath(file_path, root_path)
-        download_file(file, target / relative)
+        download_file(file, target / relative_path(file_path, root_path))
     target.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -299,7 +312,7 @@ def cached_local_copy(location: str, cache_root: str | Path, *, suffix: str = ""
     wanted: set[Path] = set()
     for file in list_files(location, suffix=suffix, recursive=True):
         _, file_path = filesystem_and_path(file)
-        local = target / posixpath.relpath(file_path, root_path)
+        local = target / relative_path(file_path, root_path)
         wanted.add(local)
         if not local.is_file() or local.stat().st_size != file_info(file)[0]:
             tmp = download_file(file, local.with_name(f".{local.name}.tmp{os.getpid()}"))

@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on one machine: a head raylet plus worker raylets, each its own ``ray start``.
 
-Every node is a separate ``ray start --block`` process (its own raylet, object store and ports, all
-picked free on 127.0.0.1) in its own process group, sharing one short temporary directory that no other
+Every node is a separate ``ray start --block`` process (its own raylet, object store, ports picked free
+and temporary directory) in its own process group, all under one short temporary directory that no other
 Ray cluster on the machine uses (so ``ray.init()`` elsewhere never finds this cluster). The dashboard of
 the head serves the Jobs API (``ray job submit --address http://127.0.0.1:<port>``).
 
@@ -154,6 +154,9 @@ class MultiNodeCluster:
             [
                 f"--address={self.gcs_address}",
                 "--node-ip-address=127.0.0.1",
+                # its own temporary directory, as a separate machine has: nodes sharing one would share (and
+                # delete under each other) the unpacked job working directories
+                f"--temp-dir={self.temp_dir / label}",
                 "--resources=" + json.dumps({label: 1}),
                 *_node_ports(),
             ],

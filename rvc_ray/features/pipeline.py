@@ -177,6 +177,14 @@ def _mute_table(cfg: RunConfig, speakers: list[int], done: set[str]) -> pa.Table
     )
 
 
+def _read_and_skip(batch: pa.Table, done: frozenset[str]) -> pa.Table:
+    """Map stage: read the segment files named in ``batch["path"]`` (locations), then :func:`_skip_done`."""
+    import pyarrow as pa
+
+    tables = [storage.read_parquet(path, columns=_INPUT_COLUMNS) for path in batch.column("path").to_pylist()]
+    return _skip_done(pa.concat_tables(tables), done)
+
+
 def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     """Map stage: drop segments already extracted, cast types, mark rows as not mute."""
     import pyarrow as pa
@@ -208,20 +216,15 @@ def _build_dataset(cfg: RunConfig, files: list[str], done: set[str], mute: pa.Ta
     device = "cuda" if f.use_gpu else "cpu"
     plan = extraction_plan(f.num_actors, f.cpus_per_actor, stages=2)
     actor = {"num_cpus": plan.cpus_per_actor, "num_gpus": f.gpus_per_actor if f.use_gpu else 0}
-    filesystem, _ = storage.filesystem_and_path(files[0])
-    ds = ray.data.read_parquet(
-        [storage.filesystem_and_path(p)[1] for p in files],
-        columns=_INPUT_COLUMNS,
-        filesystem=filesystem,
-        ray_remote_args={"num_cpus": plan.cpus_per_task},
-    )
-    ds = ds.map_batches(
-        _skip_done,
+    # Parquet is read by our own light task, not ray.data.read_parquet: its file-listing step asks for a whole
+    # CPU, which on a 2-CPU cluster whose actors hold 1.5 CPUs never gets one (the stage would wait forever)
+    ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files)).map_batches(
+        _read_and_skip,
         fn_kwargs={"done": frozenset(done)},
         batch_format="pyarrow",
         num_cpus=plan.cpus_per_task,
-        batch_size=f.batch_size,
-        compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))),  # one shard file: one input block
+        batch_size=1,
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))),
     )
     if mute.num_rows:
         ds = ds.union(ray.data.from_arrow(mute))

@@ -52,7 +52,7 @@ def _mirror_one(uri: str, target: Path, uri_of: dict[str, str]) -> None:
     uri_of[str(target)] = uri
     for file in storage.list_files(uri, recursive=True):
         _, file_path = storage.filesystem_and_path(file)
-        relative = Path(os.path.relpath(file_path, root_path))
+        relative = Path(storage.relative_path(file_path, root_path))
         local = target / relative
         local.parent.mkdir(parents=True, exist_ok=True)
         size, mtime_ns = storage.file_info(file)

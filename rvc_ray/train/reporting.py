@@ -218,8 +218,8 @@ def read_event_tags(tensorboard_dir: Path) -> dict[str, dict[str, list[tuple[int
     return found
 
 
-def record_worker_node(train_location: str, *, rank: int, node_id: str, start_epoch: int, world_size: int) -> str:
-    """Record which Ray node a training worker runs on: ``<train>/workers/start-<time>-rank<r>.json``.
+def record_worker_node(workers_location: str, *, rank: int, node_id: str, start_epoch: int, world_size: int) -> str:
+    """Record which Ray node a training worker runs on: ``<workers_location>/start-<time>-rank<r>.json``.
 
     Every worker of every (re)start writes one, so a run shows where each attempt placed its ranks.
     Returns the location written.
@@ -227,8 +227,6 @@ def record_worker_node(train_location: str, *, rank: int, node_id: str, start_ep
     from rvc_ray import storage
 
     record = {"rank": rank, "node_id": node_id, "start_epoch": start_epoch, "world_size": world_size, "time": time.time()}
-    location = storage.join(
-        storage.normalize_location(train_location), "workers", f"start-{time.time_ns()}-rank{rank}.json"
-    )
+    location = storage.join(storage.normalize_location(workers_location), f"start-{time.time_ns()}-rank{rank}.json")
     storage.write_text(location, json.dumps(record) + "\n")
     return location

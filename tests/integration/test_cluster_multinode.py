@@ -100,7 +100,7 @@ def test_mission_command_runs_the_demo_on_a_two_cpu_multinode_cluster_into_s3(mu
     # nothing in the repository or in Ray's copy of the working directory
     assert (REPO / "runs").exists() == repo_runs_before
     assert multinode_cluster.temp_dir is not None
-    assert not list(multinode_cluster.temp_dir.glob("session_*/runtime_resources/working_dir_files/*/runs"))
+    assert not list(multinode_cluster.temp_dir.glob("**/runtime_resources/working_dir_files/*/runs"))
 
 
 @pytest.mark.timeout(300)

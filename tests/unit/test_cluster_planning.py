@@ -85,3 +85,14 @@ def test_a_work_dir_inside_rays_job_copy_is_refused() -> None:
         refuse_ephemeral_location(job_copy, "experiment.work_dir")
     refuse_ephemeral_location("/data/runs/demo", "experiment.work_dir")
     refuse_ephemeral_location("s3://bucket/runtime_resources/x", "experiment.work_dir")
+
+
+def test_a_relative_work_dir_under_a_ray_job_is_refused_when_the_config_loads(tmp_path: Path, monkeypatch) -> None:
+    job_copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    job_copy.mkdir(parents=True)
+    monkeypatch.chdir(job_copy)
+    with pytest.raises(StorageError, match=r"experiment.work_dir resolves to .*_ray_pkg_abc/runs, inside Ray's"):
+        load_run_config("tiny_cpu", ["experiment.work_dir=runs"])
+    with pytest.raises(StorageError, match=r"scaling.storage_path resolves to"):
+        load_run_config("tiny_cpu", ["experiment.work_dir=s3://bucket/runs", "scaling.storage_path=ckpt"])
+    assert load_run_config("tiny_cpu", ["experiment.work_dir=s3://bucket/runs"]).experiment.work_dir == "s3://bucket/runs"
