@@ -249,7 +249,7 @@ def demo_corpus(
     seconds: Annotated[float, typer.Option(help="Seconds of audio per speaker.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed = identical files).")] = 0,
 ) -> None:
-    """Write the built-in synthetic demo corpus (with ground-truth F0 sidecars)."""
+    """Write the built-in synthetic demo corpus (its ground-truth F0 goes to <output>_f0/)."""
     from rvc_ray.demo_corpus import generate_demo_corpus
 
     files = generate_demo_corpus(output, num_speakers=speakers, seconds_per_speaker=seconds, seed=seed)

@@ -4,8 +4,10 @@ Nothing is downloaded. Each speaker gets its own base pitch and vocal-tract size
 phrase of syllables made of a harmonic glottal source (known F0 contour with glide and vibrato),
 formant filtering per vowel, unvoiced noise bursts (fricatives), short pauses, longer silences between
 phrases (where the slicer cuts) and varied loudness. Files are written in different formats per speaker
-(44.1 kHz 16-bit, 48 kHz 24-bit, ...), each with a ground-truth F0 sidecar ``<stem>.f0.npy``:
-float32 Hz at 100 frames per second (frame k is time k * 0.01 s), 0 where unvoiced.
+(44.1 kHz 16-bit, 48 kHz 24-bit, ...), each with its ground-truth F0 ``<stem>.f0.npy`` (float32 Hz at 100 frames
+per second, frame k is time k * 0.01 s, 0 where unvoiced). The F0 files go to a sibling folder of the corpus,
+``<corpus>_f0/spk<i>/`` (:func:`truth_f0_dir`), so that the corpus folder holds only audio and preprocessing
+reads no F0 file as input.
 
 The output is a pure function of the arguments: the same call writes byte-identical files.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DemoFile", "F0_FRAME_RATE", "generate_demo_corpus", "synthesize_utterance"]
+__all__ = ["DemoFile", "F0_FRAME_RATE", "generate_demo_corpus", "synthesize_utterance", "truth_f0_dir"]
 
 F0_FRAME_RATE = 100  # ground-truth F0 frames per second
 
@@ -35,7 +37,7 @@ _FILE_SECONDS = 15.0
 
 @dataclass(frozen=True)
 class DemoFile:
-    """One generated recording and its ground-truth F0 sidecar."""
+    """One generated recording and its ground-truth F0 file (outside the corpus folder)."""
 
     path: Path
     f0_path: Path
@@ -136,13 +138,20 @@ def _synthesize_file(speaker: int, seconds: float, seed: int) -> tuple[np.ndarra
     return wav.astype(np.float32), _frame_f0(f0, sample_rate), sample_rate, subtype
 
 
+def truth_f0_dir(out_dir: Path) -> Path:
+    """Where :func:`generate_demo_corpus` writes the ground-truth F0 of the corpus in ``out_dir``: ``<out_dir>_f0``."""
+    out_dir = Path(out_dir).absolute()
+    return out_dir.with_name(f"{out_dir.name}_f0")
+
+
 def generate_demo_corpus(
     out_dir: Path, *, num_speakers: int = 2, seconds_per_speaker: float = 60.0, seed: int = 0
 ) -> list[DemoFile]:
-    """Write the demo corpus to ``out_dir/spk<i>/spk<i>_<nn>.wav`` (+ ``.f0.npy``) and return its files.
+    """Write the demo corpus to ``out_dir/spk<i>/spk<i>_<nn>.wav`` and return its files.
 
-    Speakers cycle through 44.1 kHz/16-bit, 48 kHz/24-bit, 32 kHz/16-bit and 22.05 kHz/16-bit mono WAV.
-    Each speaker's audio is split into files of up to 15 s.
+    The ground-truth F0 of each file goes to ``truth_f0_dir(out_dir)/spk<i>/spk<i>_<nn>.f0.npy``, outside
+    ``out_dir``. Speakers cycle through 44.1 kHz/16-bit, 48 kHz/24-bit, 32 kHz/16-bit and 22.05 kHz/16-bit mono
+    WAV. Each speaker's audio is split into files of up to 15 s.
     """
     import soundfile as sf
 
@@ -154,6 +163,8 @@ def generate_demo_corpus(
     for speaker in range(num_speakers):
         speaker_dir = Path(out_dir) / f"spk{speaker}"
         speaker_dir.mkdir(parents=True, exist_ok=True)
+        f0_dir = truth_f0_dir(out_dir) / f"spk{speaker}"
+        f0_dir.mkdir(parents=True, exist_ok=True)
         remaining = seconds_per_speaker
         index = 0
         while remaining > 1e-6:
@@ -163,7 +174,7 @@ def generate_demo_corpus(
             wav, f0, sample_rate, subtype = _synthesize_file(speaker, seconds, seed * 100_003 + speaker * 1009 + index)
             path = speaker_dir / f"spk{speaker}_{index:02d}.wav"
             sf.write(path, wav, sample_rate, subtype=subtype)
-            f0_path = speaker_dir / f"spk{speaker}_{index:02d}.f0.npy"
+            f0_path = f0_dir / f"spk{speaker}_{index:02d}.f0.npy"
             np.save(f0_path, f0)
             files.append(DemoFile(path, f0_path, speaker, sample_rate, len(wav) / sample_rate))
             remaining -= seconds

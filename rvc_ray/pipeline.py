@@ -50,7 +50,8 @@ def prepare_demo_inputs(cfg: RunConfig, *, seconds_per_speaker: float = 60.0) ->
     marker = storage.join(corpus, ".complete")
     if not storage.exists(marker):
         with tempfile.TemporaryDirectory(prefix="rvc-demo-corpus-") as staging:
-            local = Path(staging) if layout.is_remote else Path(corpus)
+            # the ground-truth F0 goes beside the corpus (<corpus>_f0/): inside the staging directory too
+            local = Path(staging) / "corpus" if layout.is_remote else Path(corpus)
             generate_demo_corpus(local, num_speakers=2, seconds_per_speaker=seconds_per_speaker, seed=0)
             if layout.is_remote:
                 storage.upload_dir(local, corpus)

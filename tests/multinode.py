@@ -93,6 +93,10 @@ class MultiNodeCluster:
         env = dict(os.environ)
         env.pop("RAY_ADDRESS", None)
         env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **self.env)
+        # Ray's own actors that look the cluster up without an address (Train's PlacementGroupCleaner, via the
+        # State API) refuse to guess when other Ray clusters run on this machine ("Found multiple active Ray
+        # instances"); without the cleaner, a Train run killed by Tune (ASHA) leaks its placement group.
+        env["RAY_ADDRESS"] = self.gcs_address
         # `python` in a job's entrypoint is this interpreter, as on a node whose venv is on PATH
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
@@ -131,7 +135,8 @@ class MultiNodeCluster:
                 f"--dashboard-port={dashboard_port}",
                 f"--ray-client-server-port={free_port()}",
                 f"--temp-dir={self.temp_dir}",
-                "--resources=" + json.dumps({"head": 1}),
+                # tune_driver slots as the shipped cluster.yaml's head has: Tune trial drivers hold no worker CPU
+                "--resources=" + json.dumps({"head": 1, "tune_driver": 8}),
                 *_node_ports(),
             ],
         )

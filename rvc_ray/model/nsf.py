@@ -1,4 +1,4 @@
-"""NSF-HiFi-GAN decoder (``dec``): the harmonic-plus-noise source and the HiFi-GAN upsampler (rvc-spec §5.1).
+"""NSF-HiFi-GAN decoder (``dec``): the harmonic-plus-noise source and the HiFi-GAN upsampler (docs/model.md).
 
 With ``use_source=False`` it is RVC's plain HiFi-GAN ``Generator`` (the no-F0 variant: no ``m_source``,
 no ``noise_convs``).
@@ -107,6 +107,8 @@ class HiFiGANDecoder(nn.Module):
         self.num_kernels, self.num_upsamples = len(resblock_kernel_sizes), len(upsample_rates)
         self.upp = math.prod(upsample_rates)
         self.m_source = HarmonicNoiseSource(sample_rate) if use_source else None
+        # registered before conv_pre as RVC-WebUI does (Applio: after ups); optimizer state in G_*.pth files is
+        # mapped by parameter name, so both orders load (model/optimizer_order.py)
         self.noise_convs = nn.ModuleList() if use_source else None
         self.conv_pre = nn.Conv1d(in_channels, upsample_initial_channel, 7, 1, padding=3)
         block_cls = ResBlock1 if resblock == "1" else ResBlock2

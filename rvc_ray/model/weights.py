@@ -1,7 +1,8 @@
 """RVC weight files in and out: pretrained ``f0G*/f0D*.pth``, training checkpoints ``G_*.pth`` / ``D_*.pth``.
 
 Both are ``torch.save`` of ``{"model": state_dict, ...}``; training checkpoints add ``"iteration"`` (the epoch),
-``"optimizer"`` and ``"learning_rate"`` (rvc-spec §6.8). Files are read with ``weights_only=True``.
+``"optimizer"`` and ``"learning_rate"`` (docs/model.md, "Weight files"); optimizer state moves between the RVC
+trainers' parameter orders by name (:mod:`rvc_ray.model.optimizer_order`). Files are read with ``weights_only=True``.
 Before anything is loaded the file is checked against the run (v1/v2 content width, F0 or not, sample rate,
 speaker rows, discriminator periods, every shape), and a mismatch raises :class:`PretrainedMismatchError`
 with a message a user can act on.
@@ -366,42 +367,29 @@ def load_pretrained(
 # --------------------------------------------------------------------------- training checkpoints
 
 
-def save_rvc_checkpoint(*args: Any, **kwargs: Any) -> Path:
-    """Write an RVC ``G_*.pth`` / ``D_*.pth``: ``{"model", "iteration" (epoch), "optimizer", "learning_rate"}``.
-
-    Two call forms:
-
-    - ``save_rvc_checkpoint(module_state_dict, optimizer_state_dict, epoch, learning_rate, path)``
-    - ``save_rvc_checkpoint(path, module, optimizer, *, epoch, learning_rate)`` (module / optimizer objects)
-
-    DDP ``module.`` prefixes are stripped. The write is atomic (temporary file + rename). Returns the path.
-    """
-    if args and isinstance(args[0], str | Path):
-        return _save_from_objects(*args, **kwargs)
-    return _save_states(*args, **kwargs)
-
-
-def _save_from_objects(
+def save_rvc_checkpoint(
     path: str | Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, *, epoch: int, learning_rate: float
 ) -> Path:
-    optim_state = optimizer.state_dict() if optimizer is not None else None
-    return _save_states(_unwrap(module).state_dict(), optim_state, epoch, learning_rate, path)
+    """Write an RVC ``G_*.pth`` / ``D_*.pth`` that rvc-ray, RVC-WebUI and Applio all resume from.
 
+    Entries: ``"model"`` (classic ``weight_g``/``weight_v`` names, DDP ``module.`` stripped), ``"iteration"``
+    (the epoch, as RVC stores it), ``"learning_rate"``, ``"optimizer"`` (None without an optimizer) and
+    :data:`~rvc_ray.model.optimizer_order.STATE_BY_NAME_KEY`. The optimizer state is written so that both RVC
+    parameter orders load it (see :mod:`rvc_ray.model.optimizer_order`). The write is atomic (temporary file +
+    rename). Returns the path.
+    """
+    from rvc_ray.model.optimizer_order import STATE_BY_NAME_KEY, portable_optimizer_state
 
-def _save_states(
-    module_state_dict: Mapping[str, Tensor],
-    optimizer_state_dict: Mapping[str, Any] | None,
-    epoch: int,
-    learning_rate: float | None,
-    path: str | Path,
-) -> Path:
-    target = Path(path)
-    payload = {
-        "model": normalize_state_dict(module_state_dict),
+    target_module = _unwrap(module)
+    payload: dict[str, Any] = {
+        "model": normalize_state_dict(target_module.state_dict()),
         "iteration": int(epoch),
-        "optimizer": optimizer_state_dict,
-        "learning_rate": None if learning_rate is None else float(learning_rate),
+        "optimizer": None,
+        "learning_rate": float(learning_rate),
     }
+    if optimizer is not None:
+        payload["optimizer"], payload[STATE_BY_NAME_KEY] = portable_optimizer_state(target_module, optimizer)
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     torch.save(payload, tmp)
@@ -418,7 +406,8 @@ def load_rvc_checkpoint(
 ) -> RVCCheckpoint:
     """Read an RVC ``G_*.pth`` / ``D_*.pth`` (or a pretrained file: no optimizer, epoch 0).
 
-    With ``module`` (and ``optimizer``) the state is also loaded into them after a shape check.
+    With ``module`` (and ``optimizer``) the state is also loaded into them after a shape check; the optimizer
+    state is mapped by parameter name, whichever trainer (rvc-ray, RVC-WebUI, Applio) wrote the file.
     ``int(result)`` is the saved epoch ("iteration"; RVC stores the epoch there).
     """
     path = Path(path)
@@ -438,10 +427,14 @@ def load_rvc_checkpoint(
         _check_shapes(state, expected, path.name)
         _load_into(module, state, path, kind, strict, checkpoint.epoch)
     if optimizer is not None:
+        if module is None:
+            raise ValueError("load_rvc_checkpoint: an optimizer needs its module (the state is mapped by name)")
         if checkpoint.optimizer_state is None:
             raise PretrainedMismatchError(f"{path.name} has no optimizer state (a pretrained file, not G_/D_*.pth)")
+        from rvc_ray.model.optimizer_order import optimizer_state_for
+
         try:
-            optimizer.load_state_dict(checkpoint.optimizer_state)
+            optimizer.load_state_dict(optimizer_state_for(data, _unwrap(module), optimizer, path.name))
         except (ValueError, KeyError) as exc:
             raise PretrainedMismatchError(f"{path.name}: optimizer state does not fit this model: {exc}") from exc
     return checkpoint

@@ -4,13 +4,17 @@
 sizes the number of concurrent trials so that trial drivers and their Train workers can never
 deadlock, runs the sweep (ASHA by default) and writes the results (see :mod:`rvc_ray.tune.results`).
 
-Layout under ``<run>/tune/``::
+Layout under ``<run>/tune/`` (a local path or a URI such as ``s3://bucket/runs/demo/tune``)::
 
     sweep/                   Tune's experiment directory (what ``resume=True`` restores)
-    trials/trial_<id>/       each trial's Ray Train run: checkpoints, tensorboard/, metrics.jsonl, voices/
+    trials/trial_<id>/       each trial's Ray Train run: epoch_<E>/ checkpoints, tensorboard/, metrics.jsonl, voices/
     sweep_config.json        the base config and search space (a resumed sweep must match it)
     results.csv, results.json, results.png
-    best/                    best_config.yaml, the best trial's voice (+ index) and checkpoint/
+    best/                    best_config.yaml, the best trial's scored-epoch voice (+ index) and checkpoint/
+
+A trial is scored at its latest *saved* epoch, so the voice in ``best/`` is the one its score belongs to
+(:mod:`rvc_ray.tune.results`). A trial that runs out of memory fails at once, without Ray Train retries
+(:mod:`rvc_ray.tune.out_of_memory`).
 """
 
 from __future__ import annotations
@@ -18,99 +22,64 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rvc_ray import storage
 from rvc_ray.config import ConfigError, RunConfig
 from rvc_ray.layout import RunLayout
+from rvc_ray.tune.plot import plot_results
+from rvc_ray.tune.resources import (
+    TUNE_DRIVER_RESOURCE,
+    ConcurrencyPlan,
+    detect_cluster_growth,
+    plan_concurrency,
+    trial_demand,
+)
 from rvc_ray.tune.results import (
     TrialRecord,
     collect_trial_records,
     copy_best_trial,
-    plot_results,
     select_best,
     write_best_config,
     write_results_table,
 )
 from rvc_ray.tune.space import SearchSpace, apply_overrides, build_search_space
+from rvc_ray.tune.trial import build_scheduler, trial_dirname, trial_driver, warn_unsaved_rungs
 
 __all__ = [
-    "TUNE_DRIVER_RESOURCE",
     "SweepPlan",
-    "TrialDemand",
     "TuneResult",
-    "plan_concurrency",
     "plan_sweep",
     "run_tune",
-    "trial_demand",
     "write_sweep_results",
 ]
 
 log = logging.getLogger("rvc_ray.tune")
 
-TUNE_DRIVER_RESOURCE = "tune_driver"
 SWEEP_NAME = "sweep"
 
 
 @dataclass(frozen=True)
 class TuneResult:
-    """What a sweep produced (paths are absolute; ``best_*`` are None when every trial failed)."""
+    """What a sweep produced, as locations (absolute local paths or URIs; ``best_*`` are None when no trial
+    was scored)."""
 
-    sweep_dir: Path
-    results_csv: Path
-    results_json: Path
-    plot_path: Path
-    best_config_path: Path | None
-    best_voice_path: Path | None
-    best_checkpoint_path: Path | None
+    sweep_dir: str
+    results_csv: str
+    results_json: str
+    plot_path: str
+    best_config_path: str | None
+    best_voice_path: str | None
+    best_checkpoint_path: str | None
     best_trial_id: str | None
     best_metrics: dict[str, Any] = field(default_factory=dict)
     num_trials: int = 0
     num_failed: int = 0
     num_early_stopped: int = 0
     max_concurrent_trials: int = 1
-
-
-@dataclass(frozen=True)
-class TrialDemand:
-    """Resources one trial holds: its driver (a ``tune_driver`` slot, or 1 CPU) plus its Train workers."""
-
-    driver: dict[str, float]
-    workers: dict[str, float]
-
-    @property
-    def total(self) -> dict[str, float]:
-        merged = dict(self.workers)
-        for key, value in self.driver.items():
-            merged[key] = merged.get(key, 0.0) + value
-        return merged
-
-
-def trial_demand(configs: Sequence[RunConfig], *, has_driver_resource: bool) -> TrialDemand:
-    """The largest per-trial demand over ``configs`` (the scaling section may itself be searched)."""
-    cpus = max(c.scaling.num_workers * c.scaling.cpus_per_worker for c in configs)
-    gpus = max(c.scaling.num_workers * c.scaling.gpus_per_worker if c.scaling.use_gpu else 0.0 for c in configs)
-    workers = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
-    driver = {TUNE_DRIVER_RESOURCE: 1.0} if has_driver_resource else {"CPU": 1.0}
-    return TrialDemand(driver=driver, workers=workers)
-
-
-def plan_concurrency(demand: TrialDemand, available: Mapping[str, float], configured: int | None) -> int:
-    """How many trials may run at once: what the free resources hold, capped by ``tune.max_concurrent_trials``.
-
-    Every trial's driver and all of its Train workers must fit together, so trial drivers can never hold
-    the resources their own workers wait for. At least 1 (on 2 CPUs, trials run one after another).
-    """
-    fits = math.inf
-    for key, needed in demand.total.items():
-        if needed > 0:
-            fits = min(fits, math.floor(available.get(key, 0.0) / needed + 1e-9))
-    limit = fits if configured is None else min(fits, configured)
-    return max(1, int(limit)) if math.isfinite(limit) else max(1, configured or 1)
 
 
 def _scaling_variants(cfg: RunConfig, space: SearchSpace) -> list[RunConfig]:
@@ -122,10 +91,12 @@ def _scaling_variants(cfg: RunConfig, space: SearchSpace) -> list[RunConfig]:
     return [apply_overrides(cfg, dict(zip((d.path for d in dims), combo, strict=True))) for combo in combos]
 
 
-def _check_features(features_dir: Path) -> None:
-    if not any((features_dir / "table").glob("part-*.parquet")):
+def _check_features(features: str) -> None:
+    table = storage.join(features, "table")
+    names = [p.replace("\\", "/").rsplit("/", 1)[-1] for p in storage.list_files(table, suffix=".parquet")]
+    if not any(name.startswith("part-") for name in names):
         raise ConfigError(
-            f"no feature table in {features_dir / 'table'} (part-*.parquet); run the extract stage first "
+            f"no feature table in {table} (part-*.parquet); run the extract stage first "
             "(every trial trains on the same prepared features)"
         )
 
@@ -134,13 +105,13 @@ def _sweep_identity(cfg: RunConfig, space: SearchSpace) -> dict[str, Any]:
     return {"config": cfg.model_dump(mode="json"), "search": [d.describe() for d in space.dimensions]}
 
 
-def _check_resume_matches(identity_path: Path, identity: dict[str, Any]) -> None:
-    if not identity_path.is_file():
+def _check_resume_matches(identity_path: str, identity: dict[str, Any]) -> None:
+    if not storage.exists(identity_path):
         return
-    saved = json.loads(identity_path.read_text(encoding="utf-8"))
+    saved = json.loads(storage.read_text(identity_path))
     if saved.get("search") != identity["search"]:
         raise ConfigError(
-            f"resume: the sweep in {identity_path.parent} searched {saved.get('search')}, but this call searches "
+            f"resume: the sweep of {identity_path} searched {saved.get('search')}, but this call searches "
             f"{identity['search']}; resume with the same --search/--search-file (or start a new experiment.name)"
         )
     if saved.get("config") != identity["config"]:
@@ -153,135 +124,97 @@ def _check_resume_matches(identity_path: Path, identity: dict[str, Any]) -> None
         )
 
 
-def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
-
-
-def _trial_driver(
-    config: dict[str, Any], *, base_config: dict[str, Any], features_dir: str, index_path: str | None, trials_dir: str
-) -> None:
-    """One Tune trial = one Ray Train run of the base config with this trial's sampled values."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from rvc_ray.train.launch import build_torch_trainer
-
-    cfg = apply_overrides(base_config, config)
-    trial_id = ray.tune.get_context().get_trial_id()
-    trainer = build_torch_trainer(
-        cfg,
-        Path(features_dir),
-        Path(index_path) if index_path else None,
-        run_name=f"trial_{trial_id}",  # stable per trial: a restored trial resumes its own checkpoints
-        storage_path=Path(trials_dir),
-        callbacks=[TuneReportCallback()],
-    )
-    trainer.fit()
-
-
-def _build_scheduler(cfg: RunConfig, max_epochs: int) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if cfg.tune.scheduler == "fifo":
-        return FIFOScheduler()
-    if cfg.tune.grace_period_epochs > max_epochs:
-        raise ConfigError(
-            f"tune.grace_period_epochs={cfg.tune.grace_period_epochs} is longer than the training "
-            f"(train.epochs={max_epochs}); ASHA could never stop a trial"
-        )
-    return ASHAScheduler(
-        # the reported epoch, not Tune's training_iteration: a trial restarted by a resumed sweep continues
-        # its Train checkpoint at epoch k while Tune's iteration count starts again at 1
-        time_attr="epoch",
-        max_t=max_epochs,
-        grace_period=cfg.tune.grace_period_epochs,
-        reduction_factor=cfg.tune.reduction_factor,
-    )
-
-
 @dataclass(frozen=True)
 class SweepPlan:
-    """Everything decided (and validated) before the cluster is touched."""
+    """Everything decided (and validated) before the cluster is touched; directories are locations."""
 
     cfg: RunConfig
     space: SearchSpace
-    features_dir: Path
-    index_path: Path | None
-    sweep_dir: Path
+    features_dir: str
+    index_path: str | None
+    sweep_dir: str
     variants: tuple[RunConfig, ...]
     scheduler: Any
     resume: bool
 
     @property
-    def experiment_path(self) -> Path:
-        return self.sweep_dir / SWEEP_NAME
+    def experiment_path(self) -> str:
+        return storage.join(self.sweep_dir, SWEEP_NAME)
 
     @property
-    def trials_dir(self) -> Path:
-        return self.sweep_dir / "trials"
+    def trials_dir(self) -> str:
+        return storage.join(self.sweep_dir, "trials")
 
     @property
-    def identity_path(self) -> Path:
-        return self.sweep_dir / "sweep_config.json"
+    def identity_path(self) -> str:
+        return storage.join(self.sweep_dir, "sweep_config.json")
+
+    @property
+    def num_trials(self) -> int:
+        return self.cfg.tune.num_samples * self.space.grid_size
+
+
+def _default_index(cfg: RunConfig) -> str | None:
+    index = RunLayout.from_config(cfg).index_location
+    return index if storage.exists(index) else None
 
 
 def plan_sweep(
     cfg: RunConfig,
-    features_dir: Path,
+    features_dir: str | Path,
     *,
     search: Sequence[str] = (),
     search_file: Path | None = None,
     resume: bool = False,
-    index_path: Path | None = None,
+    index_path: str | Path | None = None,
 ) -> SweepPlan:
     """Validate the search space, the features and the sweep directory; raise ConfigError on any problem."""
     from ray.tune import Tuner
 
     space = build_search_space(cfg, search, search_file)
-    features_dir = Path(features_dir).resolve()
-    _check_features(features_dir)
-    layout = RunLayout.from_config(cfg)
-    if index_path is None and layout.index_path.is_file():
-        index_path = layout.index_path
+    features = storage.normalize_location(features_dir)
+    _check_features(features)
     variants = tuple(_scaling_variants(cfg, space))
+    max_epochs = max(v.train.epochs for v in variants)
     plan = SweepPlan(
         cfg=cfg,
         space=space,
-        features_dir=features_dir,
-        index_path=Path(index_path).resolve() if index_path is not None else None,
-        sweep_dir=layout.tune_dir,
+        features_dir=features,
+        index_path=storage.normalize_location(index_path) if index_path is not None else _default_index(cfg),
+        sweep_dir=RunLayout.from_config(cfg).tune_location,
         variants=variants,
-        scheduler=_build_scheduler(cfg, max(v.train.epochs for v in variants)),
+        scheduler=build_scheduler(cfg, max_epochs),
         resume=resume,
     )
     if resume:
-        if not (plan.experiment_path.exists() and Tuner.can_restore(str(plan.experiment_path))):
+        if not (storage.exists(plan.experiment_path) and Tuner.can_restore(plan.experiment_path)):
             raise ConfigError(f"resume: no interrupted sweep to resume in {plan.experiment_path}")
         _check_resume_matches(plan.identity_path, _sweep_identity(cfg, space))
-    elif plan.experiment_path.exists():
+    elif storage.exists(plan.experiment_path):
         raise ConfigError(
             f"a sweep already exists in {plan.experiment_path}; resume it (--resume), or choose another "
             "experiment.name, or delete that directory"
         )
+    warn_unsaved_rungs(cfg, max_epochs)
     return plan
 
 
-def _build_tuner(plan: SweepPlan, demand: TrialDemand, concurrency: int) -> Any:
+def _build_tuner(plan: SweepPlan, driver_resources: dict[str, float], concurrency: int) -> Any:
     import ray.tune
 
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(
-            _trial_driver,
+            trial_driver,
             base_config=plan.cfg.model_dump(mode="json"),
-            features_dir=str(plan.features_dir),
-            index_path=str(plan.index_path) if plan.index_path is not None else None,
-            trials_dir=str(plan.trials_dir),
+            features_dir=plan.features_dir,
+            index_path=plan.index_path,
+            trials_dir=plan.trials_dir,
         ),
-        demand.driver,
+        driver_resources,
     )
     if plan.resume:
         return ray.tune.Tuner.restore(
-            str(plan.experiment_path), trainable=trainable, resume_unfinished=True, resume_errored=False
+            plan.experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
     tune_cfg = plan.cfg.tune
     return ray.tune.Tuner(
@@ -294,31 +227,54 @@ def _build_tuner(plan: SweepPlan, demand: TrialDemand, concurrency: int) -> Any:
             max_concurrent_trials=concurrency,
             scheduler=plan.scheduler,
             time_budget_s=tune_cfg.time_budget_s,
-            trial_dirname_creator=_trial_dirname,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=ray.tune.RunConfig(
             name=SWEEP_NAME,
-            storage_path=str(plan.sweep_dir),
+            storage_path=plan.sweep_dir,
             failure_config=ray.tune.FailureConfig(max_failures=0),  # a failed trial is a result, not retried
             verbose=1,
         ),
     )
 
 
+def _plan_trials_at_once(plan: SweepPlan) -> tuple[dict[str, float], ConcurrencyPlan]:
+    """(a trial driver's resources, how many trials run at once and why) on the connected cluster."""
+    import ray
+
+    has_driver_resource = ray.cluster_resources().get(TUNE_DRIVER_RESOURCE, 0.0) >= 1.0
+    demand = trial_demand(plan.variants, has_driver_resource=has_driver_resource)
+    if not has_driver_resource:
+        log.warning(
+            "the cluster has no '%s' resource: each trial driver holds 1 CPU (start the head with "
+            "--resources='{\"%s\": 8}' to keep all CPUs for training workers)",
+            TUNE_DRIVER_RESOURCE,
+            TUNE_DRIVER_RESOURCE,
+        )
+    concurrency = plan_concurrency(
+        demand,
+        ray.available_resources(),
+        plan.cfg.tune.max_concurrent_trials,
+        growth=detect_cluster_growth(),
+        num_trials=plan.num_trials,
+    )
+    return demand.driver, concurrency
+
+
 def run_tune(
     cfg: RunConfig,
-    features_dir: Path,
+    features_dir: str | Path,
     *,
     search: Sequence[str] = (),
     search_file: Path | None = None,
     resume: bool = False,
-    index_path: Path | None = None,
+    index_path: str | Path | None = None,
 ) -> TuneResult:
     """Run (or resume) the sweep of ``cfg`` on the connected Ray cluster and write its results.
 
     Args:
         cfg: the base config; ``cfg.tune`` holds the default search ranges, scheduler and budget.
-        features_dir: the extract stage's output, shared by every trial.
+        features_dir: the extract stage's output, shared by every trial (a local path or a URI).
         search: extra ``section.field=expression`` dimensions (see :mod:`rvc_ray.tune.space`).
         search_file: a YAML ``{section.field: expression}`` search space.
         resume: continue the interrupted sweep in ``<run>/tune/sweep`` (same config and search space).
@@ -327,38 +283,29 @@ def run_tune(
     Raises:
         ConfigError: a bad search path/expression/value, missing features, or a resume that does not match,
             all before any trial starts.
+        StorageError: ``experiment.work_dir`` cannot be written from every node (before any trial starts).
     """
-    import ray
-
-    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.cluster import check_location_on_cluster, ensure_ray
 
     plan = plan_sweep(
         cfg, features_dir, search=search, search_file=search_file, resume=resume, index_path=index_path
     )
     ensure_ray()
-    has_driver_resource = ray.cluster_resources().get(TUNE_DRIVER_RESOURCE, 0.0) >= 1.0
-    demand = trial_demand(plan.variants, has_driver_resource=has_driver_resource)
-    concurrency = plan_concurrency(demand, ray.available_resources(), cfg.tune.max_concurrent_trials)
-    if not has_driver_resource:
-        log.warning(
-            "the cluster has no '%s' resource: each trial driver holds 1 CPU (start the head with "
-            "--resources='{\"%s\": 8}' to keep all CPUs for training workers)",
-            TUNE_DRIVER_RESOURCE,
-            TUNE_DRIVER_RESOURCE,
-        )
+    # every trial runs wherever the cluster places it: the sweep's storage must work from every node
+    check_location_on_cluster(RunLayout.from_config(cfg).root_location, "experiment.work_dir")
+    driver_resources, concurrency = _plan_trials_at_once(plan)
     log.warning(
-        "rvc-ray tune %s: %s; up to %d trial(s) at once (each needs %s)",
+        "rvc-ray tune %s: %s; up to %d trial(s) at once: %s",
         cfg.experiment.name,
         ", ".join(d.describe() for d in plan.space.dimensions),
-        concurrency,
-        demand.total,
+        concurrency.trials,
+        concurrency.reason,
     )
-    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-    plan.identity_path.write_text(json.dumps(_sweep_identity(cfg, plan.space), indent=2), encoding="utf-8")
-    result_grid = _build_tuner(plan, demand, concurrency).fit()
+    storage.write_text(plan.identity_path, json.dumps(_sweep_identity(cfg, plan.space), indent=2))
+    result_grid = _build_tuner(plan, driver_resources, concurrency.trials).fit()
     return write_sweep_results(
         cfg, plan.space, result_grid, sweep_dir=plan.sweep_dir, trials_dir=plan.trials_dir,
-        index_path=plan.index_path, concurrency=concurrency,
+        index_path=plan.index_path, concurrency=concurrency.trials,
     )  # fmt: skip
 
 
@@ -367,9 +314,9 @@ def write_sweep_results(
     space: SearchSpace,
     result_grid: Any,
     *,
-    sweep_dir: Path,
-    trials_dir: Path,
-    index_path: Path | None = None,
+    sweep_dir: str,
+    trials_dir: str,
+    index_path: str | None = None,
     concurrency: int = 1,
 ) -> TuneResult:
     """Table, plot and best-trial files of a finished sweep (``result_grid`` = ``Tuner.fit()``)."""
@@ -379,22 +326,23 @@ def write_sweep_results(
         metric=metric,
         max_epochs=lambda config: int(config.get("train.epochs") or cfg.train.epochs),
         paths=space.paths,
-        train_run_dir_of=lambda trial_id: trials_dir / f"trial_{trial_id}",
+        train_run_dir_of=lambda trial_id: storage.join(trials_dir, f"trial_{trial_id}"),
     )
-    results_csv, results_json = sweep_dir / "results.csv", sweep_dir / "results.json"
+    results_csv, results_json = storage.join(sweep_dir, "results.csv"), storage.join(sweep_dir, "results.json")
     write_results_table(records, results_csv, results_json, metric=metric, paths=space.paths)
-    plot_path = plot_results(records, sweep_dir / "results.png", metric=metric)
+    plot_path = plot_results(records, storage.join(sweep_dir, "results.png"), metric=metric)
     best = select_best(records)
-    best_dir = sweep_dir / "best"
-    if best_dir.exists():
-        shutil.rmtree(best_dir)  # a resumed sweep may have a different winner
+    best_dir = storage.join(sweep_dir, "best")
+    storage.remove(best_dir)  # a resumed sweep may have a different winner
     best_config_path = best_voice = best_checkpoint = None
     if best is not None:
         winner_cfg = apply_overrides(cfg, best.config)
-        best_config_path = write_best_config(winner_cfg, best, best_dir / "best_config.yaml", metric=metric)
+        best_config_path = write_best_config(
+            winner_cfg, best, storage.join(best_dir, "best_config.yaml"), metric=metric
+        )
         best_voice, best_checkpoint = copy_best_trial(best, best_dir, index_path=index_path)
     else:
-        log.warning("rvc-ray tune: no trial reported a finite %s; see %s", metric, results_csv)
+        log.warning("rvc-ray tune: no trial has a finite %s at a saved epoch; see %s", metric, results_csv)
     return TuneResult(
         sweep_dir=sweep_dir,
         results_csv=results_csv,
@@ -413,6 +361,12 @@ def write_sweep_results(
 
 
 def _best_metrics(best: TrialRecord | None, metric: str) -> dict[str, Any]:
-    if best is None:
+    if best is None or best.scored is None:
         return {}
-    return {metric: best.score, "epochs": best.epochs, "config": dict(best.config), **best.extra_metrics}
+    return {
+        metric: best.score,
+        "scored_epoch": best.scored.epoch,
+        "epochs": best.epochs,
+        "config": dict(best.config),
+        **best.extra_metrics,
+    }

@@ -18,9 +18,12 @@ adversarial weight ``loss.c_adv`` over ``uniform(tune.c_adv_min, tune.c_adv_max)
 dimension on the same path replaces the default.
 
 Everything is checked before any trial starts: unknown paths are named, bad expressions are named,
-and every candidate value (every choice/grid value, both ends of every range, and every combination
-of the discrete values) is applied to the base config and re-validated as a ``RunConfig``, so, for
-example, a batch size that does not divide across the workers is rejected up front.
+and every candidate value is applied to the base config and re-validated as a ``RunConfig``: every
+choice/grid value, *every* integer of a ``randint`` range (up to 1024 of them; the ends and the values
+next to them beyond that), both ends and an interior point of a ``uniform``/``loguniform`` range (a float
+range on an integer field fails there), and every combination of those. All values of a dimension that
+fail are named in one line, so, for example, ``train.batch_size=randint(4,8)`` with 2 workers is refused up
+front for 5 and 7, which do not divide across the workers.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rvc_ray.config import ConfigError, RunConfig
+from rvc_ray.config import ConfigError, RunConfig, _apply_override
 
 __all__ = [
     "SearchDimension",
@@ -52,6 +55,8 @@ SearchKind = Literal["fixed", "choice", "grid", "uniform", "loguniform", "randin
 _EXPRESSION = re.compile(r"^\s*(choice|grid|uniform|loguniform|randint)\s*\((.*)\)\s*$", re.DOTALL)
 _RANGE_KINDS = ("uniform", "loguniform", "randint")
 _MAX_COMBINATIONS_CHECKED = 4096
+_MAX_RANGE_VALUES_CHECKED = 1024
+_INTERIOR = 0.381966  # an interior point of a continuous range that is not a round number
 BATCH_SIZE_PATH = "train.batch_size"
 C_ADV_PATH = "loss.c_adv"
 
@@ -72,7 +77,18 @@ class SearchDimension:
         return self.kind in ("fixed", "choice", "grid")
 
     def candidates(self) -> tuple[Any, ...]:
-        """Values that must each produce a valid config: all discrete values, or both ends of a range."""
+        """Values that must each produce a valid config (see the module docstring)."""
+        if self.kind == "randint":
+            low, high = self.values
+            if high - low < _MAX_RANGE_VALUES_CHECKED:
+                return tuple(range(low, high + 1))
+            return tuple(sorted({low, low + 1, (low + high) // 2, high - 1, high}))
+        if self.kind == "uniform":
+            low, high = self.values
+            return (low, low + (high - low) * _INTERIOR, high)
+        if self.kind == "loguniform":
+            low, high = self.values
+            return (low, low * (high / low) ** _INTERIOR, high)
         return self.values
 
     def to_tune(self) -> Any:
@@ -281,11 +297,7 @@ def apply_overrides(base: RunConfig | Mapping[str, Any], values: Mapping[str, An
     data = base.model_dump(mode="json") if isinstance(base, RunConfig) else _deep_copy(base)
     for path, value in values.items():
         check_config_path(path)
-        node = data
-        parts = path.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        _apply_override(data, path.split("."), value)  # the config's own override walker
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -343,20 +355,36 @@ def build_search_space(
 
 
 def validate_search_space(cfg: RunConfig, space: SearchSpace) -> None:
-    """Apply every candidate value to ``cfg`` and re-validate, naming the first path/value that fails.
+    """Apply every candidate value to ``cfg`` and re-validate; one line names a dimension's failing values.
 
     Each dimension's candidates are checked alone (with the other dimensions at the base config), then
-    every combination of the discrete candidates and range ends is checked together (up to
-    4096 combinations), so cross-field rules such as batch size vs. workers are caught before a trial.
+    every combination of the candidates is checked together (up to 4096 combinations), so cross-field
+    rules such as batch size vs. workers are caught before a trial.
     """
     for dim in space.dimensions:
+        failures: list[tuple[Any, ConfigError]] = []
         for value in dim.candidates():
             try:
                 apply_overrides(cfg, {dim.path: value})
             except ConfigError as exc:
-                raise ConfigError(f"search {dim.describe()}: value {value!r} is not allowed: {exc}") from None
+                failures.append((value, exc))
+        if failures:
+            raise ConfigError(_describe_failures(cfg, dim, failures))
     combos = itertools.product(*(dim.candidates() for dim in space.dimensions))
     for checked, combo in enumerate(combos):
         if checked >= _MAX_COMBINATIONS_CHECKED:
             break
         apply_overrides(cfg, dict(zip(space.paths, combo, strict=True)))
+
+
+def _describe_failures(cfg: RunConfig, dim: SearchDimension, failures: list[tuple[Any, ConfigError]]) -> str:
+    values = ", ".join(repr(value) for value, _ in failures)
+    which = f"value {values} is" if len(failures) == 1 else f"values {values} are"
+    text = f"search {dim.describe()}: {which} not allowed: {failures[0][1]}"
+    if dim.path == BATCH_SIZE_PATH and dim.kind in _RANGE_KINDS:
+        workers = cfg.scaling.num_workers
+        low, high = dim.values
+        fitting = [b for b in range(math.ceil(low), math.floor(high) + 1) if b % workers == 0][:8]
+        hint = f"choice({', '.join(map(str, fitting))})" if fitting else f"choice of multiples of {workers}"
+        text += f"; batch sizes must be whole multiples of scaling.num_workers={workers}: search them with {hint}"
+    return text

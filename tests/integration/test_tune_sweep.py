@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from rvc_ray.config import RunConfig, load_run_config
 from rvc_ray.data.dataset import write_synthetic_feature_table
@@ -73,7 +74,7 @@ def test_sweep_grid_asha_failure_best_config_and_resume(tmp_path: Path, ray_clus
     assert result.num_trials == 4
     assert result.num_failed == 2
     assert result.num_early_stopped >= 1
-    rows = list(csv.DictReader(result.results_csv.open(encoding="utf-8")))
+    rows = list(csv.DictReader(Path(result.results_csv).open(encoding="utf-8")))
     by_config = {(int(r["train.batch_size"]), float(r["loss.c_adv"])): r for r in rows}
     assert set(by_config) == {(2, 1.0), (2, 1e39), (4, 1.0), (4, 1e39)}
     for batch in (2, 4):
@@ -82,7 +83,7 @@ def test_sweep_grid_asha_failure_best_config_and_resume(tmp_path: Path, ray_clus
         assert "NonFiniteLoss" in failed["error"] or "non-finite" in failed["error"], failed["error"]
     statuses = {by_config[(2, 1.0)]["status"], by_config[(4, 1.0)]["status"]}
     assert "early_stopped" in statuses
-    payload = json.loads(result.results_json.read_text(encoding="utf-8"))
+    payload = json.loads(Path(result.results_json).read_text(encoding="utf-8"))
     survivors = {t["config"]["train.batch_size"]: t for t in payload["trials"] if t["status"] != "failed"}
     first, later = survivors[2], survivors[4]  # grid order: batch 2 runs first
     later_is_worse = later["metric_per_epoch"][0] > first["metric_per_epoch"][0]
@@ -90,23 +91,25 @@ def test_sweep_grid_asha_failure_best_config_and_resume(tmp_path: Path, ray_clus
     assert first["status"] != "early_stopped"
     finished = [t for t in payload["trials"] if t["status"] != "failed"]
     assert all(t["metric_per_epoch"] and all(math.isfinite(v) for v in t["metric_per_epoch"]) for t in finished)
-    assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
+    assert Path(result.plot_path).read_bytes()[:4] == b"\x89PNG"
 
     # The best trial: files copied, and its config file reproduces the run.
     assert result.best_trial_id is not None
     assert math.isfinite(result.best_metrics["val/mel_l1"])
-    assert result.best_config_path is not None and result.best_config_path.is_file()
-    best_cfg = load_run_config(result.best_config_path)
+    assert result.best_config_path is not None and Path(result.best_config_path).is_file()
+    best_cfg = load_run_config(Path(result.best_config_path))
     assert best_cfg.loss.c_adv == 1.0
     assert best_cfg.train.batch_size == result.best_metrics["config"]["train.batch_size"]
     assert best_cfg.model == cfg.model and best_cfg.audio == cfg.audio
-    if result.best_metrics["epochs"] == cfg.train.epochs:  # a full run saved a checkpoint and a voice
-        assert result.best_checkpoint_path is not None and result.best_checkpoint_path.is_dir()
-        assert result.best_voice_path is not None and result.best_voice_path.suffix == ".pth"
+    # scored at its saved epoch (train.save_every_epochs=6: only the last): best/ holds that epoch's voice
+    assert result.best_metrics["scored_epoch"] == cfg.train.epochs
+    assert result.best_checkpoint_path is not None and Path(result.best_checkpoint_path, "state.pt").is_file()
+    assert result.best_voice_path is not None and Path(result.best_voice_path).name.startswith("sweep_test_e6_")
+    assert torch.load(result.best_voice_path, weights_only=True)["epoch"] == 6
 
     from rvc_ray.train.launch import build_torch_trainer
 
-    retrain_cfg = load_run_config(result.best_config_path, ["train.epochs=1"])
+    retrain_cfg = load_run_config(Path(result.best_config_path), ["train.epochs=1"])
     trainer = build_torch_trainer(
         retrain_cfg, features, run_name="retrain", storage_path=tmp_path / "retrain", local_mode=True
     )
@@ -117,7 +120,7 @@ def test_sweep_grid_asha_failure_best_config_and_resume(tmp_path: Path, ray_clus
     resumed = run_tune(cfg, features, search=SEARCH, resume=True)
     assert resumed.num_trials == 4 and resumed.num_failed == 2
     assert resumed.best_trial_id == result.best_trial_id
-    resumed_rows = list(csv.DictReader(resumed.results_csv.open(encoding="utf-8")))
+    resumed_rows = list(csv.DictReader(Path(resumed.results_csv).open(encoding="utf-8")))
     assert [(r["trial_id"], r["status"], r["train.batch_size"], r["loss.c_adv"]) for r in resumed_rows] == [
         (r["trial_id"], r["status"], r["train.batch_size"], r["loss.c_adv"]) for r in rows
     ]

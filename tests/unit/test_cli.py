@@ -48,9 +48,11 @@ def test_bad_override_exits_2_with_the_key_named() -> None:
 
 
 def test_demo_corpus_command_writes_files(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["demo-corpus", "--output", str(tmp_path), "--speakers", "1", "--seconds", "3"])
+    out = tmp_path / "corpus"
+    result = runner.invoke(app, ["demo-corpus", "--output", str(out), "--speakers", "1", "--seconds", "3"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "spk0").iterdir()) == ["spk0_00.f0.npy", "spk0_00.wav"]
+    assert sorted(p.name for p in (out / "spk0").iterdir()) == ["spk0_00.wav"]  # only audio in the corpus
+    assert sorted(p.name for p in (tmp_path / "corpus_f0" / "spk0").iterdir()) == ["spk0_00.f0.npy"]
 
 
 def test_importing_the_package_and_cli_imports_neither_torch_nor_ray() -> None:

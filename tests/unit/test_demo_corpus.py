@@ -1,4 +1,4 @@
-"""The built-in demo corpus: deterministic files in several formats with a matching F0 sidecar."""
+"""The built-in demo corpus: deterministic files in several formats, their ground-truth F0 beside the corpus."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rvc_ray.demo_corpus import F0_FRAME_RATE, generate_demo_corpus
+from rvc_ray.demo_corpus import F0_FRAME_RATE, generate_demo_corpus, truth_f0_dir
 
 
-def test_corpus_formats_durations_and_sidecars(tmp_path: Path) -> None:
-    files = generate_demo_corpus(tmp_path, num_speakers=2, seconds_per_speaker=8.0, seed=3)
+def test_corpus_formats_durations_and_truth_f0(tmp_path: Path) -> None:
+    files = generate_demo_corpus(tmp_path / "corpus", num_speakers=2, seconds_per_speaker=8.0, seed=3)
     assert {f.speaker for f in files} == {0, 1}
+    in_corpus = sorted(p.relative_to(tmp_path / "corpus") for p in (tmp_path / "corpus").rglob("*") if p.is_file())
+    assert in_corpus == sorted(f.path.relative_to(tmp_path / "corpus") for f in files), "only audio in the corpus"
+    assert truth_f0_dir(tmp_path / "corpus") == tmp_path / "corpus_f0"
+    assert all(f.f0_path == tmp_path / "corpus_f0" / f.path.parent.name / f"{f.path.stem}.f0.npy" for f in files)
     by_speaker = {f.speaker: f for f in files}
     assert sf.info(by_speaker[0].path).samplerate == 44100 and sf.info(by_speaker[0].path).subtype == "PCM_16"
     assert sf.info(by_speaker[1].path).samplerate == 48000 and sf.info(by_speaker[1].path).subtype == "PCM_24"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rvc_ray.demo_corpus import truth_f0_dir
 from rvc_ray.features.pitch import build_pitch_extractor, compute_pitch_bins, expected_f0_frames
 
 
@@ -131,7 +132,7 @@ def test_pitch_accuracy_on_demo_corpus(method: str, demo_corpus_dir: Path, tiny_
     for speaker in (0, 1):
         wav, sr = sf.read(demo_corpus_dir / f"spk{speaker}" / f"spk{speaker}_00.wav", dtype="float32")
         wav_16k = soxr.resample(wav, sr, 16000)[: 16000 * 4].astype(np.float32)
-        truth = np.load(demo_corpus_dir / f"spk{speaker}" / f"spk{speaker}_00.f0.npy")
+        truth = np.load(truth_f0_dir(demo_corpus_dir) / f"spk{speaker}" / f"spk{speaker}_00.f0.npy")
         f0 = extractor.compute_f0(wav_16k)
         assert f0.shape == (expected_f0_frames(len(wav_16k)),) and f0.dtype == np.float32
         median, gross, voicing = _pitch_metrics(f0, truth)

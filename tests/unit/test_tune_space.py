@@ -88,6 +88,25 @@ def test_batch_size_that_does_not_divide_across_workers_is_rejected_up_front(tin
         build_search_space(tiny_cfg, ["train.batch_size=choice(2,3)"])
 
 
+def test_every_value_of_a_batch_size_range_is_checked_against_the_workers(tiny_cfg: RunConfig) -> None:
+    # 4 and 8 (the ends) divide across 2 workers; 5 and 7 inside the range do not: refused, both named
+    with pytest.raises(ConfigError) as err:
+        build_search_space(tiny_cfg, ["train.batch_size=randint(4,8)"])
+    message = str(err.value)
+    assert "\n" not in message
+    assert "train.batch_size=randint(4, 8): values 5, 7 are not allowed" in message
+    assert "scaling.num_workers=2" in message and "choice(4, 6, 8)" in message
+    one_worker = apply_overrides(tiny_cfg, {"scaling.num_workers": 1})
+    assert build_search_space(one_worker, ["train.batch_size=randint(4,8)"]).paths[0] == "train.batch_size"
+
+
+def test_a_float_range_on_an_integer_field_is_refused(tiny_cfg: RunConfig) -> None:
+    # both ends are whole numbers (and valid), but Tune would sample fractions in between
+    with pytest.raises(ConfigError, match=r"train.batch_size=uniform\(4.0, 8.0\): value 5.52\d* is not allowed.*integer"):
+        build_search_space(tiny_cfg, ["train.batch_size=uniform(4,8)"])
+    assert parse_search_expression("train.epochs", "randint(1,2000)").candidates() == (1, 2, 1000, 1999, 2000)
+
+
 def test_range_ends_are_validated(tiny_cfg: RunConfig) -> None:
     # c_adv must be >= 0: the lower end of the range is checked before any trial.
     with pytest.raises(ConfigError, match="loss.c_adv.*-1.0"):
@@ -149,25 +168,6 @@ def test_randint_is_inclusive_in_tune() -> None:
 
 
 # --------------------------------------------------------------------------- resources and fail-fast run_tune
-
-
-def test_trial_demand_and_concurrency_on_two_cpus(tiny_cfg: RunConfig) -> None:
-    from rvc_ray.tune.launch import plan_concurrency, trial_demand
-
-    demand = trial_demand([tiny_cfg], has_driver_resource=True)  # 2 workers x 0.5 CPU + a tune_driver slot
-    assert demand.total == {"CPU": 1.0, "tune_driver": 1.0}
-    assert plan_concurrency(demand, {"CPU": 2.0, "tune_driver": 4.0}, None) == 2
-    assert plan_concurrency(demand, {"CPU": 4.0, "tune_driver": 4.0}, 1) == 1
-    assert plan_concurrency(demand, {"CPU": 8.0, "tune_driver": 3.0}, None) == 3
-    assert plan_concurrency(demand, {"CPU": 0.5, "tune_driver": 4.0}, None) == 1  # never 0
-    # Without a tune_driver resource each driver holds a CPU: 2 CPUs fit one trial (1 + 2 x 0.5), not two.
-    no_slot = trial_demand([tiny_cfg], has_driver_resource=False)
-    assert no_slot.total == {"CPU": 2.0}
-    assert plan_concurrency(no_slot, {"CPU": 2.0}, None) == 1
-    gpu_cfg = apply_overrides(tiny_cfg, {"scaling.use_gpu": True, "scaling.num_workers": 2})
-    gpu_demand = trial_demand([tiny_cfg, gpu_cfg], has_driver_resource=True)
-    assert gpu_demand.workers == {"CPU": 1.0, "GPU": 2.0}
-    assert plan_concurrency(gpu_demand, {"CPU": 64.0, "GPU": 4.0, "tune_driver": 8.0}, None) == 2
 
 
 def test_run_tune_fails_before_any_trial(tmp_path: Path, tiny_cfg: RunConfig) -> None:

@@ -49,8 +49,8 @@ def _tiny_models(cfg):
 
 def test_pretrained_round_trip_loads_every_tensor(cfg, tmp_path) -> None:
     gen, disc = _tiny_models(cfg)
-    save_rvc_checkpoint(gen.state_dict(), None, 0, 1e-4, tmp_path / "f0G.pth")
-    save_rvc_checkpoint(disc.state_dict(), None, 0, 1e-4, tmp_path / "f0D.pth")
+    save_rvc_checkpoint(tmp_path / "f0G.pth", gen, None, epoch=0, learning_rate=1e-4)
+    save_rvc_checkpoint(tmp_path / "f0D.pth", disc, None, epoch=0, learning_rate=1e-4)
     gen2, disc2 = _tiny_models(cfg)
     report = load_pretrained(gen2, disc2, tmp_path / "f0G.pth", tmp_path / "f0D.pth", cfg.model, cfg.audio)
     assert len(report.generator.loaded) == len(gen.state_dict()) and not report.generator.missing
@@ -100,8 +100,8 @@ def test_v1_discriminator_is_refused(cfg40k, meta40k, tmp_path) -> None:
 
 def test_swapped_files_and_exported_voices_are_refused(cfg, tmp_path) -> None:
     gen, disc = _tiny_models(cfg)
-    save_rvc_checkpoint(gen.state_dict(), None, 0, 1e-4, tmp_path / "G.pth")
-    save_rvc_checkpoint(disc.state_dict(), None, 0, 1e-4, tmp_path / "D.pth")
+    save_rvc_checkpoint(tmp_path / "G.pth", gen, None, epoch=0, learning_rate=1e-4)
+    save_rvc_checkpoint(tmp_path / "D.pth", disc, None, epoch=0, learning_rate=1e-4)
     with pytest.raises(PretrainedMismatchError, match="discriminator checkpoint, not a generator"):
         load_pretrained(gen, disc, tmp_path / "D.pth", tmp_path / "G.pth", cfg.model, cfg.audio)
     torch.save({"weight": gen.state_dict(), "config": [0] * 18}, tmp_path / "voice.pth")
@@ -112,8 +112,8 @@ def test_swapped_files_and_exported_voices_are_refused(cfg, tmp_path) -> None:
 def test_a_failed_check_loads_nothing(cfg, tmp_path) -> None:
     gen, disc = _tiny_models(cfg)
     other_gen, _ = _tiny_models(cfg)
-    save_rvc_checkpoint(other_gen.state_dict(), None, 0, 1e-4, tmp_path / "G.pth")
-    save_rvc_checkpoint(other_gen.state_dict(), None, 0, 1e-4, tmp_path / "D_is_G.pth")
+    save_rvc_checkpoint(tmp_path / "G.pth", other_gen, None, epoch=0, learning_rate=1e-4)
+    save_rvc_checkpoint(tmp_path / "D_is_G.pth", other_gen, None, epoch=0, learning_rate=1e-4)
     before = {k: v.clone() for k, v in gen.state_dict().items()}
     with pytest.raises(PretrainedMismatchError):
         load_pretrained(gen, disc, tmp_path / "G.pth", tmp_path / "D_is_G.pth", cfg.model, cfg.audio)
@@ -121,7 +121,7 @@ def test_a_failed_check_loads_nothing(cfg, tmp_path) -> None:
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
-def test_rvc_checkpoint_round_trip_both_call_forms(cfg, tmp_path) -> None:
+def test_rvc_checkpoint_round_trip(cfg, tmp_path) -> None:
     gen, _ = _tiny_models(cfg)
     opt = torch.optim.AdamW(gen.parameters(), lr=1e-4)
     gen(
@@ -134,16 +134,15 @@ def test_rvc_checkpoint_round_trip_both_call_forms(cfg, tmp_path) -> None:
         torch.tensor([0]),
     ).wav.sum().backward()
     opt.step()
-    a = save_rvc_checkpoint(gen.state_dict(), opt.state_dict(), 7, 1e-4, tmp_path / "G_70.pth")
-    b = save_rvc_checkpoint(tmp_path / "G_71.pth", gen, opt, epoch=8, learning_rate=1e-4)
-    raw = torch.load(a, weights_only=True)
-    assert set(raw) == {"model", "iteration", "optimizer", "learning_rate"} and raw["iteration"] == 7
+    path = save_rvc_checkpoint(tmp_path / "G_71.pth", gen, opt, epoch=8, learning_rate=1e-4)
+    raw = torch.load(path, weights_only=True)
+    assert {"model", "iteration", "optimizer", "learning_rate"} <= set(raw) and raw["iteration"] == 8
     assert any(k.endswith("weight_g") for k in raw["model"])
-    ckpt = load_rvc_checkpoint(a)
-    assert (ckpt.epoch, ckpt.learning_rate) == (7, 1e-4) and ckpt.optimizer_state is not None
+    ckpt = load_rvc_checkpoint(path)
+    assert (ckpt.epoch, ckpt.learning_rate) == (8, 1e-4) and ckpt.optimizer_state is not None
     gen2, _ = _tiny_models(cfg)
     opt2 = torch.optim.AdamW(gen2.parameters(), lr=1e-4)
-    assert int(load_rvc_checkpoint(b, gen2, opt2)) == 8
+    assert int(load_rvc_checkpoint(path, gen2, opt2)) == 8
     for k, v in gen2.state_dict().items():
         torch.testing.assert_close(v, gen.state_dict()[k], rtol=0, atol=0)
     assert len(opt2.state) == len(opt.state)
