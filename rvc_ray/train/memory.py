@@ -37,6 +37,7 @@ __all__ = [
     "find_largest_batch",
     "is_out_of_memory",
     "make_probe_step",
+    "out_of_memory_line",
     "release_cached_memory",
     "resolve_auto_batch_size",
     "resolve_run_batch_size",
@@ -51,6 +52,8 @@ AUTO_BATCH_MEMORY_FRACTION = 0.9
 _OOM_MESSAGES = (
     "out of memory",  # torch.OutOfMemoryError: "CUDA out of memory. Tried to allocate ..."
     "can't allocate memory",  # CPU: "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
+    "cannot allocate memory",  # the OS (ENOMEM)
+    "running low on memory",  # Ray's memory monitor killed the worker
     "cublas_status_alloc_failed",
     "cudnn_status_alloc_failed",
     "trainingoutofmemoryerror",  # the class name inside a Ray error's message
@@ -73,17 +76,31 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True if ``exc`` (or anything it wraps, e.g. a Ray ``TrainingFailedError``) is an out-of-memory error
-    of torch (CUDA or CPU allocator, cuBLAS/cuDNN workspace) or a :class:`TrainingOutOfMemoryError`."""
-    import torch
+def out_of_memory_line(error: BaseException | str) -> str | None:
+    """The line that says ``error`` (or anything it wraps, or an error's text) is an out-of-memory error;
+    ``None`` when it is not one.
 
-    for error in _causes(exc):
-        if isinstance(error, torch.OutOfMemoryError | TrainingOutOfMemoryError | MemoryError):
-            return True
-        if any(m in str(error).lower() for m in _OOM_MESSAGES):  # also Ray's errors that carry a worker's text
-            return True
-    return False
+    Recognised: ``torch.OutOfMemoryError`` (CUDA), torch's CPU allocator refusing an allocation,
+    :class:`TrainingOutOfMemoryError`, ``MemoryError``, Ray's memory monitor killing a worker, cuBLAS/cuDNN
+    workspace failures, and any exception class whose name ends in ``OutOfMemoryError``.
+    """
+    errors: list[BaseException | str] = [error] if isinstance(error, str) else list(_causes(error))
+    for current in errors:
+        if isinstance(current, BaseException) and (
+            isinstance(current, MemoryError) or type(current).__name__.endswith("OutOfMemoryError")
+        ):
+            text = str(current).strip().splitlines()
+            return f"{type(current).__name__}: {text[0] if text else ''}".strip()
+        for line in str(current).splitlines():
+            if any(marker in line.lower() for marker in _OOM_MESSAGES):
+                return line.strip()[:300]
+    return None
+
+
+def is_out_of_memory(error: BaseException | str) -> bool:
+    """True if ``error`` (or anything it wraps, e.g. a Ray ``TrainingFailedError``) is an out-of-memory error
+    (see :func:`out_of_memory_line`)."""
+    return out_of_memory_line(error) is not None
 
 
 def release_cached_memory(device: torch.device | str) -> None:
