@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rvc_ray.errors import InputError
+from rvc_ray.train.trackers import TrackerName
 
 __all__ = [
     "AudioConfig",
@@ -307,9 +308,13 @@ class TrainConfig(_Node):
     max_skipped_steps: int = Field(10, ge=0)
     export_every_save: bool = True
     num_preview_clips: int = Field(2, ge=0)
+    # where metrics go (rvc_ray.train.trackers): "mlflow" reports to the server in MLFLOW_TRACKING_URI
+    trackers: tuple[TrackerName, ...] = ("tensorboard", "jsonl")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if len(set(self.trackers)) != len(self.trackers):
+            raise ValueError(f"train.trackers names a tracker twice: {list(self.trackers)}")
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1 or 'auto', got {self.batch_size}")
         if (self.pretrained_generator is None) != (self.pretrained_discriminator is None):

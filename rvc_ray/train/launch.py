@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rvc_ray import storage
 from rvc_ray.config import RunConfig
 from rvc_ray.errors import InputError
+from rvc_ray.train.trackers import TrackerTarget
 
 if TYPE_CHECKING:
     import ray.train
@@ -166,6 +167,24 @@ def _check_initial_weights(cfg: RunConfig) -> None:
         ) from exc
 
 
+def _tracker_target(cfg: RunConfig, run_name: str) -> TrackerTarget:
+    """Where the workers' non-file trackers report, read here in the driver (the workers get it as data).
+
+    MLflow's own convention names the server: ``MLFLOW_TRACKING_URI`` in the submitting environment.
+    """
+    target = TrackerTarget(
+        experiment_name=cfg.experiment.name,
+        run_name=run_name,
+        mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None,
+    )
+    if "mlflow" in cfg.train.trackers and target.mlflow_tracking_uri is None:
+        raise TrainingSetupError(
+            "train.trackers includes 'mlflow' but MLFLOW_TRACKING_URI is not set; export it (e.g. "
+            "MLFLOW_TRACKING_URI=http://mlflow.internal:5000) or drop 'mlflow' from train.trackers"
+        )
+    return target
+
+
 def build_torch_trainer(
     cfg: RunConfig,
     features_dir: Path | str,
@@ -213,8 +232,10 @@ def build_torch_trainer(
         return storage.normalize_location(str(given)) if given is not None else storage.join(run_dir, default)
 
     metrics_location = location(metrics_path, "metrics.jsonl")
-    metrics_parent = metrics_location.rsplit("/", 1)[0] if storage.is_remote(metrics_location) else str(
-        Path(metrics_location).parent
+    metrics_parent = (
+        metrics_location.rsplit("/", 1)[0]
+        if storage.is_remote(metrics_location)
+        else str(Path(metrics_location).parent)
     )
     paths = WorkerPaths(
         features_dir=features,
@@ -248,6 +269,7 @@ def build_torch_trainer(
             "paths": paths.__dict__,
             "content_encoder": _read_content_encoder_info(features),
             "fault": failure_injection.to_json() if failure_injection is not None else None,
+            "trackers": _tracker_target(cfg, run_name).__dict__,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=0 if local_mode else scaling.num_workers,

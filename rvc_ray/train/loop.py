@@ -15,7 +15,6 @@ import logging
 import math
 import shutil
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +300,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from rvc_ray.train.health_marker import record_health_failure, refuse_to_replay_health_failure
     from rvc_ray.train.memory import resolve_run_batch_size
     from rvc_ray.train.reporting import TrainingReporter, record_worker_node
+    from rvc_ray.train.trackers import TrackerTarget
     from rvc_ray.train.validation import evaluate_items
 
     cfg = RunConfig.model_validate(config["run"])
@@ -347,7 +347,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     gen_ddp, disc_ddp = wrap_models(gen, disc, always=cfg.train.use_ddp_for_one_worker)
     trainables = Trainables(gen, disc, opt_g, opt_d, sched_g, sched_d, scaler)
     reporter = TrainingReporter(
-        paths.tensorboard_dir, paths.metrics_path, enabled=rank == 0, purge_step=global_step + 1
+        paths.tensorboard_dir,
+        paths.metrics_path,
+        enabled=rank == 0,
+        purge_step=global_step + 1,
+        trackers=cfg.train.trackers,
+        target=TrackerTarget(**config["trackers"]) if config.get("trackers") else None,
     )
     if paths.workers_dir:
         record_worker_node(
@@ -378,8 +383,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     }
     if rank == 0:
         log.warning("rvc-ray train: %s", json.dumps(start_note))
-        reporter.log_text(step=global_step, name="run/start", text=json.dumps(start_note))
-        reporter.append_record({**start_note, "time": time.time()})
+        reporter.log_start(step=global_step, note=start_note, params=cfg.model_dump(mode="json"))
 
     epoch_items: Any = train_items
     if cfg.train.cache_dataset_on_gpu:
@@ -431,6 +435,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                         step=run.global_step, name=f"preview/{i}", wav=wav, sample_rate=cfg.audio.sample_rate
                     )
             staging = _save_checkpoint(cfg, paths, run, epoch, world, tracker, epoch_metrics, config)
+            if "voice_path" in epoch_metrics:
+                voice_name = str(epoch_metrics["voice_path"]).rsplit("/", 1)[-1]
+                reporter.log_artifact(staging / "voice.pth", "voices", name=voice_name)
             checkpoint = ray.train.Checkpoint.from_directory(str(staging))
         ray.train.report(
             epoch_metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:05d}" if save else None

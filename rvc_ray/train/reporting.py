@@ -1,4 +1,5 @@
-"""TensorBoard (tensorboardX) and ``metrics.jsonl`` logging of a training run (rank 0 only).
+"""The one place a training run reports to (rank 0 only): TensorBoard (tensorboardX), ``metrics.jsonl`` and
+MLflow, as chosen by ``train.trackers`` (the record sinks are in :mod:`rvc_ray.train.trackers`).
 
 Scalar names are the ones RVC users read in TensorBoard (rvc-spec §6.7): ``loss/g/total``,
 ``loss/d/total``, ``loss/g/fm``, ``loss/g/mel``, ``loss/g/kl``, ``loss/g/adv``, ``grad_norm_g``,
@@ -19,11 +20,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from rvc_ray.train.trackers import JsonlSink, MlflowSink, TrackerName, TrackerSink, TrackerTarget
 
 if TYPE_CHECKING:
     from tensorboardX import SummaryWriter
@@ -69,6 +73,8 @@ class TrainingReporter:
         *,
         enabled: bool = True,
         purge_step: int | None = None,
+        trackers: Sequence[TrackerName] = ("tensorboard", "jsonl"),
+        target: TrackerTarget | None = None,
     ) -> None:
         from rvc_ray import storage
 
@@ -77,8 +83,11 @@ class TrainingReporter:
         self._metrics_location = storage.normalize_location(str(metrics_path))
         self._staging: Path | None = None
         self.metrics_path = Path(self._metrics_location) if not storage.is_remote(self._metrics_location) else Path()
-        local_tensorboard = Path(self._tensorboard_location) if not storage.is_remote(self._tensorboard_location) else None
+        local_tensorboard = (
+            Path(self._tensorboard_location) if not storage.is_remote(self._tensorboard_location) else None
+        )
         self._writer: SummaryWriter | None = None
+        self._sinks: list[TrackerSink] = []
         if not enabled:
             return
         if storage.is_remote(self._metrics_location) or local_tensorboard is None:
@@ -93,23 +102,43 @@ class TrainingReporter:
         if local_tensorboard is None:
             assert self._staging is not None
             local_tensorboard = self._staging / "tensorboard"
-        from tensorboardX import SummaryWriter
-
         local_tensorboard.mkdir(parents=True, exist_ok=True)
         self._local_tensorboard = local_tensorboard
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = SummaryWriter(logdir=str(local_tensorboard), purge_step=purge_step, flush_secs=10)
+        if "tensorboard" in trackers:
+            from tensorboardX import SummaryWriter
 
-    def _append_line(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, allow_nan=True) + "\n")
+            self._writer = SummaryWriter(logdir=str(local_tensorboard), purge_step=purge_step, flush_secs=10)
+        if "jsonl" in trackers:
+            self._sinks.append(JsonlSink(self.metrics_path))
+        if "mlflow" in trackers:
+            if target is None:
+                raise ValueError("the mlflow tracker needs a TrackerTarget")
+            self._sinks.append(MlflowSink(target))
 
-    def append_record(self, record: dict[str, Any]) -> None:
-        """One free-form line of ``metrics.jsonl`` (e.g. the ``kind=start`` record), uploaded at once if remote."""
+    def _record(self, kind: str, step: int, fields: dict[str, Any]) -> None:
+        for sink in self._sinks:
+            sink.log_record(kind, step=step, fields=fields)
+
+    def log_start(self, *, step: int, note: dict[str, Any], params: dict[str, Any]) -> None:
+        """The ``kind=start`` record (batch sizes, workers, resume source) and the run's resolved config as
+        params (``params`` = ``RunConfig.model_dump(mode="json")``); uploaded at once if remote."""
         if not self.enabled:
             return
-        self._append_line(record)
+        if self._writer is not None:
+            self._writer.add_text("run/start", json.dumps(note), step)
+        for sink in self._sinks:
+            sink.log_params(params)
+        self._record("start", step, note)
         self._upload()
+
+    def log_artifact(self, local_path: Path, artifact_dir: str, *, name: str | None = None) -> None:
+        """A file of the run (an exported voice) for the trackers that keep artefacts (MLflow), stored as
+        ``artifact_dir/name`` (default: the file's own name)."""
+        if not self.enabled:
+            return
+        for sink in self._sinks:
+            sink.log_artifact(Path(local_path), artifact_dir, name=name or Path(local_path).name)
 
     def _upload(self) -> None:
         """Copy the staged files to their remote locations (a no-op for local ones)."""
@@ -132,40 +161,38 @@ class TrainingReporter:
         """One training-step record (TensorBoard scalars at ``step`` + a ``kind=step`` line)."""
         if not self.enabled:
             return
-        self._scalars(metrics, step)
-        self._append_line({"kind": "step", "epoch": epoch, "step": step, "time": time.time(), **metrics})
+        if self._writer is not None:
+            self._scalars(metrics, step)
+        self._record("step", step, {"epoch": epoch, **metrics})
 
     def log_epoch(self, *, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """The epoch summary (scalars under their own names + ``epoch/…`` means, and a ``kind=epoch`` line)."""
         if not self.enabled:
             return
-        self._scalars(metrics, step)
-        self._append_line({"kind": "epoch", "epoch": epoch, "step": step, "time": time.time(), **metrics})
-        assert self._writer is not None
-        self._writer.flush()
+        if self._writer is not None:
+            self._scalars(metrics, step)
+            self._writer.flush()
+        self._record("epoch", step, {"epoch": epoch, **metrics})
         self._upload()
 
     def log_mel_images(self, *, step: int, mel_org: np.ndarray, mel_gen: np.ndarray) -> None:
         """``slice/mel_org`` and ``slice/mel_gen`` images ([n_mels, F] log-mels)."""
-        if not self.enabled:
+        if self._writer is None:
             return
-        assert self._writer is not None
         self._writer.add_image("slice/mel_org", mel_to_image(mel_org), step, dataformats="HW")
         self._writer.add_image("slice/mel_gen", mel_to_image(mel_gen), step, dataformats="HW")
 
     def log_audio(self, *, step: int, name: str, wav: np.ndarray, sample_rate: int) -> None:
         """An audio preview ([T] float in [-1, 1])."""
-        if not self.enabled:
+        if self._writer is None:
             return
-        assert self._writer is not None
         clip = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
         self._writer.add_audio(name, clip, step, sample_rate=sample_rate)
 
     def log_text(self, *, step: int, name: str, text: str) -> None:
         """A text note (e.g. the effective batch sizes at the start of a run)."""
-        if not self.enabled:
+        if self._writer is None:
             return
-        assert self._writer is not None
         self._writer.add_text(name, text, step)
 
     def close(self) -> None:
@@ -173,7 +200,11 @@ class TrainingReporter:
             self._writer.flush()
             self._writer.close()
             self._writer = None
+        if self.enabled:
             self._upload()
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []
         if self._staging is not None:
             import shutil
 
@@ -226,7 +257,13 @@ def record_worker_node(workers_location: str, *, rank: int, node_id: str, start_
     """
     from rvc_ray import storage
 
-    record = {"rank": rank, "node_id": node_id, "start_epoch": start_epoch, "world_size": world_size, "time": time.time()}
+    record = {
+        "rank": rank,
+        "node_id": node_id,
+        "start_epoch": start_epoch,
+        "world_size": world_size,
+        "time": time.time(),
+    }
     location = storage.join(storage.normalize_location(workers_location), f"start-{time.time_ns()}-rank{rank}.json")
     storage.write_text(location, json.dumps(record) + "\n")
     return location

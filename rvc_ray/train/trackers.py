@@ -51,7 +51,9 @@ class TrackerSink(Protocol):
         """One record: ``kind`` is ``start``, ``step`` or ``epoch``; numeric finite fields are metrics."""
         ...
 
-    def log_artifact(self, local_path: Path, artifact_dir: str) -> None: ...
+    def log_artifact(self, local_path: Path, artifact_dir: str, *, name: str) -> None:
+        """Keep the file ``local_path`` as ``artifact_dir/name``."""
+        ...
 
     def close(self) -> None: ...
 
@@ -108,7 +110,7 @@ class JsonlSink:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, allow_nan=True) + "\n")
 
-    def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
+    def log_artifact(self, local_path: Path, artifact_dir: str, *, name: str) -> None:
         """Artefacts are files in the run's own storage; nothing to add to the JSONL file."""
 
     def close(self) -> None:
@@ -168,8 +170,17 @@ class MlflowSink:
         for start in range(0, len(metrics), 1000):
             self._client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
-    def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
-        self._client.log_artifact(self.run_id, str(local_path), artifact_path=artifact_dir)
+    def log_artifact(self, local_path: Path, artifact_dir: str, *, name: str) -> None:
+        if Path(local_path).name == name:
+            self._client.log_artifact(self.run_id, str(local_path), artifact_path=artifact_dir)
+            return
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="rvc-mlflow-") as scratch:  # MLflow names it by its file name
+            renamed = Path(scratch) / name
+            shutil.copyfile(local_path, renamed)
+            self._client.log_artifact(self.run_id, str(renamed), artifact_path=artifact_dir)
 
     def close(self) -> None:
         self._client.set_terminated(self.run_id, status="FINISHED")

@@ -59,7 +59,7 @@ def test_reporter_uploads_metrics_and_events_and_a_resumed_run_appends(s3_bucket
 
     tb, metrics = f"{s3_bucket}/run/train/tensorboard", f"{s3_bucket}/run/train/metrics.jsonl"
     with TrainingReporter(tb, metrics) as reporter:
-        reporter.append_record({"kind": "start", "start_epoch": 1})
+        reporter.log_start(step=0, note={"start_epoch": 1}, params={})
         reporter.log_epoch(epoch=1, step=3, metrics={"loss/g/total": 1.5})
         assert [json.loads(x)["kind"] for x in storage.read_text(metrics).splitlines()] == ["start", "epoch"]
     with TrainingReporter(tb, metrics, purge_step=4) as reporter:

@@ -264,3 +264,33 @@ def test_rows_too_short_for_the_stft_are_left_out(tiny_cfg: RunConfig) -> None:
         [0, 1, 30, 40], global_batch_size=2, boundaries=(100,), min_length=usable_min_frames(tiny_cfg)
     )
     assert sampler.dropped == [0, 1] and sorted(i for batch in sampler for i in batch) == [2, 3]
+
+
+def test_reporter_writes_only_the_chosen_trackers(tmp_path: Path) -> None:
+    with TrainingReporter(tmp_path / "tb1", tmp_path / "m1.jsonl", trackers=("jsonl",)) as reporter:
+        reporter.log_start(step=0, note={"start_epoch": 1}, params={"train": {"epochs": 1}})
+        reporter.log_epoch(epoch=1, step=2, metrics={"loss/g/mel": 2.0})
+        reporter.log_mel_images(step=2, mel_org=np.zeros((4, 4)), mel_gen=np.zeros((4, 4)))
+    assert not list((tmp_path / "tb1").rglob("events.out.tfevents.*"))
+    lines = [json.loads(line) for line in (tmp_path / "m1.jsonl").read_text().splitlines()]
+    assert [(x["kind"], x["step"]) for x in lines] == [("start", 0), ("epoch", 2)]
+    assert lines[1]["loss/g/mel"] == 2.0 and lines[1]["epoch"] == 1
+
+    with TrainingReporter(tmp_path / "tb2", tmp_path / "m2.jsonl", trackers=("tensorboard",)) as reporter:
+        reporter.log_start(step=0, note={"start_epoch": 1}, params={})
+        reporter.log_epoch(epoch=1, step=2, metrics={"loss/g/mel": 2.0})
+    assert not (tmp_path / "m2.jsonl").exists()
+    tags = read_event_tags(tmp_path / "tb2")
+    assert tags["scalars"]["loss/g/mel"] == [(2, 2.0)] and "run/start/text_summary" in tags["text"]
+
+
+def test_mlflow_tracker_without_a_server_is_refused_in_the_driver(
+    tmp_path: Path, small_features: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rvc_ray.config import load_run_config
+    from rvc_ray.train.launch import TrainingSetupError, build_torch_trainer
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_run_config("tiny_cpu", ["train.trackers=[jsonl, mlflow]", "scaling.num_workers=1"])
+    with pytest.raises(TrainingSetupError, match="MLFLOW_TRACKING_URI is not set"):
+        build_torch_trainer(cfg, small_features, run_name="x", storage_path=tmp_path / "train")
