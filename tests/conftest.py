@@ -61,17 +61,12 @@ def ray_cluster() -> Iterator[None]:
     """
     import ray
 
+    from tests.multinode import start_local_test_ray
+
     if ray.is_initialized():
         yield
         return
-    ray.init(
-        num_cpus=4,
-        resources={"tune_driver": 4},
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        object_store_memory=512 * 1024**2,
-        logging_config=ray.LoggingConfig(log_level="WARNING"),
-    )
+    start_local_test_ray()
     try:
         yield
     finally:
@@ -173,7 +168,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 os.killpg(proc.pid, 9)
-                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}") from None
+                raise RuntimeError(
+                    f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}"
+                ) from None
             time.sleep(0.5)
     try:
         yield uri

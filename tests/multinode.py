@@ -18,6 +18,7 @@ Used by the ``multinode_cluster`` fixture (tests/conftest.py) and ``benchmarks/b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,11 +29,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["MultiNodeCluster", "NodeProcess", "free_port"]
+__all__ = ["MultiNodeCluster", "NodeProcess", "driver_connected_to", "free_port", "start_local_test_ray"]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 90.0
@@ -107,8 +109,13 @@ class MultiNodeCluster:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [
-                    RAY, "start", "--block", "--disable-usage-stats", f"--num-cpus={int(num_cpus)}",
-                    f"--object-store-memory={OBJECT_STORE_BYTES}", *args,
+                    RAY,
+                    "start",
+                    "--block",
+                    "--disable-usage-stats",
+                    f"--num-cpus={int(num_cpus)}",
+                    f"--object-store-memory={OBJECT_STORE_BYTES}",
+                    *args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -195,9 +202,13 @@ class MultiNodeCluster:
                 alive = []
             if len(alive) == count:
                 return
-            failed = [n for n in [self.head, *self.workers] if n is not None and n.proc.returncode not in (None, -9, -15)]
+            failed = [
+                n for n in [self.head, *self.workers] if n is not None and n.proc.returncode not in (None, -9, -15)
+            ]
             if failed:
-                raise RuntimeError(f"a Ray node exited with status {failed[0].proc.returncode}; see {failed[0].log_path}")
+                raise RuntimeError(
+                    f"a Ray node exited with status {failed[0].proc.returncode}; see {failed[0].log_path}"
+                )
             time.sleep(0.5)
         raise RuntimeError(f"{len(alive)} Ray nodes alive after {timeout_s:.0f} s, expected {count}")
 
@@ -233,3 +244,36 @@ class MultiNodeCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.shutdown()
+
+
+def start_local_test_ray() -> None:
+    """The suite's one-node local Ray (the ``ray_cluster`` fixture): 4 logical CPUs, ``tune_driver`` slots,
+    dashboard on (Train V2 needs the State API to clean up placement groups)."""
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        resources={"tune_driver": 4},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        object_store_memory=512 * 1024**2,
+        logging_config=ray.LoggingConfig(log_level="WARNING"),
+    )
+
+
+@contextlib.contextmanager
+def driver_connected_to(cluster: MultiNodeCluster) -> Iterator[None]:
+    """This test process as a driver of ``cluster``; the suite's local Ray, if it was running, is stopped
+    for the duration and started again afterwards (a process is the driver of one cluster at a time)."""
+    import ray
+
+    had_local = ray.is_initialized()
+    if had_local:
+        ray.shutdown()
+    ray.init(address=cluster.gcs_address, logging_config=ray.LoggingConfig(log_level="WARNING"))
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if had_local:
+            start_local_test_ray()

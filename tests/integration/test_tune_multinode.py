@@ -80,20 +80,16 @@ def _train_worker_nodes(address: str) -> set[str]:
 def test_sweep_spreads_over_nodes_fails_oom_trial_at_once_and_keeps_the_scored_voice(
     multinode_cluster, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ray
-
     from rvc_ray.tune.launch import run_tune
+    from tests.multinode import driver_connected_to
 
     monkeypatch.chdir(tmp_path)  # nothing may land in the current directory
     cfg = _sweep_config(f"{s3_bucket}/runs")
     features = f"{s3_bucket}/features"
     _upload_features(features, cfg)
-    ray.init(address=multinode_cluster.gcs_address, logging_config=ray.LoggingConfig(log_level="WARNING"))
-    try:
+    with driver_connected_to(multinode_cluster):
         result = run_tune(cfg, features, search=SEARCH)
         worker_nodes = _train_worker_nodes(multinode_cluster.gcs_address)
-    finally:
-        ray.shutdown()
 
     # the sweep ran on both worker nodes, 2 trials at once
     nodes = multinode_cluster.alive_nodes()
