@@ -401,8 +401,11 @@ def bench_inference(cfg: Any, args: argparse.Namespace, device: Any) -> dict[str
     }
 
 
+_STDOUT = sys.stdout  # JSON lines only: main() sends everything else printed (libraries' notes) to stderr
+
+
 def _emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record), flush=True)
+    print(json.dumps(record), file=_STDOUT, flush=True)
 
 
 def main() -> None:
@@ -515,4 +518,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.redirect_stdout(sys.stderr):
+        main()
