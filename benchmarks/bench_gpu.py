@@ -16,6 +16,7 @@ Usage: ``python benchmarks/bench_gpu.py [--batches 8,16,32] [--precisions fp32,b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -28,9 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import count_step_flops, make_batch, measure_ray_overhead, time_steps  # noqa: E402
 from hardware_peak import describe_gpu, fraction_of_peak  # noqa: E402
 
+_STDOUT = sys.stdout  # JSON lines only: main() sends everything else printed (libraries' notes) to stderr
+
 
 def _emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record), flush=True)
+    print(json.dumps(record), file=_STDOUT, flush=True)
 
 
 def bench_training(args: argparse.Namespace, peak: dict[str, float]) -> dict[tuple[str, int], float]:
@@ -265,4 +268,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.redirect_stdout(sys.stderr):
+        main()
