@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,25 +189,38 @@ def _build_and_write(raw_cfg: dict, features_dir: str, index_path: str) -> dict:
     }
 
 
+def _cluster_in_use() -> bool:
+    """Is this process connected to a Ray cluster, or told to join one (``RAY_ADDRESS``)?"""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
 def run_index(cfg: RunConfig, features_dir: Path, index_path: Path) -> IndexResult:
     """Build ``index_path`` from ``features_dir`` in one Ray task (``index.num_cpus`` CPUs, ``index.memory_gb``).
 
     The task writes the file itself, so on a multi-node cluster ``index_path`` must be on shared storage.
+    Without a cluster (no ``RAY_ADDRESS`` and Ray not started in this process, e.g. a stand-alone
+    ``rvc-ray index``) the same function runs in this process with the same thread cap: starting a local
+    Ray cluster for one task would cost 3-6 s and buy nothing (docs/benchmarks.md).
     """
-    import ray
+    args = (cfg.model_dump(mode="json"), str(Path(features_dir).resolve()), str(Path(index_path).resolve()))
+    if not _cluster_in_use() and not cfg.index.use_gpu:
+        raw = _build_and_write(*args)
+    else:
+        import ray
 
-    from rvc_ray.cluster import ensure_ray
+        from rvc_ray.cluster import ensure_ray
 
-    ensure_ray()
-    task = ray.remote(_build_and_write).options(
-        num_cpus=cfg.index.num_cpus,
-        num_gpus=1 if cfg.index.use_gpu else 0,
-        memory=int(cfg.index.memory_gb * 2**30),
-        max_retries=0,
-    )
-    raw = ray.get(
-        task.remote(cfg.model_dump(mode="json"), str(Path(features_dir).resolve()), str(Path(index_path).resolve()))
-    )
+        ensure_ray()
+        task = ray.remote(_build_and_write).options(
+            num_cpus=cfg.index.num_cpus,
+            num_gpus=1 if cfg.index.use_gpu else 0,
+            memory=int(cfg.index.memory_gb * 2**30),
+            max_retries=0,
+        )
+        raw = ray.get(task.remote(*args))
     result = IndexResult(**{**raw, "index_path": Path(raw["index_path"])})
     log.info(
         "index: %s  vectors=%d (from %d frames)  IVF%d,Flat  %.1f s  %.1f MiB",

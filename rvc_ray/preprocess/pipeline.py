@@ -26,10 +26,12 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rvc_ray.audio.io import AudioDecodeError, probe_audio
 from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
@@ -165,6 +167,18 @@ def groups_per_task(num_groups: int, slots: int) -> int:
     return max(1, min(MAX_GROUPS_PER_TASK, num_groups // (4 * slots)))
 
 
+def _task_slots(cfg: RunConfig, cluster_cpus: float) -> int:
+    """Concurrent preprocessing tasks: the cluster's CPUs over ``preprocess.cpus_per_task``.
+
+    On the local cluster :func:`rvc_ray.cluster.ensure_ray` starts (no ``RAY_ADDRESS``), which declares more
+    logical CPUs than the machine has cores, the CPUs counted are the cores: a CPU-bound task per logical
+    CPU would only add worker processes (start-up and memory) without adding throughput.
+    """
+    if not os.environ.get("RAY_ADDRESS"):
+        cluster_cpus = min(cluster_cpus, float(os.cpu_count() or 1))
+    return max(1, int(cluster_cpus // cfg.preprocess.cpus_per_task))
+
+
 def task_resources(cfg: RunConfig, nodes: Sequence[dict[str, Any]]) -> dict[str, float | int]:
     """``num_cpus``/``memory`` of one preprocessing task, checked against the largest alive node.
 
@@ -213,13 +227,12 @@ def _run_groups_with_ray(
     import ray
     import ray.data
 
-    from rvc_ray.cluster import ensure_ray, shorten_ray_data_limits_refresh
+    from rvc_ray.cluster import shorten_ray_data_limits_refresh
 
-    ensure_ray()
+    _start_ray()
     shorten_ray_data_limits_refresh()
     resources = task_resources(cfg, ray.nodes())
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    slots = max(1, int(cpus // cfg.preprocess.cpus_per_task))
+    slots = _task_slots(cfg, float(ray.cluster_resources().get("CPU", 1.0)))
     per_task = groups_per_task(len(groups), slots)
     items = [
         {
@@ -266,17 +279,44 @@ def _inspect_files(files: Sequence[SourceFile], raw_preprocess: dict[str, Any]) 
     return [inspect_file(f, pp) for f in files]
 
 
+# Up to this much audio (header durations), the driver runs the readiness pass itself while Ray starts: it
+# reads about 1000 s of audio per CPU-second, so 2 h take ~7 s of one core, no longer than starting Ray
+# and new worker processes for it (docs/dataset.md, Performance).
+LOCAL_READINESS_MAX_S = 7200.0
+
+
+def _header_seconds(files: Sequence[SourceFile]) -> float:
+    """Total duration by the file headers (unreadable files count 0; the readiness pass reports them)."""
+    total = 0.0
+    for f in files:
+        try:
+            total += probe_audio(f.path).duration_s
+        except (AudioDecodeError, OSError):
+            continue
+    return total
+
+
+def _start_ray() -> None:
+    from rvc_ray.cluster import ensure_ray
+
+    ensure_ray(dashboard=False)  # this process runs no Ray Train (rvc_ray.pipeline starts Ray itself first)
+
+
 def _inspect_all(cfg: RunConfig, discovery: InputDiscovery, use_ray: bool) -> list[FileInspection]:
-    """The readiness pass: in Ray tasks (groups of files, one group per CPU slot, twice over) or in a loop."""
+    """The readiness pass: in a loop (in a thread while Ray starts, for up to :data:`LOCAL_READINESS_MAX_S`
+    of audio) or in Ray tasks (groups of files, one group per CPU slot, twice over)."""
     files = list(discovery.files)
     raw = cfg.preprocess.model_dump(mode="json")
     if not use_ray or len(files) < 2:
         return _inspect_files(files, raw)
+    if _header_seconds(files) <= LOCAL_READINESS_MAX_S:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness") as pool:
+            inspections = pool.submit(_inspect_files, files, raw)
+            _start_ray()
+            return inspections.result()
     import ray
 
-    from rvc_ray.cluster import ensure_ray
-
-    ensure_ray()
+    _start_ray()
     resources = task_resources(cfg, ray.nodes())
     slots = max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) // cfg.preprocess.cpus_per_task))
     groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
