@@ -81,3 +81,14 @@ def test_local_loop_output_matches_the_golden_digests(golden_corpus: Path, tiny_
     digest, rows = segments_digest(tmp_path / "ds" / "segments")
     assert rows == result.num_segments > 20
     assert (digest, report_digest(result.report_path)) == (GOLDEN_SEGMENTS, GOLDEN_REPORT)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_pipeline_output_matches_the_golden_digests(
+    ray_cluster: None, golden_corpus: Path, tiny_cfg: RunConfig, tmp_path: Path
+) -> None:
+    result = run_preprocess(_golden_cfg(tiny_cfg), [golden_corpus], tmp_path / "ds", use_ray=True)
+    digest, rows = segments_digest(tmp_path / "ds" / "segments")
+    assert rows == result.num_segments
+    assert (digest, report_digest(result.report_path)) == (GOLDEN_SEGMENTS, GOLDEN_REPORT)
