@@ -36,7 +36,8 @@ Peak memory: a sampler thread walks the process tree of each run (the launched p
 descendants: Ray's raylet, GCS, dashboard and worker processes are children of the driver when it starts
 its own local cluster; Applio's pool processes are children of its script) every 0.2 s and sums PSS
 (``/proc/PID/smaps_rollup``; shared pages are split between the processes that share them) and RSS over
-all of them; the peak of each sum is reported. Output: one JSON line per run and one summary line per
+all of them; the peak of each sum is reported. CPU seconds (``cpu_s``): user + system time of every process
+seen in the tree, as last sampled (less sensitive to other load on the machine than wall time). Output: one JSON line per run and one summary line per
 stage and size (medians, ratio = rvc-ray throughput / Applio throughput, peak memory of each side) with the
 1-minute load average before and after.
 """
@@ -145,6 +146,19 @@ def _children_map() -> dict[int, list[int]]:
     return kids
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (0.0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _memory_kb(pid: int) -> tuple[int, int]:
     """(PSS, RSS) of ``pid`` in KiB from ``/proc/PID/smaps_rollup`` (0, 0 if it is gone)."""
     pss = rss = 0
@@ -167,6 +181,7 @@ class TreeMemory:
         self.pid, self.interval_s = pid, interval_s
         self.peak_pss_mb = self.peak_rss_mb = 0.0
         self.max_processes = 0
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -182,6 +197,13 @@ class TreeMemory:
         self.peak_pss_mb = max(self.peak_pss_mb, sums[0] / 1024)
         self.peak_rss_mb = max(self.peak_rss_mb, sums[1] / 1024)
         self.max_processes = max(self.max_processes, len(tree))
+        for pid in tree:
+            self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of every process seen in the tree, as last sampled (a process's last 0.2 s may be missed)."""
+        return sum(self._cpu.values())
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -216,6 +238,7 @@ def run_measured(label: str, cmd: list[str], *, cwd: Path, env: dict[str, str], 
         "peak_pss_mb": round(memory.peak_pss_mb),
         "peak_rss_mb": round(memory.peak_rss_mb),
         "processes": memory.max_processes,
+        "cpu_s": round(memory.cpu_seconds, 1),
         "load1_before": round(before, 2),
         "load1_after": round(load1(), 2),
     }
@@ -291,6 +314,7 @@ class Sides:
                 "0.7", "3.0", "0.3", "post"]
 
     def rvc_preprocess(self, corpus: Path, out: Path, workers: int | None = None) -> list[str]:
+        shutil.rmtree(out, ignore_errors=True)  # else the second run finds the dataset current and returns at once
         cmd = [sys.executable, "-m", "rvc_ray.cli", "preprocess", "--config", "rvc_v2_40k", "--input", str(corpus),
                "--output", str(out), "--set", "preprocess.segment_s=3.0"]
         if workers is not None:
@@ -393,6 +417,7 @@ def summarize(stage: str, size: object, audio: dict[str, float], runs: dict[str,
             "throughput": round(audio[side] / median, 2) if audio.get(side) else None,
             "peak_pss_mb": max(r["peak_pss_mb"] for r in side_runs),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in side_runs),
+            "median_cpu_s": statistics.median(r["cpu_s"] for r in side_runs),
         }
     if "applio" in line and "rvc_ray" in line:
         a, b = line["applio"], line["rvc_ray"]
