@@ -219,8 +219,32 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
+def _cpu_busy_idle() -> tuple[int, int]:
+    with open("/proc/stat", encoding="utf-8") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, idle
+
+
+def wait_for_idle(max_wait_s: float, idle_fraction: float = 0.85, window_s: float = 3.0) -> float:
+    """Wait until the machine was at least ``idle_fraction`` idle over ``window_s`` (other work on a shared
+    machine comes in bursts), at most ``max_wait_s``. Returns the idle fraction of the last window."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        busy0, idle0 = _cpu_busy_idle()
+        time.sleep(window_s)
+        busy1, idle1 = _cpu_busy_idle()
+        fraction = (idle1 - idle0) / max(1, (busy1 - busy0) + (idle1 - idle0))
+        if fraction >= idle_fraction or time.monotonic() >= deadline:
+            return fraction
+
+
+WAIT_IDLE_S = 0.0  # set from --wait-idle
+
+
 def run_measured(label: str, cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path) -> dict:
     """Run ``cmd`` as a whole process; wall time from outside, peak tree memory. Raises on a non-zero exit."""
+    idle = wait_for_idle(WAIT_IDLE_S) if WAIT_IDLE_S > 0 else None
     before = load1()
     started = time.perf_counter()
     with open(log, "w", encoding="utf-8") as out:
@@ -239,6 +263,7 @@ def run_measured(label: str, cmd: list[str], *, cwd: Path, env: dict[str, str], 
         "peak_rss_mb": round(memory.peak_rss_mb),
         "processes": memory.max_processes,
         "cpu_s": round(memory.cpu_seconds, 1),
+        "idle_before": None if idle is None else round(idle, 2),
         "load1_before": round(before, 2),
         "load1_after": round(load1(), 2),
     }
@@ -523,7 +548,15 @@ def main() -> None:
     parser.add_argument("--extract-minutes", type=float, default=5.0, help="Corpus size of the extraction stage.")
     parser.add_argument("--index-frames", type=int, nargs="+", default=[50_000, 200_000])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/rvc_ray_vs_applio"), help="Scratch (corpora cached).")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60.0,
+        help="Before each run wait up to this many seconds for a 3 s window with >= 85%% idle CPU (0: never).",
+    )
     args = parser.parse_args()
+    global WAIT_IDLE_S
+    WAIT_IDLE_S = args.wait_idle
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
