@@ -493,7 +493,8 @@ def bench_scale(sides: Sides, args: argparse.Namespace) -> None:
 def bench_extract(sides: Sides, args: argparse.Namespace) -> None:
     corpus = sides.work / f"corpus_{args.extract_minutes:g}min"
     generate_corpus(corpus, args.extract_minutes)
-    exp, dataset = sides.work / "applio_extract_exp", sides.work / "rvc_extract_dataset"
+    tag = f"{args.extract_minutes:g}min"
+    exp, dataset = sides.work / f"applio_extract_exp_{tag}", sides.work / f"rvc_extract_dataset_{tag}"
     if not (exp / "sliced_audios_16k").is_dir():
         run_measured("applio_pre", sides.applio_preprocess(corpus, exp), cwd=sides.applio_run, env=sides.applio_env,
                      log=sides.work / "last_applio.log")
