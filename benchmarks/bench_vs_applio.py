@@ -253,11 +253,14 @@ def run_measured(label: str, cmd: list[str], *, cwd: Path, env: dict[str, str], 
         rc = proc.wait()
         wall = time.perf_counter() - started
         memory.stop()
-    if rc != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{label}: exit {rc}: {' '.join(cmd)}\n{tail}")
+    failed = None
+    if rc != 0:  # e.g. Ray's start-up timing out on an overloaded machine: recorded, left out of the medians
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        failed = f"exit {rc}: {lines[-1][:300] if lines else ''} (log: {log})"
+        shutil.copyfile(log, log.with_suffix(f".failed{int(time.time())}.log"))
     return {
         "run": label,
+        **({"failed": failed} if failed else {}),
         "wall_s": round(wall, 2),
         "peak_pss_mb": round(memory.peak_pss_mb),
         "peak_rss_mb": round(memory.peak_rss_mb),
@@ -432,6 +435,8 @@ def segment_seconds_rvc(dataset: Path) -> float:
 
 def summarize(stage: str, size: object, audio: dict[str, float], runs: dict[str, list[dict]]) -> None:
     line: dict = {"summary": stage, "size": size}
+    runs = {side: [r for r in side_runs if "failed" not in r] for side, side_runs in runs.items()}
+    runs = {side: side_runs for side, side_runs in runs.items() if side_runs}
     for side, side_runs in runs.items():
         walls = [r["wall_s"] for r in side_runs]
         median = statistics.median(walls)
@@ -450,6 +455,9 @@ def summarize(stage: str, size: object, audio: dict[str, float], runs: dict[str,
             line["ratio"] = round(b["throughput"] / a["throughput"], 3)
         else:  # same input on both sides: throughput ratio = inverse wall ratio
             line["ratio"] = round(a["median_wall_s"] / b["median_wall_s"], 3)
+    if not runs:
+        emit(line)
+        return
     line["load1_range"] = [min(r["load1_before"] for rs in runs.values() for r in rs),
                            max(r["load1_after"] for rs in runs.values() for r in rs)]
     emit(line)
@@ -486,8 +494,10 @@ def bench_scale(sides: Sides, args: argparse.Namespace) -> None:
             runs[key].append(line)
             emit({"stage": "scale", "minutes": minutes, "pair": pair, **line})
     summarize("scale", f"{minutes:g} min", {k: seconds for k in runs}, runs)
-    one, two = (statistics.median(r["wall_s"] for r in runs[k]) for k in runs)
-    emit({"summary": "scale_speedup", "two_over_one_workers": round(one / two, 3)})
+    ok = {k: [r["wall_s"] for r in v if "failed" not in r] for k, v in runs.items()}
+    if all(ok.values()):
+        one, two = (statistics.median(walls) for walls in ok.values())
+        emit({"summary": "scale_speedup", "two_over_one_workers": round(one / two, 3)})
 
 
 def bench_extract(sides: Sides, args: argparse.Namespace) -> None:
@@ -496,11 +506,15 @@ def bench_extract(sides: Sides, args: argparse.Namespace) -> None:
     tag = f"{args.extract_minutes:g}min"
     exp, dataset = sides.work / f"applio_extract_exp_{tag}", sides.work / f"rvc_extract_dataset_{tag}"
     if not (exp / "sliced_audios_16k").is_dir():
-        run_measured("applio_pre", sides.applio_preprocess(corpus, exp), cwd=sides.applio_run, env=sides.applio_env,
-                     log=sides.work / "last_applio.log")
+        line = run_measured("applio_pre", sides.applio_preprocess(corpus, exp), cwd=sides.applio_run,
+                            env=sides.applio_env, log=sides.work / "last_applio.log")
+        if "failed" in line:
+            raise SystemExit(f"error: Applio's preprocessing for the extraction stage failed: {line['failed']}")
     if not (dataset / "manifest.json").is_file():
-        run_measured("rvc_pre", sides.rvc_preprocess(corpus, dataset), cwd=REPO, env=sides.rvc_env,
-                     log=sides.work / "last_rvc.log")
+        line = run_measured("rvc_pre", sides.rvc_preprocess(corpus, dataset), cwd=REPO, env=sides.rvc_env,
+                            log=sides.work / "last_rvc.log")
+        if "failed" in line:
+            raise SystemExit(f"error: rvc-ray's preprocessing for the extraction stage failed: {line['failed']}")
     audio = {"applio": segment_seconds_applio(exp), "rvc_ray": segment_seconds_rvc(dataset)}
     runs: dict[str, list[dict]] = {"applio": [], "rvc_ray": []}
     for pair in range(args.pairs):
