@@ -63,14 +63,16 @@ def shorten_ray_data_limits_refresh(interval_s: float = RAY_DATA_LIMITS_REFRESH_
     return True
 
 
-def ensure_ray(num_cpus: int | None = None, *, tune_driver_slots: int = 4) -> None:
+def ensure_ray(num_cpus: int | None = None, *, tune_driver_slots: int = 4, dashboard: bool = True) -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (as set by ``ray job submit``) or start a local one.
 
     A local cluster gets ``max(4, os.cpu_count())`` logical CPUs unless ``num_cpus`` is given: on a
     2-core machine, Ray Data stages and 2 Train workers must fit at once (see docs/ray-notes, Data +
     Train deadlock). It also gets a custom ``tune_driver`` resource so Tune trial drivers never hold
     a CPU that their own Train workers need. The dashboard stays on: Train V2 needs it to clean up
-    placement groups.
+    placement groups. ``dashboard=False`` is for the stand-alone data stages (``rvc-ray preprocess`` and
+    ``rvc-ray index``, which never run Ray Train in their process): starting the dashboard costs
+    1-2.5 s of a local cluster's start-up on 2 cores (docs/benchmarks.md).
     """
     import ray
 
@@ -83,7 +85,7 @@ def ensure_ray(num_cpus: int | None = None, *, tune_driver_slots: int = 4) -> No
     ray.init(
         num_cpus=cpus,
         resources={"tune_driver": tune_driver_slots},
-        include_dashboard=True,
+        include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         logging_config=ray.LoggingConfig(log_level="WARNING"),
     )

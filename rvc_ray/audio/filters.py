@@ -9,6 +9,8 @@ phase distortion and no group delay, at the price of a little pre-ringing before
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = [
@@ -21,11 +23,20 @@ __all__ = [
 
 
 def design_highpass(sample_rate: int, cutoff_hz: float = 48.0, order: int = 5) -> np.ndarray:
-    """Second-order sections [n_sections, 6] of the Butterworth high-pass at ``cutoff_hz`` for ``sample_rate``."""
-    from scipy.signal import butter
+    """Second-order sections [n_sections, 6] of the Butterworth high-pass at ``cutoff_hz`` for ``sample_rate``.
 
+    Designed once per (rate, cutoff, order) in a process (``butter`` is ~1 % of the preprocessing time
+    when called per block); each call returns its own copy.
+    """
     if not 0 < cutoff_hz < sample_rate / 2:
         raise ValueError(f"high-pass cutoff {cutoff_hz} Hz must lie between 0 and Nyquist ({sample_rate / 2} Hz)")
+    return _design_highpass(int(sample_rate), float(cutoff_hz), int(order)).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _design_highpass(sample_rate: int, cutoff_hz: float, order: int) -> np.ndarray:
+    from scipy.signal import butter
+
     return np.asarray(butter(N=order, Wn=cutoff_hz, btype="high", fs=sample_rate, output="sos"))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,7 @@ def build_ivf_index(
 
 def load_train_features(features_dir: Path) -> np.ndarray:
     """The 50 Hz content vectors ``[N, C]`` of the train, non-mute rows of ``features_dir/table``."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
@@ -155,14 +157,21 @@ def load_train_features(features_dir: Path) -> np.ndarray:
     if len(dims) != 1:
         raise InputError(f"{table_dir}: rows disagree on content_dim {sorted(dims)}")
     dim = dims.pop()
-    chunks = []
+    parts = []
     for chunk in table.column("content").chunks:
         flat = chunk.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        offsets = chunk.offsets.to_numpy()
-        for i in range(len(chunk)):
-            frames = flat[offsets[i] : offsets[i + 1]].reshape(-1, dim)
-            chunks.append(frames[0::2])  # undo RVC's x2 frame doubling
-    return np.concatenate(chunks, axis=0)
+        if chunk.offset or len(flat) != chunk.offsets[-1].as_py():  # a sliced chunk: offsets are not from 0
+            flat = flat[chunk.offsets[0].as_py() : chunk.offsets[-1].as_py()]
+        row_starts = (chunk.offsets.to_numpy() - chunk.offsets[0].as_py()) // dim
+        # every other frame of every row (undo RVC's x2 frame doubling), gathered in one copy
+        lengths = np.diff(row_starts)
+        first = np.repeat(row_starts[:-1], (lengths + 1) // 2)
+        within = np.arange(len(first)) - np.repeat(np.cumsum((lengths + 1) // 2) - (lengths + 1) // 2, (lengths + 1) // 2)
+        parts.append(flat.reshape(-1, dim)[first + 2 * within])
+    del table
+    features = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    pa.default_memory_pool().release_unused()  # the decoded table (2x the features) goes back to the OS
+    return features
 
 
 def _cap_threads(num_cpus: int) -> None:
@@ -225,32 +234,46 @@ def _build_and_store(cfg: Any, feats: np.ndarray, index_path: str, scratch: Path
     }
 
 
+def _cluster_in_use() -> bool:
+    """Is this process connected to a Ray cluster, or told to join one (``RAY_ADDRESS``)?"""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
 def run_index(cfg: RunConfig, features_dir: Path | str, index_path: Path | str) -> IndexResult:
     """Build ``index_path`` from ``features_dir`` in one Ray task (``index.num_cpus`` CPUs, ``index.memory_gb``).
 
     Both are locations (local paths or URIs, :mod:`rvc_ray.storage`): the task reads the feature table from
     there and writes the file itself (through a local temporary file on a bucket), so on a multi-node
-    cluster a local ``index_path`` must be on shared storage.
+    cluster a local ``index_path`` must be on shared storage. Without a cluster (no ``RAY_ADDRESS`` and Ray
+    not started in this process, e.g. a stand-alone ``rvc-ray index``) the same function runs in this process
+    with the same thread cap: starting a local Ray cluster for one task would cost 3-6 s and buy nothing
+    (docs/benchmarks.md).
     """
-    import ray
-
     from rvc_ray import storage
-    from rvc_ray.cluster import ensure_ray
 
-    ensure_ray()
-    task = ray.remote(_build_and_write).options(
-        num_cpus=cfg.index.num_cpus,
-        num_gpus=1 if cfg.index.use_gpu else 0,
-        memory=int(cfg.index.memory_gb * 2**30),
-        max_retries=0,
+    args = (
+        cfg.model_dump(mode="json"),
+        storage.normalize_location(str(features_dir)),
+        storage.normalize_location(str(index_path)),
     )
-    raw = ray.get(
-        task.remote(
-            cfg.model_dump(mode="json"),
-            storage.normalize_location(str(features_dir)),
-            storage.normalize_location(str(index_path)),
+    if not _cluster_in_use() and not cfg.index.use_gpu:
+        raw = _build_and_write(*args)
+    else:
+        import ray
+
+        from rvc_ray.cluster import ensure_ray
+
+        ensure_ray()
+        task = ray.remote(_build_and_write).options(
+            num_cpus=cfg.index.num_cpus,
+            num_gpus=1 if cfg.index.use_gpu else 0,
+            memory=int(cfg.index.memory_gb * 2**30),
+            max_retries=0,
         )
-    )
+        raw = ray.get(task.remote(*args))
     result = IndexResult(**{**raw, "index_path": storage.as_local_or_uri(raw["index_path"])})
     log.info(
         "index: %s  vectors=%d (from %d frames)  IVF%d,Flat  %.1f s  %.1f MiB",

@@ -24,13 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rvc_ray import storage
+from rvc_ray.audio.io import AudioDecodeError, probe_audio
 from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
@@ -247,6 +250,10 @@ def _cpu_slots(cfg: RunConfig, num_items: int) -> int:
     from rvc_ray.cluster import cluster_capacity
 
     cpus = min(cluster_capacity().cpus_max, num_items * cfg.preprocess.cpus_per_task)
+    if not os.environ.get("RAY_ADDRESS"):
+        # the local cluster ensure_ray starts declares more logical CPUs than the machine has cores: a CPU-bound
+        # task per logical CPU would only add worker processes (start-up, memory), not throughput
+        cpus = min(cpus, float(os.cpu_count() or 1))
     return max(1, int(cpus // cfg.preprocess.cpus_per_task))
 
 
@@ -271,9 +278,9 @@ def _run_groups_with_ray(
     import ray
     import ray.data
 
-    from rvc_ray.cluster import cluster_capacity, ensure_ray, shorten_ray_data_limits_refresh
+    from rvc_ray.cluster import cluster_capacity, shorten_ray_data_limits_refresh
 
-    ensure_ray()
+    _start_ray()
     shorten_ray_data_limits_refresh()
     slots = _cpu_slots(cfg, len(groups))
     resources = task_resources(cfg, ray.nodes(), cluster_capacity().node_types)
@@ -335,20 +342,49 @@ def _inspect_files(
     return found
 
 
+# Up to this much audio (header durations), the driver runs the readiness pass itself while Ray starts: it
+# reads about 1000 s of audio per CPU-second, so 2 h take ~7 s of one core, no longer than starting Ray
+# and new worker processes for it (docs/dataset.md, Performance).
+LOCAL_READINESS_MAX_S = 7200.0
+
+
+def _header_seconds(files: Sequence[SourceFile]) -> float:
+    """Total duration by the file headers (unreadable files count 0; the readiness pass reports them)."""
+    total = 0.0
+    for f in files:
+        try:
+            total += probe_audio(f.path).duration_s
+        except (AudioDecodeError, OSError):
+            continue
+    return total
+
+
+def _start_ray() -> None:
+    from rvc_ray.cluster import ensure_ray
+
+    ensure_ray(dashboard=False)  # this process runs no Ray Train (rvc_ray.pipeline starts Ray itself first)
+
+
 def _inspect_all(
     cfg: RunConfig, discovery: InputDiscovery, use_ray: bool, remote: RemoteInputs
 ) -> list[FileInspection]:
-    """The readiness pass: in Ray tasks (groups of files, one group per CPU slot, twice over) or in a loop."""
+    """The readiness pass: in a loop (in a thread while Ray starts, for up to :data:`LOCAL_READINESS_MAX_S`
+    of local audio) or in Ray tasks (groups of files, one group per CPU slot, twice over)."""
     files = list(discovery.files)
     raw = cfg.preprocess.model_dump(mode="json")
     uris = {f.source_index: remote.uri_of[str(f.path)] for f in files if str(f.path) in remote.uri_of}
     if not use_ray or len(files) < 2:
         return _inspect_files(files, raw, uris)
+    if not uris and _header_seconds(files) <= LOCAL_READINESS_MAX_S:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness") as pool:
+            inspections = pool.submit(_inspect_files, files, raw)
+            _start_ray()
+            return inspections.result()
     import ray
 
-    from rvc_ray.cluster import autoscaler_node_types, ensure_ray
+    from rvc_ray.cluster import autoscaler_node_types
 
-    ensure_ray()
+    _start_ray()
     resources = task_resources(cfg, ray.nodes(), autoscaler_node_types())
     slots = _cpu_slots(cfg, len(files))
     groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]

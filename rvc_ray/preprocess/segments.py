@@ -132,6 +132,13 @@ class _SegmentEmitter:
         return None
 
 
+def _mono_float32(block: np.ndarray) -> np.ndarray:
+    """The float32 mono signal [T] of a decoded block [T, C]: a view of a single channel, else the downmix."""
+    if block.ndim == 2 and block.shape[1] == 1 and block.dtype == np.float32:
+        return block[:, 0]  # the same values as the float64 downmix cast back to float32, without two copies
+    return downmix_to_mono(block).astype(np.float32)
+
+
 def _final_chunk_count(chunks: list[tuple[int, int]], limit: int) -> int:
     """How many leading chunks are final: chunk k is final when chunk k+1 starts at or before ``limit``."""
     count = 0
@@ -172,7 +179,7 @@ def iter_file_segments(
     finished = False
     while not finished:
         block = next(blocks, None)
-        new = downmix_to_mono(block).astype(np.float32) if block is not None else np.zeros(0, dtype=np.float32)
+        new = _mono_float32(block) if block is not None else np.zeros(0, dtype=np.float32)
         frames_read += new.shape[0]
         finished = block is None or block.shape[0] < block_frames or frames_read >= info.num_frames
         buffer = np.concatenate((carry, new)) if carry.size else new

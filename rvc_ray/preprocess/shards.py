@@ -162,12 +162,13 @@ class ShardWriter:
     def write(self, table: pa.Table) -> None:
         """Accept a table of :data:`STREAM_SCHEMA` rows (segments and/or outcome rows), in order."""
         outcome = table.column("file_outcome").to_pylist()
-        is_segment = pa.array([not text for text in outcome])
         for text in outcome:
             if text:
                 summary = json.loads(text)
                 self.outcomes[int(summary["source_index"])] = summary
-        segments = table.filter(is_segment).select(SEGMENT_SCHEMA.names).cast(SEGMENT_SCHEMA)
+        if any(outcome):  # filtering copies the audio: only for the tables that hold outcome rows
+            table = table.filter(pa.array([not text for text in outcome]))
+        segments = table.select(SEGMENT_SCHEMA.names).cast(SEGMENT_SCHEMA)
         if segments.num_rows:
             self._pending.append(segments)
             self._pending_rows += segments.num_rows
