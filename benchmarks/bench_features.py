@@ -3,7 +3,7 @@
 Prints one JSON line per measurement: audio seconds per wall second (median of ``--repeats`` timed
 passes after one warm-up on the first 5 s), peak RSS, and the CPU seconds that *other* processes used
 meanwhile (``foreign_cpu_s``, from /proc/stat) so that runs on a shared machine can be judged.
-Compare with docs/baselines.md §3 (Applio's torchcrepe harness on 60 s of speech, 2 threads).
+Compare with docs/applio-baselines.md §3 (Applio's torchcrepe harness on 60 s of speech, 2 threads).
 
     .venv/bin/python benchmarks/bench_features.py                      # all stages, 60 s (crepe full: 10 s)
     .venv/bin/python benchmarks/bench_features.py --stages fcpe content-base --seconds 30
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-# Applio on this machine (docs/baselines.md §3, set B medians, 60 s of speech, 2 threads): audio-s per wall-s.
+# Applio on this machine (docs/applio-baselines.md §3, set B medians, 60 s of speech, 2 threads): audio-s per wall-s.
 APPLIO_AUDIO_S_PER_S = {"crepe-tiny": 60.0 / 11.52, "crepe": 60.0 / 218.1}
 SEGMENT_S = 3.7  # content is encoded per preprocessed segment (attention cost grows with length)
 STAGES = ("fcpe", "crepe-tiny", "crepe", "rmvpe", "content-base", "content-tiny")

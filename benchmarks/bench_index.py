@@ -1,7 +1,7 @@
 """FAISS index build time and peak memory for 50k and 200k frames of 768-d features.
 
 Each size runs in its own subprocess (so peak RSS is per size), on random standard-normal float32
-features (seed 1234, as docs/baselines.md §5), through :func:`rvc_ray.features.index.build_ivf_index`
+features (seed 1234, as docs/applio-baselines.md §5), through :func:`rvc_ray.features.index.build_ivf_index`
 (shuffle, IVF{n},Flat, nprobe 1, add in batches of 8192) plus ``faiss.write_index``. Prints one JSON line
 per size with the ratio to Applio's ``extract_index.py`` on this machine (12.24 s / 127.51 s median).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 APPLIO_WALL_S = {50_000: 12.24, 200_000: 127.51}
 APPLIO_PEAK_RSS_MIB = {50_000: 648.0, 200_000: 2.07 * 1024}
-# Applio's own train + add + write phases (baselines §5 phase split), i.e. without imports and file loading.
+# Applio's own train + add + write phases (docs/applio-baselines.md §5, phase split), i.e. without imports and file loading.
 APPLIO_TRAIN_ADD_WRITE_S = {50_000: 5.85 + 0.70 + 0.05, 200_000: 103.79 + 9.89 + 0.23}
 
 

@@ -67,7 +67,7 @@ def ensure_ray(num_cpus: int | None = None, *, tune_driver_slots: int = 4, dashb
     """Connect to the cluster in ``RAY_ADDRESS`` (as set by ``ray job submit``) or start a local one.
 
     A local cluster gets ``max(4, os.cpu_count())`` logical CPUs unless ``num_cpus`` is given: on a
-    2-core machine, Ray Data stages and 2 Train workers must fit at once (see docs/ray-notes, Data +
+    2-core machine, Ray Data stages and 2 Train workers must fit at once (see docs/ray-pitfalls.md §1, Data +
     Train deadlock). It also gets a custom ``tune_driver`` resource so Tune trial drivers never hold
     a CPU that their own Train workers need. The dashboard stays on: Train V2 needs it to clean up
     placement groups. ``dashboard=False`` is for the stand-alone data stages (``rvc-ray preprocess`` and

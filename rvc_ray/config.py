@@ -108,7 +108,7 @@ class AudioConfig(_Node):
 
 
 class PreprocessConfig(_Node):
-    """Slicing, filtering, normalisation and readiness thresholds (rvc-spec §1)."""
+    """Slicing, filtering, normalisation and readiness thresholds (docs/rvc-reference.md §1)."""
 
     use_highpass: bool = True
     highpass_cutoff_hz: float = Field(48.0, gt=0)
@@ -134,7 +134,7 @@ class PreprocessConfig(_Node):
     rows_per_shard: int = Field(256, gt=0)
     cpus_per_task: float = Field(1.0, gt=0)
     # Ray's logical memory per preprocessing task (decode + filter + resample of one block), so a node never
-    # runs more tasks than its RAM holds: Ray cannot see a task's real memory use (user-needs §4.4)
+    # runs more tasks than its RAM holds: Ray cannot see a task's real memory use (docs/rvc-reference.md §A.1)
     memory_gb_per_task: float = Field(1.0, gt=0)
     extensions: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -154,7 +154,7 @@ class PreprocessConfig(_Node):
 
 
 class FeatureConfig(_Node):
-    """Pitch and content-feature extraction (rvc-spec §2, §3)."""
+    """Pitch and content-feature extraction (docs/rvc-reference.md §2, §3)."""
 
     f0_method: Literal["rmvpe", "crepe", "crepe-tiny", "fcpe"] = "rmvpe"
     rmvpe_path: Path | None = None
@@ -183,7 +183,7 @@ class FeatureConfig(_Node):
 
 
 class IndexConfig(_Node):
-    """FAISS retrieval index, built the way RVC builds it (rvc-spec §7)."""
+    """FAISS retrieval index, built the way RVC builds it (docs/rvc-reference.md §7)."""
 
     use_gpu: bool = False
     kmeans_threshold: int = Field(200_000, gt=0)
@@ -194,7 +194,7 @@ class IndexConfig(_Node):
 
 
 class ModelConfig(_Node):
-    """RVC synthesizer (generator) and multi-period discriminator hyperparameters (rvc-spec §4.3, §5)."""
+    """RVC synthesizer (generator) and multi-period discriminator hyperparameters (docs/rvc-reference.md §4.3, §5)."""
 
     version: Literal["v1", "v2"] = "v2"
     use_f0: bool = True
@@ -256,7 +256,7 @@ class LossConfig(_Node):
 
 
 class OptimConfig(_Node):
-    """AdamW and the per-epoch exponential decay used by RVC (rvc-spec §6.5)."""
+    """AdamW and the per-epoch exponential decay used by RVC (docs/rvc-reference.md §6.5)."""
 
     lr_generator: float = Field(1e-4, gt=0)
     lr_discriminator: float = Field(1e-4, gt=0)

@@ -1,6 +1,6 @@
 """Voice conversion with a trained RVC voice: the pipeline shared by ``rvc-ray convert`` and the server.
 
-It follows RVC-WebUI's inference pipeline step by step (rvc-spec §8):
+It follows RVC-WebUI's inference pipeline step by step (docs/rvc-reference.md §8):
 
 1. the voice (``.pth``) and its retrieval index are loaded once (:meth:`VoiceConverterPipeline.from_files`);
 2. the input is decoded to 16 kHz mono and peak-limited to 0.95;

@@ -1,4 +1,4 @@
-"""The preprocessing high-pass filter and RVC's per-segment "alpha mix" normalisation (rvc-spec §1.2, §1.5).
+"""The preprocessing high-pass filter and RVC's per-segment "alpha mix" normalisation (docs/rvc-reference.md §1.2, §1.5).
 
 High-pass: a Butterworth design ``scipy.signal.butter(N=order, Wn=cutoff_hz, btype="high", fs=rate)`` (RVC: order
 5 at 48 Hz), applied **zero-phase** with ``sosfiltfilt`` as the issue asks, where RVC's preprocess uses a causal

@@ -1,4 +1,4 @@
-"""RVC's silence slicer and the fixed-length segmentation of training clips (rvc-spec §1.3, §1.4).
+"""RVC's silence slicer and the fixed-length segmentation of training clips (docs/rvc-reference.md §1.3, §1.4).
 
 :func:`compute_slice_bounds` is the algorithm of RVC-WebUI ``train/dataset/slicer2.py`` / Applio
 ``rvc/train/preprocess/slicer.py`` (identical in both), re-implemented from the spec, returning sample
@@ -78,7 +78,7 @@ def compute_rms_frames(samples: np.ndarray, window: int, hop: int) -> np.ndarray
 
 
 def _silence_tags(rms: np.ndarray, p: SlicerParams) -> list[tuple[int, int]]:
-    """The (start, end) frame ranges to cut out, in order (spec §1.3 steps 1-4)."""
+    """The (start, end) frame ranges to cut out, in order (docs/rvc-reference.md §1.3 steps 1-4)."""
     tags: list[tuple[int, int]] = []
     silence_start: int | None = None
     clip_start = 0
@@ -154,7 +154,7 @@ def compute_slice_bounds(samples: np.ndarray, params: SlicerParams) -> list[tupl
 def compute_segment_bounds(
     num_samples: int, sample_rate: int, segment_s: float = 3.7, overlap_s: float = 0.3
 ) -> list[tuple[int, int]]:
-    """RVC's cutting of one slicer chunk of ``num_samples`` into training segments (spec §1.4).
+    """RVC's cutting of one slicer chunk of ``num_samples`` into training segments (docs/rvc-reference.md §1.4).
 
     Segment i starts at ``round(sr * (segment_s - overlap_s) * i)``. While more than ``segment_s + overlap_s``
     seconds remain after that start, a full ``segment_s`` segment is cut; otherwise the remainder (at most

@@ -1,6 +1,6 @@
 """Linear and mel spectrograms exactly as RVC computes them, in plain torch (no torchaudio).
 
-RVC (rvc-spec §6.1, §6.4): reflect-pad ``(n_fft - hop) / 2`` on both sides, ``torch.stft`` with a Hann window,
+RVC (docs/rvc-reference.md §6.1, §6.4): reflect-pad ``(n_fft - hop) / 2`` on both sides, ``torch.stft`` with a Hann window,
 ``center=False``, one-sided; magnitude ``sqrt(re^2 + im^2 + 1e-6)``; mel = librosa's slaney filterbank
 (``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)``) times the magnitude; ``log(clamp(mel, 1e-5))``.
 A clip of T samples gives ``T // hop`` frames.

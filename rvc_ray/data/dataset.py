@@ -3,10 +3,10 @@
 Data path (chosen for simplicity and robustness): every training worker reads the whole
 ``features/table/*.parquet`` (it is small: ~1 MB per 3.7 s segment at 768-d content) and its
 :class:`~rvc_ray.data.sampler.DistributedBucketSampler` picks that worker's rows. No Ray Data
-pipeline, so no Data + Train resource deadlock on small clusters (ray-notes §1), and the per-step
+pipeline, so no Data + Train resource deadlock on small clusters (docs/ray-pitfalls.md §1), and the per-step
 split across workers is exact and reproducible.
 
-Each item follows RVC's ``TextAudioLoaderMultiNSFsid`` (rvc-spec §6.1): content features already at
+Each item follows RVC's ``TextAudioLoaderMultiNSFsid`` (docs/rvc-reference.md §6.1): content features already at
 100 Hz, truncated to ``data.max_frames``; the linear spectrogram is computed from the item's own
 waveform (never from a padded batch, so an item's tensors do not depend on its batch mates); every
 stream is cut to the shorter of the content and spectrogram frame counts.

@@ -1,9 +1,9 @@
 """Length-bucketed distributed batch sampler with ONE global batch size.
 
-RVC's ``DistributedBucketSampler`` (rvc-spec §6.2) groups clips of similar length into buckets, pads
+RVC's ``DistributedBucketSampler`` (docs/rvc-reference.md §6.2) groups clips of similar length into buckets, pads
 each bucket by repeating its own indices and deals the indices round-robin to the ranks. RVC-WebUI
 then passes ``batch_size * n_gpus`` as the per-rank batch, so the real global batch is
-``bs * n_gpus**2`` (rvc-spec §6.3). Here the user sets one *global* batch and every worker gets
+``bs * n_gpus**2`` (docs/rvc-reference.md §6.3). Here the user sets one *global* batch and every worker gets
 exactly ``global / num_workers`` items per step.
 
 One more property, on purpose: the sequence of *global* batches depends only on the lengths, the

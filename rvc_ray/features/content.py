@@ -1,4 +1,4 @@
-"""Content features: HuBERT-base / ContentVec through transformers' ``HubertModel`` (rvc-spec §3).
+"""Content features: HuBERT-base / ContentVec through transformers' ``HubertModel`` (docs/rvc-reference.md §3).
 
 Three ways to get an encoder, all the same architecture (``HubertModel`` + ``final_proj``):
 

@@ -1,4 +1,4 @@
-"""The retrieval index: FAISS ``IVF{n},Flat`` built the way RVC builds it (rvc-spec §7).
+"""The retrieval index: FAISS ``IVF{n},Flat`` built the way RVC builds it (docs/rvc-reference.md §7).
 
 * Input: the content features of the **train** rows of ``features/table`` (no mute rows, no validation
   rows), de-duplicated back to 50 frames/s (the table stores them frame-doubled to 100 Hz; RVC indexes

@@ -5,7 +5,7 @@ Stages (class UDFs on ``ActorPoolStrategy`` actors, models loaded once per actor
 ``features.batch_size`` rows per batch):
 
 1. read the segments (only ``segment_id, speaker_id, wav, wav_16k``), drop the ones already done, add
-   ``features.mute_rows_per_speaker`` mute rows per speaker (3 s of zeros, rvc-spec §4.2);
+   ``features.mute_rows_per_speaker`` mute rows per speaker (3 s of zeros, docs/rvc-reference.md §4.2);
 2. :class:`~rvc_ray.features.stages.PitchStage`: F0 from ``wav_16k`` (mute rows: 0 Hz throughout);
 3. :class:`~rvc_ray.features.stages.ContentStage`: content features, x2 frame doubling, alignment;
 4. the driver streams the results (``iter_batches``) and writes shards of ``ROWS_PER_SHARD`` rows,

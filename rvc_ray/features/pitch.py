@@ -1,9 +1,9 @@
 """Pitch (F0) extraction at 16 kHz, hop 160 (100 frames/s), and RVC's coarse 1..255 quantisation.
 
-Methods (rvc-spec §2.1): ``crepe`` / ``crepe-tiny`` (torchcrepe, weights bundled in the package),
+Methods (docs/rvc-reference.md §2.1): ``crepe`` / ``crepe-tiny`` (torchcrepe, weights bundled in the package),
 ``fcpe`` (torchfcpe, bundled ``fcpe_c_v001.pt``) and ``rmvpe`` (implemented in :mod:`.rmvpe`, loaded from
 the local file ``features.rmvpe_path``). Every extractor maps ``wav_16k [N]`` to ``f0_hz [N//160 + 1]``
-float32 with 0 = unvoiced (the classic/Applio convention, rvc-spec §2.2), values in
+float32 with 0 = unvoiced (the classic/Applio convention, docs/rvc-reference.md §2.2), values in
 ``[f0_min, f0_max]`` otherwise.
 
 torchcrepe and torchfcpe import ``torchaudio`` at module level, which is not installed (its PyPI build
@@ -63,7 +63,7 @@ def expected_f0_frames(num_samples_16k: int) -> int:
 
 
 def compute_pitch_bins(f0_hz: np.ndarray, f0_min: float = 50.0, f0_max: float = 1100.0) -> np.ndarray:
-    """RVC's coarse pitch (rvc-spec §2.3): ``f0_hz [F]`` -> int32 ``[F]`` in 1..255, unvoiced (0 Hz) -> 1.
+    """RVC's coarse pitch (docs/rvc-reference.md §2.3): ``f0_hz [F]`` -> int32 ``[F]`` in 1..255, unvoiced (0 Hz) -> 1.
 
     ``rint((mel(f0) - mel(f0_min)) * 254 / (mel(f0_max) - mel(f0_min)) + 1)`` clipped to [1, 255], with
     ``mel(f) = 1127 ln(1 + f / 700)``. E.g. 50 -> 1, 100 -> 20, 200 -> 54, 440 -> 122, 1000 -> 238.
@@ -164,7 +164,7 @@ def _clamp_range(f0: np.ndarray, f0_min: float, f0_max: float) -> np.ndarray:
 
 
 class CrepePitchExtractor:
-    """torchcrepe ``full``/``tiny``, called as Applio does (rvc-spec §2.1).
+    """torchcrepe ``full``/``tiny``, called as Applio does (docs/rvc-reference.md §2.1).
 
     Viterbi decoding, periodicity median-filtered (3) and f0 mean-filtered (3); frames with periodicity
     below ``periodicity_threshold`` are unvoiced.
@@ -218,7 +218,7 @@ class CrepePitchExtractor:
 
 
 class FcpePitchExtractor:
-    """torchfcpe's bundled model, ``local_argmax`` decoding, threshold 0.006 (rvc-spec §2.1)."""
+    """torchfcpe's bundled model, ``local_argmax`` decoding, threshold 0.006 (docs/rvc-reference.md §2.1)."""
 
     def __init__(self, *, f0_min: float, f0_max: float, device: str = "cpu", threshold: float = 0.006):
         import io

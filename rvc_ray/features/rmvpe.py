@@ -1,6 +1,6 @@
 """RMVPE pitch estimator (the RVC default), implemented here so a local ``rmvpe.pt`` loads without RVC.
 
-Architecture and decoding follow rvc-spec §2.1: ``E2E(n_blocks=4, n_gru=1, kernel_size=(2, 2))`` = a
+Architecture and decoding follow docs/rvc-reference.md §2.1: ``E2E(n_blocks=4, n_gru=1, kernel_size=(2, 2))`` = a
 deep U-Net (5 encoder/decoder levels, 4 intermediate blocks, 16 base channels) over a 128-bin log-mel,
 a 3-channel conv, a BiGRU(384 -> 2x256), Linear(512 -> 360) and a sigmoid. Module names match the
 ``rmvpe.pt`` state dict that RVC and Applio ship, so ``load_state_dict(strict=True)`` works on it.

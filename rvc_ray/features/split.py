@@ -1,4 +1,4 @@
-"""Deterministic train/validation split by segment id, and mute-row ids (rvc-spec §4.2).
+"""Deterministic train/validation split by segment id, and mute-row ids (docs/rvc-reference.md §4.2).
 
 Rule: a segment is ``val`` when ``sha1(segment_id)`` mapped to [0, 1) is below
 ``validation_fraction``. Per speaker, with ``validation_fraction > 0`` and at least 2 segments, at least

@@ -1,4 +1,4 @@
-"""Building blocks of the RVC conversion pipeline (rvc-spec §8), used by :mod:`rvc_ray.infer`.
+"""Building blocks of the RVC conversion pipeline (docs/rvc-reference.md §8), used by :mod:`rvc_ray.infer`.
 
 ``audio``      decoding uploads/files to 16 kHz mono, peak limiting, the 48 Hz high-pass
 ``chunking``   cutting long inputs at quiet points (x_pad / x_query / x_center / x_max)

@@ -1,4 +1,4 @@
-"""Long-input chunking at quiet points, as RVC's ``Pipeline.pipeline`` does it (rvc-spec §8 steps 4-5, 7).
+"""Long-input chunking at quiet points, as RVC's ``Pipeline.pipeline`` does it (docs/rvc-reference.md §8 steps 4-5, 7).
 
 The whole input is reflect-padded by ``t_pad = x_pad * 16000`` samples on each side. When it is longer
 than ``x_max`` seconds, it is cut near every multiple of ``x_center`` seconds, at the quietest

@@ -1,4 +1,4 @@
-"""``rms_mix_rate`` loudness-envelope mixing (rvc-spec §8 step 9, RVC ``change_rms``)."""
+"""``rms_mix_rate`` loudness-envelope mixing (docs/rvc-reference.md §8 step 9, RVC ``change_rms``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature retrieval from a voice's FAISS index (rvc-spec §8 step 7.2), without RVC's NaN on exact matches.
+"""Feature retrieval from a voice's FAISS index (docs/rvc-reference.md §8 step 7.2), without RVC's NaN on exact matches.
 
 RVC weights the ``k = 8`` neighbours by ``(1 / score)^2``, where ``score`` is the *squared* L2 distance,
 so a query that is exactly in the index (score 0) gives ``inf / inf = NaN``. Here the distance is

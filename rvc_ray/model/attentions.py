@@ -1,7 +1,7 @@
 """VITS relative-position Transformer encoder used by the content encoder (``enc_p.encoder``).
 
 Keys per layer N: ``attn_layers.N.{conv_q,conv_k,conv_v,conv_o,emb_rel_k,emb_rel_v}``, ``norm_layers_1.N``,
-``ffn_layers.N.{conv_1,conv_2}``, ``norm_layers_2.N`` (rvc-spec §5.1).
+``ffn_layers.N.{conv_1,conv_2}``, ``norm_layers_2.N`` (docs/rvc-reference.md §5.1).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def build_discriminator(model: ModelConfig, *, channel_divisor: int | None = Non
 
 
 def rvc_config_list(model: ModelConfig, audio: AudioConfig) -> list[Any]:
-    """RVC's 18-item inference ``config`` list (rvc-spec §6.8) for an exported voice."""
+    """RVC's 18-item inference ``config`` list (docs/rvc-reference.md §6.8) for an exported voice."""
     return [
         audio.spec_channels,
         model.segment_frames,

@@ -1,4 +1,4 @@
-"""The prior (content) encoder ``enc_p`` and the posterior (spectrogram) encoder ``enc_q`` (rvc-spec §5.1)."""
+"""The prior (content) encoder ``enc_p`` and the posterior (spectrogram) encoder ``enc_q`` (docs/rvc-reference.md §5.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Voices in RVC's small inference format: export after training, load for serving (rvc-spec §6.8, §8 step 1).
+"""Voices in RVC's small inference format: export after training, load for serving (docs/rvc-reference.md §6.8, §8 step 1).
 
 An exported voice is ``torch.save`` of a dict with ``weight`` (generator state dict without ``enc_q.*``, fp16),
 ``config`` (RVC's 18-item list), ``info`` ("<E>epoch"), ``sr`` ("40k"; Applio writes 40000), ``f0`` (1/0) and

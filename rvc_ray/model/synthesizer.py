@@ -1,6 +1,6 @@
 """The RVC v1/v2 generator (VITS variant), with and without F0, state-dict compatible with RVC ``f0G*.pth``.
 
-Sub-modules (rvc-spec §5.1): ``emb_g`` speaker embedding, ``enc_p`` content encoder, ``enc_q`` posterior
+Sub-modules (docs/rvc-reference.md §5.1): ``emb_g`` speaker embedding, ``enc_p`` content encoder, ``enc_q`` posterior
 encoder (training only), ``flow`` residual coupling flow, ``dec`` NSF-HiFi-GAN decoder.
 """
 

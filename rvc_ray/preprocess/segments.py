@@ -1,4 +1,4 @@
-"""Per-file preprocessing: decode -> mono -> high-pass -> slicer -> segments -> alpha mix -> resample (rvc-spec §1).
+"""Per-file preprocessing: decode -> mono -> high-pass -> slicer -> segments -> alpha mix -> resample (docs/rvc-reference.md §1).
 
 :func:`iter_file_segments` is THE per-file function: the Ray Data pipeline and the plain single-process loop
 (benchmarks) both call it. It reads the file in blocks of ``preprocess.block_duration_s`` so memory does not

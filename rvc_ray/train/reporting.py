@@ -1,7 +1,7 @@
 """The one place a training run reports to (rank 0 only): TensorBoard (tensorboardX), ``metrics.jsonl`` and
 MLflow, as chosen by ``train.trackers`` (the record sinks are in :mod:`rvc_ray.train.trackers`).
 
-Scalar names are the ones RVC users read in TensorBoard (rvc-spec §6.7): ``loss/g/total``,
+Scalar names are the ones RVC users read in TensorBoard (docs/rvc-reference.md §6.7): ``loss/g/total``,
 ``loss/d/total``, ``loss/g/fm``, ``loss/g/mel``, ``loss/g/kl``, ``loss/g/adv``, ``grad_norm_g``,
 ``grad_norm_d``, ``learning_rate``; validation adds ``val/mel_l1`` and ``val/mcd``. Images
 ``slice/mel_org`` and ``slice/mel_gen`` are raw log-mel arrays (no matplotlib); audio previews are

@@ -1,4 +1,4 @@
-"""One GAN iteration of RVC: generator forward, discriminator step, generator step (rvc-spec §6.4).
+"""One GAN iteration of RVC: generator forward, discriminator step, generator step (docs/rvc-reference.md §6.4).
 
 Each step function does one optimizer update and returns a metrics dict. They never reach into
 ``.module`` and never toggle ``requires_grad``, so they work unchanged when ``gen`` / ``disc`` are wrapped in

@@ -27,7 +27,7 @@ def test_every_job_file_loads(job: Path) -> None:
 
 
 def test_rvc_presets_match_the_reference_configs() -> None:
-    expected = {  # rvc-spec §4.3: (sr, n_fft, hop, n_mels, upsample, kernels, segment samples)
+    expected = {  # docs/rvc-reference.md §4.3: (sr, n_fft, hop, n_mels, upsample, kernels, segment samples)
         "rvc_v2_32k": (32000, 1024, 320, 80, (10, 8, 2, 2), (20, 16, 4, 4), 12800),
         "rvc_v2_40k": (40000, 2048, 400, 125, (10, 10, 2, 2), (16, 16, 4, 4), 12800),
         "rvc_v2_48k": (48000, 2048, 480, 128, (12, 10, 2, 2), (24, 20, 4, 4), 17280),

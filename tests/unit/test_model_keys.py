@@ -1,4 +1,4 @@
-"""State-dict manifest of the full RVC v2 40k generator / discriminator, derived from rvc-spec §5.
+"""State-dict manifest of the full RVC v2 40k generator / discriminator, derived from docs/rvc-reference.md §5.
 
 The expected keys and shapes are built here from the documented architecture (not from our modules),
 so a renamed or resized layer breaks compatibility with f0G40k.pth / f0D40k.pth and fails this test.
