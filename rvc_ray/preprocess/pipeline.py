@@ -245,16 +245,23 @@ def task_resources(
     return {"num_cpus": pp.cpus_per_task, "memory": memory}
 
 
+def _task_slots(cfg: RunConfig, cluster_cpus: float) -> int:
+    """Concurrent preprocessing tasks on ``cluster_cpus`` CPUs: the CPUs over ``preprocess.cpus_per_task``.
+
+    On the local cluster :func:`rvc_ray.cluster.ensure_ray` starts (no ``RAY_ADDRESS``), which declares more
+    logical CPUs than the machine has cores, the CPUs counted are the cores: a CPU-bound task per logical
+    CPU would only add worker processes (start-up and memory) without adding throughput.
+    """
+    if not os.environ.get("RAY_ADDRESS"):
+        cluster_cpus = min(cluster_cpus, float(os.cpu_count() or 1))
+    return max(1, int(cluster_cpus // cfg.preprocess.cpus_per_task))
+
+
 def _cpu_slots(cfg: RunConfig, num_items: int) -> int:
     """Tasks that can run at once: the CPUs the cluster has or can grow to (at most one per item)."""
     from rvc_ray.cluster import cluster_capacity
 
-    cpus = min(cluster_capacity().cpus_max, num_items * cfg.preprocess.cpus_per_task)
-    if not os.environ.get("RAY_ADDRESS"):
-        # the local cluster ensure_ray starts declares more logical CPUs than the machine has cores: a CPU-bound
-        # task per logical CPU would only add worker processes (start-up, memory), not throughput
-        cpus = min(cpus, float(os.cpu_count() or 1))
-    return max(1, int(cpus // cfg.preprocess.cpus_per_task))
+    return _task_slots(cfg, min(cluster_capacity().cpus_max, num_items * cfg.preprocess.cpus_per_task))
 
 
 def _process_group_batch(batch: Any, raw_config: dict[str, Any], segments_dir: str) -> Any:

@@ -68,11 +68,17 @@ def _upload_features(location: str, cfg: RunConfig) -> None:
 
 
 def _train_worker_nodes(address: str) -> set[str]:
-    """The nodes on which the sweep's Ray Train workers ran (Ray's state API; dead actors are listed too)."""
+    """The nodes on which this driver's (the sweep's) Ray Train workers ran (Ray's state API; dead actors are
+    listed too, so the filter on this job leaves out workers of earlier tests on the session's cluster)."""
+    import ray
     from ray.util.state import list_actors
 
+    job_id = ray.get_runtime_context().get_job_id()
     actors = list_actors(
-        address=address, filters=[("class_name", "=", "RayTrainWorker")], limit=1000, raise_on_missing_output=False
+        address=address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("job_id", "=", job_id)],
+        limit=1000,
+        raise_on_missing_output=False,
     )
     return {a.node_id for a in actors}
 
