@@ -17,10 +17,12 @@ temporary name and renamed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = [
     "STATE_FILE",
     "TrainState",
     "capture_rng_state",
+    "checkpoint_directory",
     "RestoredState",
     "find_latest_rvc_checkpoints",
     "load_pretrained_pair",
@@ -234,6 +237,28 @@ def _set_scheduler_epoch(scheduler: Any, optimizer: Any, base_lr: float, epoch: 
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
+@contextlib.contextmanager
+def checkpoint_directory(ray_checkpoint: Any) -> Iterator[Path]:
+    """A Ray Train checkpoint as a local directory that no other process writes while this one reads it.
+
+    ``Checkpoint.as_directory()`` downloads a remote checkpoint into a temporary directory named after the
+    checkpoint and shared by every process of the machine, under a lock that is released after the
+    download: a second worker of the same machine (two GPUs of one node, or the one-machine test cluster)
+    that takes the lock afterwards downloads again into the same files while the first is reading them
+    ("PytorchStreamReader failed reading file"). Each process therefore downloads into its own directory; a
+    local checkpoint is read in place.
+    """
+    import tempfile
+
+    import pyarrow.fs
+
+    if isinstance(ray_checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield Path(ray_checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"rvc-restore-{os.getpid()}-") as scratch:
+        yield Path(ray_checkpoint.to_directory(scratch))
+
+
 def restore_initial_state(
     cfg: RunConfig,
     gen: Any,
@@ -249,8 +274,8 @@ def restore_initial_state(
     the Ray Train checkpoint (a restarted worker group or a re-run with the same name), the newest
     ``G_*/D_*.pth`` in ``train.resume_from_rvc_dir``, or the pretrained G/D (fine-tuning)."""
     if ray_checkpoint is not None:
-        with ray_checkpoint.as_directory() as directory:
-            state = load_train_state(Path(directory))
+        with checkpoint_directory(ray_checkpoint) as directory:
+            state = load_train_state(directory)
         gen.load_state_dict(state.generator)
         disc.load_state_dict(state.discriminator)
         opt_g.load_state_dict(state.optimizer_g)

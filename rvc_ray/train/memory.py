@@ -240,9 +240,8 @@ def resolve_run_batch_size(
     """``cfg`` with a numeric ``train.batch_size`` and where it came from: ``"config"``, ``"auto"`` (searched
     now, see :mod:`rvc_ray.train.memory`) or ``"checkpoint"`` (an auto run resumed with its first batch, so
     the data order and the step count stay those of the run)."""
-    from pathlib import Path
 
-    from rvc_ray.train.checkpoint import read_checkpoint_meta
+    from rvc_ray.train.checkpoint import checkpoint_directory, read_checkpoint_meta
     from rvc_ray.train.collectives import min_across_workers
 
     if cfg.train.batch_size != "auto":
@@ -250,8 +249,8 @@ def resolve_run_batch_size(
     found: int | None = None
     source = "auto"
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            meta = read_checkpoint_meta(Path(directory))
+        with checkpoint_directory(checkpoint) as directory:
+            meta = read_checkpoint_meta(directory)
         if meta.get("num_workers") == world and meta.get("global_batch_size"):
             found, source = int(meta["global_batch_size"]), "checkpoint"
     if found is None:
