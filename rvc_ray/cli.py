@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from rvc_ray.config import RunConfig, load_run_config
-from rvc_ray.errors import USER_INPUT_ERRORS
+from rvc_ray.errors import user_errors_exit_2
 from rvc_ray.layout import RunLayout
+from rvc_ray.pipeline import StopAfter
 
 app = typer.Typer(
     name="rvc-ray",
@@ -37,24 +37,14 @@ SetOption = Annotated[
 ]
 
 
-@contextmanager
-def _user_errors_exit_2() -> Iterator[None]:
-    """Unusable user input (:data:`rvc_ray.errors.USER_INPUT_ERRORS`) becomes ``error: <message>``, exit 2."""
-    try:
-        yield
-    except USER_INPUT_ERRORS as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
 def _load(config: str | None, overrides: list[str] | None, default: str = "rvc_v2_40k") -> RunConfig:
-    with _user_errors_exit_2():
+    with user_errors_exit_2():
         return load_run_config(config or default, overrides or [])
 
 
 def _run_stage(stage: Callable[..., object], *args: object, **kwargs: object) -> None:
     """Run a stage entry function and print its result; unusable user input is a one-line error (exit 2)."""
-    with _user_errors_exit_2():
+    with user_errors_exit_2():
         result = stage(*args, **kwargs)
     _print_result(result)
 
@@ -125,10 +115,7 @@ def train(
     cfg = _load(config, set_)
     layout = RunLayout.from_config(cfg)
     if input:
-        from rvc_ray.pipeline import run_pipeline
-
-        with _user_errors_exit_2():
-            run_pipeline(cfg, input)
+        _run_pipeline(cfg, input)
         return
     from rvc_ray.train.launch import fit
 
@@ -136,42 +123,90 @@ def train(
 
 
 @app.command()
+def pipeline(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c",
+            help="Job YAML or preset (default: tiny_cpu on the demo corpus, rvc_v2_40k with --input).",
+        ),
+    ] = None,
+    set_: SetOption = None,
+    input: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="Speaker folder(s), or one folder of speaker sub-folders, path or URI (default: the demo corpus)."
+        ),
+    ] = None,
+    stop_after: Annotated[StopAfter | None, typer.Option(help="Stop after this stage.")] = None,
+    demo_seconds: Annotated[
+        float, typer.Option(help="Seconds of generated audio per demo speaker (without --input only).")
+    ] = 60.0,
+) -> None:
+    """The whole job: preprocess -> extract -> index -> train -> export (what jobs/train.py runs).
+
+    Without --input it runs on the built-in demo corpus, generated into the run's corpus/ folder.
+    """
+    cfg = _load(config or ("rvc_v2_40k" if input else "tiny_cpu"), set_)
+    _run_pipeline(cfg, input or [], stop_after=stop_after.value if stop_after else None, demo_seconds=demo_seconds)
+
+
+@app.command()
 def demo(set_: SetOption = None) -> None:
     """Run the whole pipeline on the built-in demo corpus with the tiny preset (same as jobs/train.py)."""
-    cfg = _load("tiny_cpu", set_)
-    from rvc_ray.pipeline import prepare_demo_inputs, run_pipeline
+    _run_pipeline(_load("tiny_cpu", set_), [])
 
-    run_pipeline(cfg, prepare_demo_inputs(cfg))
+
+def _run_pipeline(cfg: RunConfig, inputs: list[str], *, stop_after: str | None = None, demo_seconds: float = 60.0) -> None:
+    """Check the inputs and the run's locations, then run the pipeline (on the demo corpus when ``inputs`` is empty)."""
+    from rvc_ray.pipeline import check_inputs, prepare_demo_inputs, prepare_run, run_pipeline
+    from rvc_ray.storage import normalize_location
+
+    with user_errors_exit_2():
+        locations: list[Path | str] = [normalize_location(i) for i in inputs]
+        check_inputs(locations, cfg.preprocess.extensions)
+        prepare_run(cfg)  # refuses a work_dir some node cannot use before the demo corpus is written there
+        locations = locations or prepare_demo_inputs(cfg, seconds_per_speaker=demo_seconds)
+        run_pipeline(cfg, locations, stop_after=stop_after, locations_checked=True)
 
 
 @app.command()
 def tune(
     config: ConfigOption = None,
     set_: SetOption = None,
-    features: Annotated[Path | None, typer.Option(help="Feature directory (default: <run>/features).")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature location, path or URI (default: <run>/features).")] = None,
     search: Annotated[
         list[str] | None,
-        typer.Option(help="Extra search dimension: path=choice(a,b)|uniform(a,b)|loguniform(a,b) (repeatable)."),
+        typer.Option(
+            help="Extra search dimension: path=choice(a,b)|grid(a,b)|uniform(a,b)|loguniform(a,b)|randint(a,b) (repeatable)."
+        ),
     ] = None,
     search_file: Annotated[Path | None, typer.Option(help="YAML search space {path: expression}.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted sweep of the same name.")] = False,
-    index_path: Annotated[Path | None, typer.Option("--index", help="Index copied beside the trial voices.")] = None,
+    index_path: Annotated[
+        str | None, typer.Option("--index", help="Index (path or URI) copied beside the trial voices (default: the run's).")
+    ] = None,
 ) -> None:
-    """Search the global batch size and adversarial weight (and more) with Ray Tune + ASHA."""
+    """Search the global batch size and adversarial weight (and more) with Ray Tune + ASHA.
+
+    Prints the sweep's result as JSON; exits 1 when no trial was scored (no best trial).
+    """
     cfg = _load(config, set_)
     from rvc_ray.tune.launch import run_tune
 
-    layout = RunLayout.from_config(cfg)
     # run_tune validates the whole search space before it connects to Ray
-    _run_stage(
-        run_tune,
-        cfg,
-        features or layout.features_dir,
-        search=search or [],
-        search_file=search_file,
-        resume=resume,
-        index_path=index_path,
-    )
+    with user_errors_exit_2():
+        result = run_tune(
+            cfg,
+            features or RunLayout.from_config(cfg).features_location,
+            search=search or [],
+            search_file=search_file,
+            resume=resume,
+            index_path=index_path,
+        )
+    _print_result(result)
+    if result.best_trial_id is None:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -181,13 +216,19 @@ def serve(
     ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach", help="Deploy, print the address and exit; the app keeps running (remove it: serve delete rvc)."
+        ),
+    ] = False,
 ) -> None:
-    """Serve every voice of a directory over HTTP with Ray Serve (blocks until interrupted)."""
+    """Serve every voice of a directory over HTTP with Ray Serve (blocks until interrupted, unless --detach)."""
     cfg = _load(config, set_)
     from rvc_ray.serve.app import run_serve
 
-    with _user_errors_exit_2():
-        run_serve(cfg, voices_dir=voices, blocking=True)
+    with user_errors_exit_2():
+        run_serve(cfg, voices_dir=voices, blocking=not detach)
 
 
 @app.command()

@@ -13,7 +13,7 @@ checked at load time, so a wrong config fails before any worker starts.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +41,7 @@ __all__ = [
     "ServeConfig",
     "TrainConfig",
     "TuneConfig",
+    "apply_dotted_overrides",
     "load_run_config",
     "parse_override",
     "resolve_locations",
@@ -466,8 +467,6 @@ class RunConfig(_Node):
             raise ValueError("train.cache_dataset_on_gpu needs scaling.use_gpu=true (it keeps the clips in GPU memory)")
         if self.model.version == "v1" and self.model.content_dim not in (256,):
             raise ValueError("model.version=v1 uses 256-d content features (model.content_dim=256)")
-        if self.tune.max_concurrent_trials is not None and self.tune.num_samples < 1:
-            raise ValueError("tune.num_samples must be >= 1")
         for batch in self.tune.batch_sizes:
             if batch % self.scaling.num_workers:
                 raise ValueError(
@@ -546,17 +545,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def _apply_override(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = {}
-            node[part] = child
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
-        node = child
-    node[path[-1]] = value
+def apply_dotted_overrides(data: dict[str, Any], overrides: Iterable[tuple[str | Sequence[str], Any]]) -> None:
+    """Set each ``(path, value)`` of ``overrides`` in the nested config mapping ``data`` (in place, in order).
+
+    A path is dotted text (``"train.batch_size"``) or its parts (``["train", "batch_size"]``); a missing
+    section is created. The one walker behind ``--set`` (:func:`load_run_config`) and Tune's trial values.
+
+    Raises:
+        ConfigError: a path runs through a value that is not a section.
+    """
+    for dotted, value in overrides:
+        path = dotted.split(".") if isinstance(dotted, str) else list(dotted)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
@@ -591,9 +600,7 @@ def load_run_config(
     if job is not None:
         data = _deep_merge(data, _load_job_mapping(job))
         source = str(job)
-    for text in overrides:
-        path, value = parse_override(text)
-        _apply_override(data, path, value)
+    apply_dotted_overrides(data, map(parse_override, overrides))
     if overrides:
         source += " + --set " + " ".join(overrides)
     try:

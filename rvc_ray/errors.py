@@ -8,9 +8,10 @@ Every other exception is a bug or an environment failure and keeps its traceback
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["InputError", "USER_INPUT_ERRORS", "exit_status_of"]
+__all__ = ["InputError", "USER_INPUT_ERRORS", "user_errors_exit_2"]
 
 
 class InputError(ValueError):
@@ -18,14 +19,14 @@ class InputError(ValueError):
 
 
 USER_INPUT_ERRORS: tuple[type[Exception], ...] = (InputError, FileNotFoundError, NotADirectoryError)
-"""What the CLI and the job scripts report as ``error: <message>`` with exit status 2."""
+"""What the command line (``rvc-ray`` and the jobs/*.py scripts that call it) reports as ``error: <message>``."""
 
 
-def exit_status_of(job: Callable[[], int | None]) -> int:
-    """Run a job script's body: its status (``None`` = 0), or 2 after ``error: <message>`` on stderr."""
+@contextmanager
+def user_errors_exit_2() -> Iterator[None]:
+    """Unusable user input (:data:`USER_INPUT_ERRORS`) becomes ``error: <message>`` on stderr and exit status 2."""
     try:
-        status = job()
+        yield
     except USER_INPUT_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if status is None else status
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

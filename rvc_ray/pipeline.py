@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,17 @@ from rvc_ray.config import RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.layout import RunLayout
 
-__all__ = ["PipelineResult", "check_inputs", "prepare_demo_inputs", "prepare_run", "run_pipeline"]
+__all__ = ["PipelineResult", "StopAfter", "check_inputs", "prepare_demo_inputs", "prepare_run", "run_pipeline"]
 
 log = logging.getLogger("rvc_ray.pipeline")
+
+
+class StopAfter(str, Enum):
+    """The stages a run may stop after (``--stop-after``); without one it trains and exports."""
+
+    PREPROCESS = "preprocess"
+    EXTRACT = "extract"
+    INDEX = "index"
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,9 @@ def run_pipeline(
         stop_after: ``"preprocess"``, ``"extract"`` or ``"index"`` to stop early; ``None`` runs everything.
         locations_checked: the caller already ran :func:`prepare_run` for ``cfg``.
     """
-    if stop_after not in (None, "preprocess", "extract", "index"):
-        raise ValueError(f"stop_after must be preprocess, extract, index or None, got {stop_after!r}")
+    stages = [stage.value for stage in StopAfter]
+    if stop_after is not None and stop_after not in stages:
+        raise ValueError(f"stop_after must be one of {', '.join(stages)} or None, got {stop_after!r}")
     from rvc_ray.preprocess import run_preprocess
 
     started = time.perf_counter()

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rvc_ray.config import ConfigError, RunConfig, _apply_override
+from rvc_ray.config import ConfigError, RunConfig, apply_dotted_overrides
 
 __all__ = [
     "SearchDimension",
@@ -295,9 +295,9 @@ def apply_overrides(base: RunConfig | Mapping[str, Any], values: Mapping[str, An
         ConfigError: naming the paths and values when the result is not a valid config.
     """
     data = base.model_dump(mode="json") if isinstance(base, RunConfig) else _deep_copy(base)
-    for path, value in values.items():
+    for path in values:
         check_config_path(path)
-        _apply_override(data, path.split("."), value)  # the config's own override walker
+    apply_dotted_overrides(data, values.items())  # the same walker as --set
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import runpy
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from rvc_ray.cli import app
+from rvc_ray.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -30,7 +36,7 @@ def ray_must_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_help_lists_every_stage() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("preprocess", "extract", "index", "train", "tune", "serve", "convert", "demo"):
+    for command in ("preprocess", "extract", "index", "train", "pipeline", "tune", "serve", "convert", "demo"):
         assert command in result.output
 
 
@@ -81,12 +87,137 @@ def test_tune_rejects_a_bad_search_path_with_exit_2_before_starting_ray(tmp_path
 
 
 def test_every_job_script_starts_and_shows_its_help() -> None:
-    for script in ("train", "tune", "serve", "preprocess", "extract", "index"):
+    flags = {
+        "train": ("--input", "--stop-after", "--demo-seconds", "demo.yaml"),
+        "tune": ("--search", "--search-file", "--features", "--index", "--resume", "tune_demo.yaml"),
+        "serve": ("--voices", "--detach"),
+        "preprocess": ("--input", "--output"),
+        "extract": ("--dataset", "--output"),
+        "index": ("--features", "--output"),
+    }
+    for script, expected in flags.items():
         out = subprocess.run(
-            [sys.executable, str(ROOT / "jobs" / f"{script}.py"), "--help"], capture_output=True, text=True, timeout=60
+            [sys.executable, str(ROOT / "jobs" / f"{script}.py"), "--help"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
         )
         assert out.returncode == 0, (script, out.stderr)
         assert "--config" in out.stdout
+        assert [flag for flag in expected if flag not in out.stdout] == [], (script, out.stdout)
+
+
+def _run_job(script: str, argv: list[str]) -> int:
+    """Run ``jobs/<script>.py``'s ``main(argv)`` in this process (so monkeypatches apply); its exit status."""
+    main = runpy.run_path(str(ROOT / "jobs" / f"{script}.py"), run_name="job")["main"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return int(exit_info.value.code or 0)
+
+
+@pytest.fixture
+def pipeline_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """Replace the pipeline's stage functions by recorders: (name, what it was given), in call order."""
+    import rvc_ray.pipeline
+
+    calls: list[tuple[str, object]] = []
+    monkeypatch.syspath_prepend(str(ROOT / "jobs"))
+    monkeypatch.setattr(rvc_ray.pipeline, "check_inputs", lambda inputs, extensions: calls.append(("check", inputs)))
+    monkeypatch.setattr(rvc_ray.pipeline, "prepare_run", lambda cfg: calls.append(("prepare_run", cfg)))
+
+    def demo_inputs(cfg: object, *, seconds_per_speaker: float) -> list[str]:
+        calls.append(("demo_corpus", seconds_per_speaker))
+        return ["/corpus/spk0"]
+
+    def run(cfg: object, inputs: list[str], *, stop_after: str | None, locations_checked: bool) -> None:
+        calls.append(("run", (inputs, stop_after, locations_checked)))
+
+    monkeypatch.setattr(rvc_ray.pipeline, "prepare_demo_inputs", demo_inputs)
+    monkeypatch.setattr(rvc_ray.pipeline, "run_pipeline", run)
+    return calls
+
+
+def test_train_job_runs_the_demo_pipeline_with_its_flags(pipeline_calls: list[tuple[str, object]]) -> None:
+    status = _run_job("train", ["--stop-after", "index", "--demo-seconds", "5", "--set", "experiment.name=job"])
+    assert status == 0
+    assert [name for name, _ in pipeline_calls] == ["check", "prepare_run", "demo_corpus", "run"]
+    cfg = pipeline_calls[1][1]
+    assert isinstance(cfg, RunConfig)
+    assert (cfg.experiment.name, cfg.audio.sample_rate) == ("job", 16000)  # jobs/configs/demo.yaml: the tiny preset
+    assert pipeline_calls[2][1] == 5.0
+    assert pipeline_calls[3][1] == (["/corpus/spk0"], "index", True)
+
+
+def test_pipeline_with_input_skips_the_demo_corpus(tmp_path: Path, pipeline_calls: list[tuple[str, object]]) -> None:
+    result = runner.invoke(app, ["pipeline", "-i", "s3://bucket/voice/", "-i", "recordings", "--stop-after", "extract"])
+    assert result.exit_code == 0, result.output
+    inputs = ["s3://bucket/voice", str(Path.cwd() / "recordings")]  # locations, as every stage takes them
+    assert pipeline_calls[0] == ("check", inputs)
+    assert [name for name, _ in pipeline_calls] == ["check", "prepare_run", "run"]
+    assert pipeline_calls[2][1] == (inputs, "extract", True)
+    assert cast(RunConfig, pipeline_calls[1][1]).audio.sample_rate == 40000  # rvc_v2_40k for a real dataset
+
+
+def test_stop_after_refuses_an_unknown_stage_before_starting_ray(ray_must_not_start: None) -> None:
+    result = runner.invoke(app, ["pipeline", "--stop-after", "train"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # typer draws the error in a wrapped box
+    assert "Invalid value for '--stop-after'" in message and "'train' is not one of 'preprocess', 'extract', 'index'" in message
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "train.py"), "--stop-after", "bogus"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and "--stop-after" in out.stderr
+
+
+def test_job_scripts_default_to_their_job_yaml() -> None:
+    for script, job in (("train", "demo.yaml"), ("tune", "tune_demo.yaml")):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "jobs" / f"{script}.py"), "--set", "train.nope=1"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 2, (script, out.stderr)
+        assert out.stderr.startswith(f"error: invalid configuration ({ROOT / 'jobs' / 'configs' / job} + --set")
+
+
+@dataclass
+class _FakeTuneResult:
+    best_trial_id: str | None
+    sweep_dir: str = "/runs/demo/tune"
+
+
+def test_tune_takes_locations_prints_the_result_and_exits_1_without_a_best_trial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rvc_ray.tune.launch
+
+    given: list[tuple[object, object]] = []
+    best: list[str | None] = [None, "trial_1"]
+
+    def fake_run_tune(cfg: RunConfig, features: object, **kwargs: object) -> _FakeTuneResult:
+        given.append((features, kwargs["index_path"]))
+        return _FakeTuneResult(best.pop(0))
+
+    monkeypatch.setattr(rvc_ray.tune.launch, "run_tune", fake_run_tune)
+    args = ["tune", "-c", "tiny_cpu", "--features", "s3://bucket/feats", "--index", "gs://bucket/voice.index"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.output) == {"best_trial_id": None, "sweep_dir": "/runs/demo/tune"}
+    assert given == [("s3://bucket/feats", "gs://bucket/voice.index")]  # locations, not Path("s3:/bucket/feats")
+    result = runner.invoke(app, ["tune", "-c", "tiny_cpu", "--set", "experiment.work_dir=s3://bucket/runs"])
+    assert result.exit_code == 0, result.output
+    assert given[1] == ("s3://bucket/runs/demo/features", None)  # the run's features, on the bucket too
+
+
+def test_serve_detach_deploys_without_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rvc_ray.serve.app
+
+    given: list[tuple[object, bool]] = []
+    monkeypatch.setattr(
+        rvc_ray.serve.app, "run_serve", lambda cfg, voices_dir, blocking: given.append((voices_dir, blocking))
+    )
+    monkeypatch.syspath_prepend(str(ROOT / "jobs"))
+    assert _run_job("serve", ["--voices", "s3://bucket/voices", "--detach"]) == 0
+    assert runner.invoke(app, ["serve", "--voices", "/voices"]).exit_code == 0
+    assert given == [("s3://bucket/voices", False), ("/voices", True)]
 
 
 def test_stage_commands_name_a_missing_input_before_starting_ray(tmp_path: Path, ray_must_not_start: None) -> None:

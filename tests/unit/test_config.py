@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rvc_ray.config import PRESET_NAMES, ConfigError, RunConfig, load_run_config, parse_override
+from rvc_ray.config import (
+    PRESET_NAMES,
+    ConfigError,
+    RunConfig,
+    apply_dotted_overrides,
+    load_run_config,
+    parse_override,
+)
 
 JOB_DIR = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
@@ -101,6 +108,21 @@ def test_override_values_are_parsed_as_yaml() -> None:
         parse_override("batch_size")
     with pytest.raises(ConfigError, match="name a section and a field"):
         parse_override("batch_size=8")
+
+
+def test_dotted_overrides_set_nested_values_in_order() -> None:
+    data: dict[str, object] = {"train": {"epochs": 3}, "loss": 0.5}
+    apply_dotted_overrides(data, [("train.epochs", 7), (["optim", "lr_generator"], 1e-4), ("train.epochs", 9)])
+    assert data == {"train": {"epochs": 9}, "optim": {"lr_generator": 1e-4}, "loss": 0.5}
+    with pytest.raises(ConfigError, match="'loss' is not a section"):
+        apply_dotted_overrides(data, [("loss.c_adv", 1.0)])
+    with pytest.raises(ConfigError, match="'c_adv' is not a section"):
+        load_run_config("tiny_cpu", ["loss.c_adv=2", "loss.c_adv.x=1"])
+
+
+def test_tune_num_samples_below_one_is_refused_by_the_field() -> None:
+    with pytest.raises(ConfigError, match="tune.num_samples"):
+        load_run_config("tiny_cpu", ["tune.num_samples=0", "tune.max_concurrent_trials=1"])
 
 
 def test_extends_resolves_relative_files_one_level(tmp_path: Path) -> None:
