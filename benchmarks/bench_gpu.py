@@ -167,8 +167,9 @@ def bench_conversion() -> None:
 
     from rvc_ray.config import load_run_config
     from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.infer import ConversionOptions, VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
+    from rvc_ray.inference.converter import VoiceConverterPipeline
+    from rvc_ray.inference.options import ConversionOptions
     from rvc_ray.model.build import build_generator
     from rvc_ray.model.export import export_voice
 

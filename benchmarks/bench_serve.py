@@ -93,8 +93,9 @@ def _distance(reference: np.ndarray, other: np.ndarray) -> dict:
 def _offline(cfg, voice_path: Path, seconds: float, threads: int, repeats: int, applio: Path | None) -> dict:
     import torch
 
-    from rvc_ray.infer import ConversionOptions, VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
+    from rvc_ray.inference.converter import VoiceConverterPipeline
+    from rvc_ray.inference.options import ConversionOptions
 
     torch.set_num_threads(threads)
     analysis = AnalysisModels(cfg.features)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from rvc_ray.infer import ConversionOptions
+from rvc_ray.inference.options import ConversionOptions
 from rvc_ray.serve.schemas import ServeSettings
 from rvc_ray.serve.voices import VoiceRegistry
 
@@ -83,7 +83,7 @@ class VoiceConverter:
             logger.info("evicted voice %r to stay under max_voice_memory_mb", evicted)
 
     async def _load_voice(self, model_id: str) -> Any:
-        from rvc_ray.infer import VoiceConverterPipeline
+        from rvc_ray.inference.converter import VoiceConverterPipeline
 
         voice_id = _voice_id_of(model_id)
         loop = asyncio.get_running_loop()

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from rvc_ray.infer import ConversionOptions
+from rvc_ray.inference.options import ConversionOptions
 from rvc_ray.serve.converter import VoiceConverter, VoiceTooLargeError
 from rvc_ray.serve.http import (
     ERROR_RESPONSES,
@@ -151,6 +151,7 @@ class VoiceApi:
     @api.get("/v1/voices", response_model=VoiceList, responses=ERROR_RESPONSES, tags=["voices"])
     async def list_voices(self, request: Request) -> VoiceList:
         """Every voice with its rate, version, run, epoch, step, validation scores and default F0 method."""
+        from rvc_ray.features.f0_methods import F0_METHODS
         from rvc_ray.inference.defaults import f0_method_problem
 
         self._authorize(request)
@@ -165,7 +166,7 @@ class VoiceApi:
         for stale in set(self._metadata) - listed:  # replaced or deleted files
             del self._metadata[stale]
         rmvpe = self.settings.features.get("rmvpe_path")
-        methods = {m: f0_method_problem(m, rmvpe) for m in ("rmvpe", "crepe", "crepe-tiny", "fcpe")}
+        methods = {m: f0_method_problem(m, rmvpe) for m in F0_METHODS}
         return VoiceList(voices=infos, f0_methods=methods)
 
     @api.get("/v1/voices/{voice_id}", response_model=VoiceInfo, responses=ERROR_RESPONSES, tags=["voices"])
@@ -286,7 +287,7 @@ class VoiceApi:
 
     async def _decode(self, audio: bytes) -> tuple[str, np.ndarray]:
         """``(input id, wav_16k [N])``; the decoded input is cached for its spectrogram."""
-        from rvc_ray.inference.audio import to_pcm16_wav_bytes
+        from rvc_ray.audio.io import to_pcm16_wav_bytes
 
         decoded = await asyncio.get_running_loop().run_in_executor(None, self._decode_sync, audio)
         input_id = input_key(audio)
@@ -295,7 +296,7 @@ class VoiceApi:
         return input_id, decoded.wav_16k
 
     def _decode_sync(self, audio: bytes) -> Any:
-        from rvc_ray.inference.audio import AudioDecodeError, AudioTooLongError, decode_audio
+        from rvc_ray.audio.io import AudioDecodeError, AudioTooLongError, decode_audio
 
         if not audio:
             raise ApiError("empty_upload", "the upload is empty: send an audio file")
@@ -311,7 +312,7 @@ class VoiceApi:
         self, files: VoiceFiles, input_id: str, wav_16k: np.ndarray, options: ConversionOptions
     ) -> tuple[str, tuple[bytes, dict[str, Any]]]:
         """The result of ``files`` x input x options: from the cache, else converted (and cached)."""
-        from rvc_ray.inference.audio import to_pcm16_wav_bytes
+        from rvc_ray.audio.io import to_pcm16_wav_bytes
 
         key = result_key(files.cache_key, input_id, options.model_dump(mode="json"))
         hit = self.results.get(f"out:{key}")
@@ -328,9 +329,9 @@ class VoiceApi:
     async def _call_converter(
         self, files: VoiceFiles, wav_16k: np.ndarray, options: ConversionOptions
     ) -> dict[str, Any]:
-        from rvc_ray.infer import InvalidOptionError, VoiceLoadError
+        from rvc_ray.audio.io import AudioDecodeError
         from rvc_ray.inference.analysis import AnalysisUnavailableError
-        from rvc_ray.inference.audio import AudioDecodeError
+        from rvc_ray.inference.options import InvalidOptionError, VoiceLoadError
 
         voice_id = files.voice_id
         handle = self.converter.options(multiplexed_model_id=files.cache_key)

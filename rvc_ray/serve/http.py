@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rvc_ray.infer import ConversionOptions
+from rvc_ray.inference.options import ConversionOptions
 from rvc_ray.serve.schemas import ERROR_STATUS, ErrorBody
 
 __all__ = [

@@ -1,6 +1,6 @@
 """HTTP schemas of the voice-conversion API (response bodies, error body, settings of the app).
 
-Request options are :class:`rvc_ray.infer.ConversionOptions`, the same object the CLI uses.
+Request options are :class:`rvc_ray.inference.options.ConversionOptions`, the same object the CLI uses.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ def test_conversion_on_the_gpu_matches_the_cpu(tmp_path: Path) -> None:
 
     from rvc_ray.config import load_run_config
     from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.infer import ConversionOptions, VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
+    from rvc_ray.inference.converter import VoiceConverterPipeline
+    from rvc_ray.inference.options import ConversionOptions
     from rvc_ray.model.build import build_generator
     from rvc_ray.model.export import export_voice
 

@@ -1,4 +1,4 @@
-"""The conversion pipeline (rvc_ray.infer + rvc_ray.inference): DSP steps, options, and whole conversions.
+"""The conversion pipeline (rvc_ray.inference): DSP steps, options, and whole conversions.
 
 Most tests drive the pipeline with small fakes (a content encoder, an F0 extractor and a generator that
 sings a sine at the F0 it is given), so they check the pipeline's own arithmetic quickly; the last
@@ -16,11 +16,13 @@ import soundfile as sf
 import torch
 from pydantic import ValidationError
 
-from rvc_ray.infer import ConversionOptions, InvalidOptionError, VoiceConverterPipeline
+from rvc_ray.audio.filters import apply_highpass, limit_peak
+from rvc_ray.audio.io import AudioDecodeError, AudioTooLongError, decode_audio, downmix_to_mono, resample
 from rvc_ray.inference.analysis import content_encoder_spec
-from rvc_ray.inference.audio import AudioDecodeError, AudioTooLongError, apply_highpass, decode_audio, limit_peak
 from rvc_ray.inference.chunking import ChunkingSettings, find_chunk_cuts, plan_chunks
+from rvc_ray.inference.converter import VoiceConverterPipeline
 from rvc_ray.inference.envelope import mix_rms_envelope
+from rvc_ray.inference.options import ConversionOptions, InvalidOptionError
 from rvc_ray.inference.retrieval import mix_retrieved_features, retrieve_features
 
 SR16 = 16000
@@ -146,6 +148,16 @@ def test_decode_audio_resamples_stereo_to_16k_mono():
     assert abs(_dominant_hz(decoded.wav_16k, SR16) - 200) < 2
 
 
+def test_decode_audio_is_the_training_downmix_and_resampler():
+    """Conversion input goes through the same downmix and soxr resampler (and length rule) as preprocessing."""
+    stereo = np.stack([_tone(0.7, rate=44100), _tone(0.7, hz=310.0, rate=44100)], axis=1)
+    pcm = sf.read(io.BytesIO(_wav_bytes(stereo, 44100)), dtype="float32", always_2d=True)[0]
+    decoded = decode_audio(_wav_bytes(stereo, 44100))
+    expected = resample(downmix_to_mono(pcm), 44100, SR16)
+    assert decoded.wav_16k.dtype == np.float32 and decoded.wav_16k.shape == (round(0.7 * 44100 * SR16 / 44100),)
+    np.testing.assert_array_equal(decoded.wav_16k, expected.astype(np.float32))
+
+
 @pytest.mark.parametrize(
     "payload,match",
     [
@@ -174,7 +186,7 @@ def test_limit_peak_and_highpass():
     quiet = np.array([0.1, -0.2], np.float32)
     np.testing.assert_array_equal(limit_peak(quiet, 0.95), quiet)
     rumble, voice = _tone(2.0, hz=15.0), _tone(2.0, hz=300.0)
-    filtered = apply_highpass(rumble + voice)
+    filtered = apply_highpass(rumble + voice, SR16)
     mid = slice(8000, 24000)  # away from the edges
     assert np.std(filtered[mid] - voice[mid]) < 0.05 * np.std(rumble[mid])
 
@@ -321,7 +333,7 @@ def tiny_voice_files(tmp_path_factory):
 
 @pytest.mark.slow
 def test_convert_file_with_a_tiny_exported_voice(tiny_voice_files, tmp_path):
-    from rvc_ray.infer import convert_file
+    from rvc_ray.inference.converter import convert_file
 
     cfg, voice, index = tiny_voice_files
     source = tmp_path / "in.flac"
@@ -337,7 +349,6 @@ def test_convert_file_with_a_tiny_exported_voice(tiny_voice_files, tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_gives_the_same_audio_and_retrieval_changes_it(tiny_voice_files):
-    from rvc_ray.infer import VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
 
     cfg, voice, index = tiny_voice_files
@@ -352,7 +363,6 @@ def test_same_seed_gives_the_same_audio_and_retrieval_changes_it(tiny_voice_file
 
 
 def test_a_voice_needing_hubert_says_what_is_missing(tiny_voice_files):
-    from rvc_ray.infer import VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels, AnalysisUnavailableError
 
     cfg, voice, _ = tiny_voice_files
@@ -381,7 +391,6 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
 @pytest.mark.slow
 def test_folded_weight_norm_is_exact_and_bf16_synthesis_stays_within_tolerance(tiny_voice_files):
     """Folding changes nothing; bf16 autocast keeps the waveform within 20 dB SNR of fp32 (docs/serving.md)."""
-    from rvc_ray.infer import VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
     from rvc_ray.model.export import load_voice
 
