@@ -277,7 +277,7 @@ def _served(cfg, voices_dir: Path, short_s: float, levels: list[int], requests: 
     )
     settings = run_serve(cfg, voices_dir=voices_dir, blocking=False)
     startup_s = time.perf_counter() - started
-    url = f"http://{settings.host}:{settings.port}/v1/voices/bench/convert"
+    url = f"http://{settings.serve.host}:{settings.serve.port}/v1/voices/bench/convert"
     body = _wav_bytes(_tone(short_s), 16000)
     try:
         started = time.perf_counter()

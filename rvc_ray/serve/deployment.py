@@ -71,14 +71,14 @@ class VoiceApi:
         from rvc_ray.serve.catalog import RunScores
 
         self.settings = ServeSettings.model_validate(settings)
-        self.registry = VoiceRegistry(self.settings.voices, self.settings.voice_cache_dir)
+        self.registry = VoiceRegistry(self.settings.serve.voices_dir, self.settings.voice_cache_dir)
         self.converter = converter
-        self.results = ResultCache(int(self.settings.result_cache_mb * _MB))
+        self.results = ResultCache(int(self.settings.serve.result_cache_mb * _MB))
         self.scores = RunScores(self.registry.location)
         self._metadata: dict[str, VoiceInfo] = {}
 
     def _authorize(self, request: Request) -> None:
-        authorize(self.settings.api_key, request)
+        authorize(self.settings.serve.api_key, request)
 
     def _resolve(self, voice_id: str) -> VoiceFiles:
         try:
@@ -143,8 +143,8 @@ class VoiceApi:
         if scores:
             update["validation"] = scores
         if info.use_f0:
-            rmvpe = self.settings.features.get("rmvpe_path")
-            choice = choose_f0_method(None, self.settings.f0_method, trained_f0_method(info.training), rmvpe)
+            rmvpe = self.settings.features.rmvpe_path
+            choice = choose_f0_method(None, self.settings.serve.f0_method, trained_f0_method(info.training), rmvpe)
             update.update(f0_method=choice.method, f0_method_reason=choice.reason)
         return info.model_copy(update=update)
 
@@ -165,7 +165,7 @@ class VoiceApi:
             listed.add(files.cache_key)
         for stale in set(self._metadata) - listed:  # replaced or deleted files
             del self._metadata[stale]
-        rmvpe = self.settings.features.get("rmvpe_path")
+        rmvpe = self.settings.features.rmvpe_path
         methods = {m: f0_method_problem(m, rmvpe) for m in F0_METHODS}
         return VoiceList(voices=infos, f0_methods=methods)
 
@@ -195,7 +195,7 @@ class VoiceApi:
         files = self._resolve(voice_id)
         query = self._query(request)
         options = parse_options(query, {})
-        audio, fields = await read_upload(request, self.settings.max_upload_mb)
+        audio, fields = await read_upload(request, self.settings.serve.max_upload_mb)
         if fields:
             options = parse_options(query, fields)
         input_id, wav_16k = await self._decode(audio)
@@ -218,7 +218,7 @@ class VoiceApi:
         """
         self._authorize(request)
         query = self._query(request)
-        audio, fields = await read_upload(request, self.settings.max_upload_mb)
+        audio, fields = await read_upload(request, self.settings.serve.max_upload_mb)
         options = parse_options(query, fields, allowed_extra=SELECTION_FIELDS)
         chosen = await self._select_voices({**query, **fields})
         input_id, wav_16k = await self._decode(audio)
@@ -249,10 +249,10 @@ class VoiceApi:
             names = [i.id for i in epochs] or [i.id for i in infos if i.run == run]
             if not names:
                 raise ApiError("voice_not_found", f"no voices of training run {run!r}; GET /v1/voices lists them")
-        if len(names) > self.settings.max_voices_per_request:
+        if len(names) > self.settings.serve.max_voices_per_request:
             raise ApiError(
                 "too_many_voices",
-                f"{len(names)} voices asked; at most {self.settings.max_voices_per_request} per request "
+                f"{len(names)} voices asked; at most {self.settings.serve.max_voices_per_request} per request "
                 "(serve.max_voices_per_request)",
             )
         return [self._resolve(name) for name in dict.fromkeys(names)]
@@ -301,7 +301,7 @@ class VoiceApi:
         if not audio:
             raise ApiError("empty_upload", "the upload is empty: send an audio file")
         try:
-            return decode_audio(audio, max_duration_s=self.settings.max_duration_s, name="the upload")
+            return decode_audio(audio, max_duration_s=self.settings.serve.max_duration_s, name="the upload")
         except AudioTooLongError as exc:
             raise ApiError("audio_too_long", str(exc)) from None
         except AudioDecodeError as exc:

@@ -139,7 +139,7 @@ def app_url(ray_cluster, run_dir, tiny_serve_cfg) -> str:
     )
     (voices / "broken.pth").write_bytes(b"this is not a voice")
     settings = run_serve(cfg, voices_dir=voices, blocking=False)
-    yield f"http://{settings.host}:{settings.port}"
+    yield f"http://{settings.serve.host}:{settings.serve.port}"
     serve.shutdown()
 
 

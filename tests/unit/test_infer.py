@@ -352,7 +352,9 @@ def test_same_seed_gives_the_same_audio_and_retrieval_changes_it(tiny_voice_file
     from rvc_ray.inference.analysis import AnalysisModels
 
     cfg, voice, index = tiny_voice_files
-    pipeline = VoiceConverterPipeline.from_files(voice, index, AnalysisModels(cfg.features), configured_f0_method="fcpe")
+    pipeline = VoiceConverterPipeline.from_files(
+        voice, index, AnalysisModels(cfg.features), configured_f0_method="fcpe"
+    )
     tone = _tone(0.8)
     first = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
     again = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
