@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.voices import export_random_voice  # noqa: E402  (the test suite's tiny random voice)
 
 
 def _log(message: str) -> None:
@@ -66,19 +67,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _export_random_voice(cfg, path: Path) -> None:
-    import torch
-
-    from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.model.build import build_generator
-    from rvc_ray.model.export import export_voice
-
-    torch.manual_seed(0)
-    generator = build_generator(cfg.model, cfg.audio)
-    info = {"content_encoder": describe_content_encoder(cfg.features, cfg.model).to_json()}
-    export_voice(generator.state_dict(), cfg.model, cfg.audio, path, epoch=0, step=0, name=path.stem, extra_info=info)
 
 
 def _distance(reference: np.ndarray, other: np.ndarray) -> dict:
@@ -341,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         voices = Path(tmp)
-        _export_random_voice(cfg, voices / "bench.pth")
+        export_random_voice(cfg, voices / "bench.pth", epoch=0, step=0)
         out["offline"] = _offline(
             cfg, voices / "bench.pth", args.seconds, max(1, int(args.cpus_per_replica)), args.repeats, args.applio
         )

@@ -24,6 +24,7 @@ from rvc_ray.inference.converter import VoiceConverterPipeline
 from rvc_ray.inference.envelope import mix_rms_envelope
 from rvc_ray.inference.options import ConversionOptions, InvalidOptionError
 from rvc_ray.inference.retrieval import mix_retrieved_features, retrieve_features
+from tests.voices import export_random_voice, write_random_index
 
 SR16 = 16000
 
@@ -302,33 +303,13 @@ def test_speaker_id_beyond_the_voice_is_rejected():
 @pytest.fixture(scope="module")
 def tiny_voice_files(tmp_path_factory):
     """A tiny v2 voice (random init, exported by rvc_ray.model.export) and a random IVF index."""
-    import faiss
-
     from rvc_ray.config import load_run_config
-    from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.model.build import build_generator
-    from rvc_ray.model.export import export_voice
 
     cfg = load_run_config("tiny_cpu", ["features.f0_method=fcpe"])
     root = tmp_path_factory.mktemp("tiny_voice")
-    torch.manual_seed(0)
-    info = {"content_encoder": describe_content_encoder(cfg.features, cfg.model).to_json()}
-    voice = export_voice(
-        build_generator(cfg.model, cfg.audio).state_dict(),
-        cfg.model,
-        cfg.audio,
-        root / "tiny.pth",
-        epoch=1,
-        step=1,
-        name="tiny",
-        extra_info=info,
-    )
-    vectors = np.random.default_rng(0).standard_normal((300, cfg.model.content_dim)).astype(np.float32)
-    index = faiss.index_factory(cfg.model.content_dim, "IVF4,Flat")
-    index.train(vectors)
-    index.add(vectors)
-    faiss.write_index(index, str(root / "tiny.index"))
-    return cfg, voice, root / "tiny.index"
+    voice = export_random_voice(cfg, root / "tiny.pth", name="tiny")
+    index = write_random_index(root / "tiny.index", cfg.model.content_dim, num_vectors=300)
+    return cfg, voice, index
 
 
 @pytest.mark.slow
