@@ -21,7 +21,9 @@ from fastapi.responses import HTMLResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from rvc_ray.inference.options import ConversionOptions
+from rvc_ray.audio.io import AudioDecodeError, AudioTooLongError, decode_audio, to_pcm16_wav_bytes
+from rvc_ray.inference.analysis import AnalysisUnavailableError
+from rvc_ray.inference.options import ConversionOptions, InvalidOptionError, VoiceLoadError
 from rvc_ray.serve.converter import VoiceConverter, VoiceTooLargeError
 from rvc_ray.serve.http import (
     ERROR_RESPONSES,
@@ -34,6 +36,7 @@ from rvc_ray.serve.http import (
     options_openapi,
     parse_options,
     read_upload,
+    report_headers,
 )
 from rvc_ray.serve.results import ResultCache, input_key, render_spectrogram_png, result_key
 from rvc_ray.serve.schemas import (
@@ -201,7 +204,7 @@ class VoiceApi:
         input_id, wav_16k = await self._decode(audio)
         key, cached = await self._convert_cached(files, input_id, wav_16k, options)
         blob, meta = cached
-        return Response(blob, media_type="audio/wav", headers=self._headers(meta["report"], meta["sample_rate"]))
+        return Response(blob, media_type="audio/wav", headers=report_headers(meta["report"], meta["sample_rate"]))
 
     @api.post(
         "/v1/convert",
@@ -287,8 +290,6 @@ class VoiceApi:
 
     async def _decode(self, audio: bytes) -> tuple[str, np.ndarray]:
         """``(input id, wav_16k [N])``; the decoded input is cached for its spectrogram."""
-        from rvc_ray.audio.io import to_pcm16_wav_bytes
-
         decoded = await asyncio.get_running_loop().run_in_executor(None, self._decode_sync, audio)
         input_id = input_key(audio)
         if self.results.get(f"in:{input_id}") is None:
@@ -296,8 +297,6 @@ class VoiceApi:
         return input_id, decoded.wav_16k
 
     def _decode_sync(self, audio: bytes) -> Any:
-        from rvc_ray.audio.io import AudioDecodeError, AudioTooLongError, decode_audio
-
         if not audio:
             raise ApiError("empty_upload", "the upload is empty: send an audio file")
         try:
@@ -312,8 +311,6 @@ class VoiceApi:
         self, files: VoiceFiles, input_id: str, wav_16k: np.ndarray, options: ConversionOptions
     ) -> tuple[str, tuple[bytes, dict[str, Any]]]:
         """The result of ``files`` x input x options: from the cache, else converted (and cached)."""
-        from rvc_ray.audio.io import to_pcm16_wav_bytes
-
         key = result_key(files.cache_key, input_id, options.model_dump(mode="json"))
         hit = self.results.get(f"out:{key}")
         if hit is not None:
@@ -329,10 +326,6 @@ class VoiceApi:
     async def _call_converter(
         self, files: VoiceFiles, wav_16k: np.ndarray, options: ConversionOptions
     ) -> dict[str, Any]:
-        from rvc_ray.audio.io import AudioDecodeError
-        from rvc_ray.inference.analysis import AnalysisUnavailableError
-        from rvc_ray.inference.options import InvalidOptionError, VoiceLoadError
-
         voice_id = files.voice_id
         handle = self.converter.options(multiplexed_model_id=files.cache_key)
         try:
@@ -355,18 +348,6 @@ class VoiceApi:
             raise ApiError(
                 "internal_error", f"the conversion failed (incident {incident}); see the server logs"
             ) from None
-
-    @staticmethod
-    def _headers(report: dict[str, Any], sample_rate: int) -> dict[str, str]:
-        return {
-            "X-RVC-Voice": str(report["voice"]),
-            "X-RVC-Sample-Rate": str(sample_rate),
-            "X-RVC-Duration-S": f"{report['output_duration_s']:.3f}",
-            "X-RVC-Processing-S": f"{report['processing_s']:.3f}",
-            "X-RVC-F0-Method": str(report["f0_method"]),
-            "X-RVC-Chunks": str(report["num_chunks"]),
-            "X-RVC-Used-Index": "true" if report["used_index"] else "false",
-        }
 
     # ------------------------------------------------------------------ cached results
 
@@ -399,7 +380,7 @@ class VoiceApi:
         """A converted result (16-bit WAV) from ``POST /v1/convert``."""
         self._authorize(request)
         blob, meta = self._cached("out", key)
-        headers = {**self._headers(meta["report"], meta["sample_rate"]), "Cache-Control": "private, max-age=86400"}
+        headers = {**report_headers(meta["report"], meta["sample_rate"]), "Cache-Control": "private, max-age=86400"}
         return Response(blob, media_type="audio/wav", headers=headers)
 
     @api.get("/v1/results/{key}.png", response_class=Response, responses=ERROR_RESPONSES, tags=["conversion"])
