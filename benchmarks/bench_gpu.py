@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/voices.py
 from bench_model import count_step_flops, make_batch, measure_ray_overhead, time_steps  # noqa: E402
 from hardware_peak import describe_gpu, fraction_of_peak  # noqa: E402
 
@@ -163,31 +164,18 @@ def bench_extraction(args: argparse.Namespace) -> None:
 
 def bench_conversion() -> None:
     import numpy as np
-    import torch
 
     from rvc_ray.config import load_run_config
-    from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.infer import ConversionOptions, VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
-    from rvc_ray.model.build import build_generator
-    from rvc_ray.model.export import export_voice
+    from rvc_ray.inference.converter import VoiceConverterPipeline
+    from rvc_ray.inference.options import ConversionOptions
+    from tests.voices import export_random_voice
 
     cfg = load_run_config("rvc_v2_40k", ["features.content_encoder_path=null", "features.f0_method=fcpe"])
     with tempfile.TemporaryDirectory(prefix="rvc-bench-convert-") as tmp:
-        torch.manual_seed(0)
-        info = {"content_encoder": describe_content_encoder(cfg.features, cfg.model).to_json()}
-        voice = export_voice(
-            build_generator(cfg.model, cfg.audio).state_dict(),
-            cfg.model,
-            cfg.audio,
-            Path(tmp) / "v.pth",
-            epoch=1,
-            step=1,
-            name="v",
-            extra_info=info,
-        )
+        voice = export_random_voice(cfg, Path(tmp) / "v.pth", name="v")
         pipeline = VoiceConverterPipeline.from_files(
-            voice, None, AnalysisModels(cfg.features, device="cuda"), default_f0_method="fcpe", device="cuda"
+            voice, None, AnalysisModels(cfg.features, device="cuda"), configured_f0_method="fcpe", device="cuda"
         )
         tone = (0.3 * np.sin(2 * np.pi * 180 * np.arange(160_000) / 16_000)).astype(np.float32)
         pipeline.convert(tone[:16_000], ConversionOptions(seed=0))  # warm-up

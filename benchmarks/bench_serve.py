@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.voices import export_random_voice  # noqa: E402  (the test suite's tiny random voice)
 
 
 def _log(message: str) -> None:
@@ -68,19 +69,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _export_random_voice(cfg, path: Path) -> None:
-    import torch
-
-    from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.model.build import build_generator
-    from rvc_ray.model.export import export_voice
-
-    torch.manual_seed(0)
-    generator = build_generator(cfg.model, cfg.audio)
-    info = {"content_encoder": describe_content_encoder(cfg.features, cfg.model).to_json()}
-    export_voice(generator.state_dict(), cfg.model, cfg.audio, path, epoch=0, step=0, name=path.stem, extra_info=info)
-
-
 def _distance(reference: np.ndarray, other: np.ndarray) -> dict:
     """How far ``other`` is from ``reference`` (same seed, same input): SNR and max abs difference of the waveform."""
     n = min(len(reference), len(other))
@@ -93,8 +81,9 @@ def _distance(reference: np.ndarray, other: np.ndarray) -> dict:
 def _offline(cfg, voice_path: Path, seconds: float, threads: int, repeats: int, applio: Path | None) -> dict:
     import torch
 
-    from rvc_ray.infer import ConversionOptions, VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
+    from rvc_ray.inference.converter import VoiceConverterPipeline
+    from rvc_ray.inference.options import ConversionOptions
 
     torch.set_num_threads(threads)
     analysis = AnalysisModels(cfg.features)
@@ -276,7 +265,7 @@ def _served(cfg, voices_dir: Path, short_s: float, levels: list[int], requests: 
     )
     settings = run_serve(cfg, voices_dir=voices_dir, blocking=False)
     startup_s = time.perf_counter() - started
-    url = f"http://{settings.host}:{settings.port}/v1/voices/bench/convert"
+    url = f"http://{settings.serve.host}:{settings.serve.port}/v1/voices/bench/convert"
     body = _wav_bytes(_tone(short_s), 16000)
     try:
         started = time.perf_counter()
@@ -340,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         voices = Path(tmp)
-        _export_random_voice(cfg, voices / "bench.pth")
+        export_random_voice(cfg, voices / "bench.pth", epoch=0, step=0)
         out["offline"] = _offline(
             cfg, voices / "bench.pth", args.seconds, max(1, int(args.cpus_per_replica)), args.repeats, args.applio
         )

@@ -18,6 +18,7 @@ import typer
 
 from rvc_ray.config import RunConfig, load_run_config
 from rvc_ray.errors import user_errors_exit_2
+from rvc_ray.features.f0_methods import F0_METHODS
 from rvc_ray.layout import RunLayout
 from rvc_ray.pipeline import StopAfter
 
@@ -244,13 +245,14 @@ def convert(
     filter_radius: Annotated[int, typer.Option(help="Median filter radius for F0 (>= 3 applies it).")] = 3,
     speaker_id: Annotated[int, typer.Option(help="Speaker id for multi-speaker voices.")] = 0,
     output_sample_rate: Annotated[int, typer.Option(help="Resample the output to this rate (0 = voice rate).")] = 0,
-    f0_method: Annotated[str | None, typer.Option(help="rmvpe|crepe|crepe-tiny|fcpe (default from config).")] = None,
+    f0_method: Annotated[str | None, typer.Option(help=f"{'|'.join(F0_METHODS)} (default from config).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Convert one audio file offline with a trained voice."""
     cfg = _load(config, set_)
-    from rvc_ray.infer import ConversionOptions, convert_file
+    from rvc_ray.inference.converter import convert_file
+    from rvc_ray.inference.options import ConversionOptions
 
     try:
         options = ConversionOptions(

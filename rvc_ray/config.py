@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rvc_ray.errors import InputError
+from rvc_ray.features.f0_methods import F0Method
 from rvc_ray.train.trackers import TrackerName
 
 __all__ = [
@@ -157,7 +158,7 @@ class PreprocessConfig(_Node):
 class FeatureConfig(_Node):
     """Pitch and content-feature extraction (docs/rvc-reference.md §2, §3)."""
 
-    f0_method: Literal["rmvpe", "crepe", "crepe-tiny", "fcpe"] = "rmvpe"
+    f0_method: F0Method = "rmvpe"
     rmvpe_path: Path | None = None
     f0_min_hz: float = Field(50.0, gt=0)
     f0_max_hz: float = Field(1100.0, gt=0)
@@ -402,7 +403,7 @@ class ServeConfig(_Node):
     max_upload_mb: float = Field(20.0, gt=0)
     max_duration_s: float = Field(120.0, gt=0)
     api_key: str | None = None
-    f0_method: Literal["rmvpe", "crepe", "crepe-tiny", "fcpe"] = "rmvpe"
+    f0_method: F0Method = "rmvpe"
     result_cache_mb: float = Field(256.0, gt=0)
     max_voices_per_request: int = Field(16, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"

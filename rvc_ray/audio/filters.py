@@ -1,4 +1,6 @@
-"""The preprocessing high-pass filter and RVC's per-segment "alpha mix" normalisation (docs/rvc-reference.md §1.2, §1.5).
+"""The high-pass filter, RVC's "alpha mix" segment normalisation and peak limiting (docs/rvc-reference.md §1.2, §1.5).
+
+Preprocessing and conversion use the same high-pass: training data and conversion input are filtered alike.
 
 High-pass: a Butterworth design ``scipy.signal.butter(N=order, Wn=cutoff_hz, btype="high", fs=rate)`` (RVC: order
 5 at 48 Hz), applied **zero-phase** with ``sosfiltfilt`` as the issue asks, where RVC's preprocess uses a causal
@@ -17,6 +19,7 @@ __all__ = [
     "apply_highpass",
     "compute_highpass_gain_db",
     "design_highpass",
+    "limit_peak",
     "normalize_segment",
     "segment_peak",
 ]
@@ -90,3 +93,11 @@ def normalize_segment(segment: np.ndarray, max_amplitude: float = 0.9, alpha: fl
     if not np.isfinite(peak) or peak <= 0.0:
         raise ValueError(f"cannot normalise a segment whose peak is {peak}")
     return segment / peak * (max_amplitude * alpha) + (1.0 - alpha) * segment
+
+
+def limit_peak(wav: np.ndarray, peak: float) -> np.ndarray:
+    """Scale ``wav [T]`` down so that ``max|wav| <= peak`` (RVC: ``if max/peak > 1: wav /= max/peak``); float32 out."""
+    top = float(np.abs(wav).max()) if wav.size else 0.0
+    if top / peak > 1.0:
+        return (wav / (top / peak)).astype(np.float32)
+    return wav.astype(np.float32, copy=False)

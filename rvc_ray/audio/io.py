@@ -4,12 +4,16 @@ Everything here is numpy in, numpy out. Decoding goes through soundfile (libsndf
 OGG/Vorbis/Opus and MP3); when libsndfile cannot open a file whose extension says it is compressed audio,
 librosa/audioread is tried as a fallback (whole-file decode, so only for formats soundfile cannot stream).
 Resampling uses soxr at 'VHQ' quality, the resampler Applio uses (``librosa.resample(res_type="soxr_vhq")``).
+Preprocessing reads files with :func:`load_audio`; conversion (``rvc-ray convert`` and Serve) decodes an
+upload or a file with :func:`decode_audio`, which checks the limits a server needs and never names a path.
+Both downmix with :func:`downmix_to_mono`, resample with :func:`resample` and raise :class:`AudioDecodeError`.
 
 Shapes: a multi-channel block is ``[T, C]`` (soundfile's layout), mono is ``[T]``.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +23,12 @@ import numpy as np
 from rvc_ray.errors import InputError
 
 __all__ = [
+    "ANALYSIS_SAMPLE_RATE",
     "AudioDecodeError",
     "AudioInfo",
+    "AudioTooLongError",
+    "DecodedAudio",
+    "decode_audio",
     "detect_truncated_wav",
     "downmix_to_mono",
     "iter_audio_blocks",
@@ -28,13 +36,22 @@ __all__ = [
     "probe_audio",
     "resample",
     "resampled_length",
+    "to_pcm16_wav_bytes",
 ]
 
+ANALYSIS_SAMPLE_RATE = 16000
+"""Every analysis stream (F0, content features) runs at 16 kHz, 160-sample hop (100 frames/s)."""
+
+SUPPORTED_FORMATS = "WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF"
 _FALLBACK_EXTENSIONS = (".mp3", ".m4a", ".aac", ".ogg", ".opus")
 
 
 class AudioDecodeError(InputError):
-    """A file that cannot be decoded as audio; the message names the file and the reason."""
+    """The input is empty, not audio, corrupt, holds NaNs, or is too short; the message says which and why."""
+
+
+class AudioTooLongError(InputError):
+    """The input is longer than the configured maximum duration."""
 
 
 @dataclass(frozen=True)
@@ -217,3 +234,100 @@ def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarra
     elif out.shape[0] < want:
         out = np.pad(out, (0, want - out.shape[0]))
     return out
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Mono float32 audio at 16 kHz plus what the source was.
+
+    Attributes:
+        wav_16k: ``[N]`` float32 samples at 16 kHz, mono (channels averaged).
+        source_sample_rate: the rate of the decoded file.
+        source_channels: channel count of the decoded file.
+        duration_s: ``N / 16000``.
+    """
+
+    wav_16k: np.ndarray
+    source_sample_rate: int
+    source_channels: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.wav_16k.shape[0] / ANALYSIS_SAMPLE_RATE
+
+
+def decode_audio(
+    source: bytes | Path,
+    *,
+    max_duration_s: float | None = None,
+    min_duration_s: float = 0.1,
+    name: str = "input",
+) -> DecodedAudio:
+    """Decode ``source`` (file bytes or a path) to 16 kHz mono float32, for conversion.
+
+    Args:
+        source: the encoded file (any format libsndfile reads: WAV, FLAC, OGG, MP3, AIFF...) or its path.
+        max_duration_s: reject longer inputs *before* decoding them (from the header) with
+            :class:`AudioTooLongError`; ``None`` = no limit.
+        min_duration_s: reject shorter inputs (the content encoder needs at least 25 ms; 0.1 s by default).
+        name: how to call the input in error messages (never a server path).
+
+    Raises:
+        AudioDecodeError: empty, not audio, corrupt, non-finite or too short input.
+        AudioTooLongError: longer than ``max_duration_s``.
+    """
+    data, rate = _read_whole(source, max_duration_s, name)
+    if data.shape[0] == 0:
+        raise AudioDecodeError(f"{name} decodes to 0 samples (an empty or truncated audio file)")
+    if max_duration_s is not None and data.shape[0] / rate > max_duration_s:
+        raise AudioTooLongError(f"{name} is {data.shape[0] / rate:.1f} s long; the limit is {max_duration_s:g} s")
+    if not np.isfinite(data).all():
+        raise AudioDecodeError(f"{name} contains NaN or infinite samples")
+    wav_16k = resample(downmix_to_mono(data), rate, ANALYSIS_SAMPLE_RATE).astype(np.float32)
+    if wav_16k.shape[0] < min_duration_s * ANALYSIS_SAMPLE_RATE:
+        raise AudioDecodeError(
+            f"{name} is {data.shape[0] / rate * 1000:.0f} ms long; at least {min_duration_s * 1000:.0f} ms is needed"
+        )
+    return DecodedAudio(wav_16k=wav_16k, source_sample_rate=rate, source_channels=data.shape[1])
+
+
+def _read_whole(source: bytes | Path, max_duration_s: float | None, name: str) -> tuple[np.ndarray, int]:
+    """Decode all of ``source`` with soundfile: ``([T, C] float32, rate)``; header checks first."""
+    import soundfile as sf
+
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise AudioDecodeError(f"{name} is empty (0 bytes); send an audio file ({SUPPORTED_FORMATS})")
+        payload: io.BytesIO | str = io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise AudioDecodeError(f"{name} does not exist or is not a file")
+        if path.stat().st_size == 0:
+            raise AudioDecodeError(f"{name} is empty (0 bytes)")
+        payload = str(path)
+    try:
+        with sf.SoundFile(payload) as handle:
+            rate, channels, frames = int(handle.samplerate), int(handle.channels), int(handle.frames)
+            if rate <= 0 or channels <= 0:
+                raise AudioDecodeError(f"{name} has an invalid header (sample rate {rate}, {channels} channels)")
+            if max_duration_s is not None and frames > 0 and frames / rate > max_duration_s:
+                raise AudioTooLongError(f"{name} is {frames / rate:.1f} s long; the limit is {max_duration_s:g} s")
+            return handle.read(dtype="float32", always_2d=True), rate
+    except (AudioDecodeError, AudioTooLongError):
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
+        reason = str(exc).split(":")[-1].strip() if isinstance(exc, sf.LibsndfileError) else type(exc).__name__
+        raise AudioDecodeError(
+            f"{name} could not be decoded as audio ({reason or 'unknown format'}); "
+            f"supported formats: {SUPPORTED_FORMATS}"
+        ) from None
+
+
+def to_pcm16_wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
+    """Encode ``[N]`` float audio in [-1, 1] as a 16-bit PCM WAV file."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(wav, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from rvc_ray.features.f0_methods import F0_METHODS
+
 if TYPE_CHECKING:
     from rvc_ray.config import FeatureConfig
 
@@ -41,7 +43,6 @@ __all__ = [
     "import_torchfcpe",
 ]
 
-F0_METHODS = ("rmvpe", "crepe", "crepe-tiny", "fcpe")
 HOP_16K = 160
 _STUB_MARKER = "__rvc_ray_torchaudio_stand_in__"
 

@@ -1,4 +1,7 @@
-"""Checking that a checkpoint's tensors fit a network before loading it (used by the extractor loaders)."""
+"""Checking that a checkpoint's tensors fit a network before loading it: the one fit check of rvc-ray.
+
+Used by the extractor loaders (HuBERT/ContentVec, RMVPE) and by :mod:`rvc_ray.model.weights` (RVC G/D files).
+"""
 
 from __future__ import annotations
 

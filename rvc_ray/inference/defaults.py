@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rvc_ray.features.f0_methods import F0_METHODS
+
 __all__ = ["BUNDLED_F0_METHOD", "F0Choice", "choose_f0_method", "f0_method_problem", "trained_f0_method"]
 
 BUNDLED_F0_METHOD = "fcpe"
@@ -55,7 +57,7 @@ def f0_method_problem(method: str, rmvpe_path: Path | str | None) -> str | None:
 def trained_f0_method(info: dict[str, Any] | None) -> str | None:
     """The F0 method recorded in a voice's export (rvc-ray writes ``f0_method``; RVC/Applio exports have none)."""
     value = (info or {}).get("f0_method")
-    return value if isinstance(value, str) and value in ("rmvpe", "crepe", "crepe-tiny", "fcpe") else None
+    return value if isinstance(value, str) and value in F0_METHODS else None
 
 
 def choose_f0_method(

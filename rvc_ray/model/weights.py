@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from rvc_ray.errors import InputError
+from rvc_ray.features.state_dicts import find_state_dict_mismatch
 
 if TYPE_CHECKING:
     from rvc_ray.config import AudioConfig, ModelConfig
@@ -259,11 +260,7 @@ def check_discriminator_state(
 
 
 def _check_shapes(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], name: str) -> None:
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-    ]
+    wrong = find_state_dict_mismatch(expected, state).wrong_shapes
     if wrong:
         more = f" (+{len(wrong) - 8} more)" if len(wrong) > 8 else ""
         raise PretrainedMismatchError(
@@ -278,9 +275,10 @@ def _load_into(
     module: nn.Module, state: dict[str, Tensor], path: Path, kind: str, strict: bool, epoch: int | None
 ) -> ModuleLoadReport:
     target = _unwrap(module)
-    expected_keys = set(target.state_dict().keys())
-    missing = sorted(expected_keys - set(state))
-    unexpected = sorted(set(state) - expected_keys)
+    expected = target.state_dict()
+    expected_keys = set(expected)
+    mismatch = find_state_dict_mismatch(expected, state)
+    missing, unexpected = list(mismatch.missing), list(mismatch.unexpected)
     if strict and (missing or unexpected):
         raise PretrainedMismatchError(
             f"{path.name}: {len(missing)} tensors missing ({', '.join(missing[:6])}) and {len(unexpected)} unexpected "
@@ -324,23 +322,21 @@ def load_pretrained_module(
 
 def load_pretrained(
     gen: nn.Module,
-    disc: nn.Module | str | Path | None,
+    disc: nn.Module | None,
     generator_path: str | Path | None = None,
     discriminator_path: str | Path | None = None,
     model: ModelConfig | None = None,
     audio: AudioConfig | None = None,
     *,
     strict: bool = True,
-) -> LoadReport | ModuleLoadReport:
+) -> LoadReport:
     """Load pretrained G and D (``{"model": sd}`` files; G_*/D_* checkpoints work too) after checking them.
 
-    ``load_pretrained(gen, disc, "f0G40k.pth", "f0D40k.pth", cfg.model, cfg.audio) -> LoadReport``.
-    Also accepts the short form ``load_pretrained(module, path) -> ModuleLoadReport`` (shape checks only).
-    Raises :class:`PretrainedMismatchError` (e.g. "f0G48k.pth is a 48 kHz (v2) generator but the run is v2 at
-    40 kHz ...") before touching any weight of either module.
+    ``load_pretrained(gen, disc, "f0G40k.pth", "f0D40k.pth", cfg.model, cfg.audio) -> LoadReport``; one file
+    into one module is :func:`load_pretrained_module`. Raises :class:`PretrainedMismatchError` (e.g.
+    "f0G48k.pth is a 48 kHz (v2) generator but the run is v2 at 40 kHz ...") before touching any weight of
+    either module.
     """
-    if isinstance(disc, str | Path):
-        return load_pretrained_module(gen, disc, strict=strict)
     g_state = d_state = None
     if generator_path is not None:  # check both files before loading either
         g_data = read_rvc_file(generator_path)

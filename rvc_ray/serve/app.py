@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rvc_ray.serve.schemas import ServeSettings
 
@@ -42,25 +42,7 @@ def build_settings(cfg: RunConfig, voices: str | Path | None = None) -> ServeSet
         )
     if storage.is_remote(location):
         _check_remote_voices(location)
-    return ServeSettings(
-        voices=location,
-        features=cfg.features.model_dump(mode="json"),
-        f0_method=serve_cfg.f0_method,
-        host=serve_cfg.host,
-        port=serve_cfg.port,
-        num_replicas=serve_cfg.num_replicas,
-        autoscale_max_replicas=serve_cfg.autoscale_max_replicas,
-        cpus_per_replica=serve_cfg.cpus_per_replica,
-        gpus_per_replica=serve_cfg.gpus_per_replica,
-        max_voices_per_replica=serve_cfg.max_voices_per_replica,
-        max_voice_memory_mb=serve_cfg.max_voice_memory_mb,
-        max_upload_mb=serve_cfg.max_upload_mb,
-        max_duration_s=serve_cfg.max_duration_s,
-        api_key=serve_cfg.api_key,
-        result_cache_mb=serve_cfg.result_cache_mb,
-        max_voices_per_request=serve_cfg.max_voices_per_request,
-        precision=serve_cfg.precision,
-    )
+    return ServeSettings(serve=serve_cfg.model_copy(update={"voices_dir": location}), features=cfg.features)
 
 
 def _check_remote_voices(location: str) -> None:
@@ -86,22 +68,25 @@ def _check_remote_voices(location: str) -> None:
 
 def _converter_options(settings: ServeSettings) -> dict[str, Any]:
     """Replicas, resources and autoscaling of the ``VoiceConverter`` deployment."""
-    actor_options: dict[str, Any] = {"num_cpus": settings.cpus_per_replica}
-    if settings.gpus_per_replica > 0:
-        actor_options["num_gpus"] = settings.gpus_per_replica
+    actor_options: dict[str, Any] = {"num_cpus": settings.serve.cpus_per_replica}
+    if settings.serve.gpus_per_replica > 0:
+        actor_options["num_gpus"] = settings.serve.gpus_per_replica
     options: dict[str, Any] = {
         "ray_actor_options": actor_options,
         "max_ongoing_requests": settings.max_ongoing_requests,
     }
-    if settings.autoscale_max_replicas is not None and settings.autoscale_max_replicas > settings.num_replicas:
+    if (
+        settings.serve.autoscale_max_replicas is not None
+        and settings.serve.autoscale_max_replicas > settings.serve.num_replicas
+    ):
         options["autoscaling_config"] = {
-            "min_replicas": settings.num_replicas,
-            "initial_replicas": settings.num_replicas,
-            "max_replicas": settings.autoscale_max_replicas,
+            "min_replicas": settings.serve.num_replicas,
+            "initial_replicas": settings.serve.num_replicas,
+            "max_replicas": settings.serve.autoscale_max_replicas,
             "target_ongoing_requests": max(1, settings.max_ongoing_requests // 2),
         }
     else:
-        options["num_replicas"] = settings.num_replicas
+        options["num_replicas"] = settings.serve.num_replicas
     return options
 
 
@@ -113,7 +98,7 @@ def ingress_max_ongoing_requests(settings: ServeSettings) -> int:
     scale to); the same again is headroom for listing, the page, cached results and queued uploads.
     Serve's default (5) would cap the whole app at 5 requests in flight whatever the replica count.
     """
-    most_replicas = max(settings.num_replicas, settings.autoscale_max_replicas or 0)
+    most_replicas = max(settings.serve.num_replicas, settings.serve.autoscale_max_replicas or 0)
     return max(16, 2 * most_replicas * settings.max_ongoing_requests)
 
 
@@ -123,8 +108,13 @@ def build_app(settings: ServeSettings, storage_env: dict[str, str] | None = None
     ``storage_env`` (the ``AWS_*`` variables of the deploying process, see :func:`storage_environment`)
     is given to both deployments' replicas, so they reach the same object store.
     """
-    from rvc_ray.serve.deployment import VoiceApi, VoiceConverter
+    from ray.serve import Deployment
 
+    from rvc_ray.serve import deployment
+
+    # @serve.deployment turns the classes into Deployments; mypy still sees the classes.
+    converter_deployment = cast(Deployment, deployment.VoiceConverter)
+    api_deployment = cast(Deployment, deployment.VoiceApi)
     raw = settings.model_dump(mode="json")
     converter_options = _converter_options(settings)
     ingress_actor: dict[str, Any] = {"num_cpus": settings.ingress_cpus}
@@ -132,8 +122,8 @@ def build_app(settings: ServeSettings, storage_env: dict[str, str] | None = None
         runtime_env = {"env_vars": dict(storage_env)}
         converter_options["ray_actor_options"]["runtime_env"] = runtime_env
         ingress_actor["runtime_env"] = runtime_env
-    converter = VoiceConverter.options(**converter_options).bind(raw)
-    return VoiceApi.options(
+    converter = converter_deployment.options(**converter_options).bind(raw)
+    return api_deployment.options(
         ray_actor_options=ingress_actor,
         max_ongoing_requests=ingress_max_ongoing_requests(settings),
         max_queued_requests=-1,
@@ -184,17 +174,17 @@ def run_serve(
 
     settings = build_settings(cfg, voices_dir)
     ensure_ray()
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
     if storage_env is None:
         import os
 
-        storage_env = storage_environment(settings.voices, dict(os.environ))
+        storage_env = storage_environment(settings.serve.voices_dir, dict(os.environ))
     serve.run(
         build_app(settings, storage_env), name=settings.app_name, route_prefix=settings.route_prefix, blocking=False
     )
-    url = f"http://{settings.host}:{settings.port}"
-    log.warning("rvc-ray serving voices of %s at %s (OpenAPI: %s/docs)", settings.voices, url, url)
-    print(f"serving {settings.voices} at {url}  (listening page: {url}/ , API docs: {url}/docs)", flush=True)
+    url = f"http://{settings.serve.host}:{settings.serve.port}"
+    log.warning("rvc-ray serving voices of %s at %s (OpenAPI: %s/docs)", settings.serve.voices_dir, url, url)
+    print(f"serving {settings.serve.voices_dir} at {url}  (listening page: {url}/ , API docs: {url}/docs)", flush=True)
     if blocking:
         _interrupt_on_sigterm()  # `ray job stop` sends SIGTERM: take the app down with the job
         try:

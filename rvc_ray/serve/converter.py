@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from rvc_ray.infer import ConversionOptions
+from rvc_ray.inference.options import ConversionOptions
 from rvc_ray.serve.schemas import ServeSettings
 from rvc_ray.serve.voices import VoiceRegistry
 
@@ -44,14 +44,13 @@ class VoiceConverter:
     def __init__(self, settings: dict[str, Any]) -> None:
         import torch
 
-        from rvc_ray.config import FeatureConfig
         from rvc_ray.inference.analysis import AnalysisModels
 
         self.settings = ServeSettings.model_validate(settings)
-        self.registry = VoiceRegistry(self.settings.voices, self.settings.voice_cache_dir)
-        self.device = "cuda" if self.settings.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
-        torch.set_num_threads(max(1, int(self.settings.cpus_per_replica)))
-        self.analysis = AnalysisModels(FeatureConfig.model_validate(self.settings.features), self.device)
+        self.registry = VoiceRegistry(self.settings.serve.voices_dir, self.settings.voice_cache_dir)
+        self.device = "cuda" if self.settings.serve.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(max(1, int(self.settings.serve.cpus_per_replica)))
+        self.analysis = AnalysisModels(self.settings.features, self.device)
         self._voice_bytes: dict[str, int] = {}
         self._load_counts: dict[str, int] = {}
 
@@ -60,7 +59,9 @@ class VoiceConverter:
 
         # Created per instance so that the count cap comes from the config (Serve supports this form).
         self._load_fn = load_voice
-        self._get_voice = serve.multiplexed(max_num_models_per_replica=self.settings.max_voices_per_replica)(load_voice)
+        self._get_voice = serve.multiplexed(max_num_models_per_replica=self.settings.serve.max_voices_per_replica)(
+            load_voice
+        )
 
     def _loaded_ids(self) -> list[str]:
         wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
@@ -72,7 +73,7 @@ class VoiceConverter:
         Uses the multiplex wrapper's own LRU eviction (it runs under the wrapper's load lock, where
         this is called from), so Serve's routing table stays right.
         """
-        cap = int(self.settings.max_voice_memory_mb * _MB)
+        cap = int(self.settings.serve.max_voice_memory_mb * _MB)
         wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
         if wrapper is None:
             return
@@ -83,17 +84,17 @@ class VoiceConverter:
             logger.info("evicted voice %r to stay under max_voice_memory_mb", evicted)
 
     async def _load_voice(self, model_id: str) -> Any:
-        from rvc_ray.infer import VoiceConverterPipeline
+        from rvc_ray.inference.converter import VoiceConverterPipeline
 
         voice_id = _voice_id_of(model_id)
         loop = asyncio.get_running_loop()
         files = await loop.run_in_executor(None, self.registry.resolve, voice_id)
         estimate = 2 * files.size_bytes  # fp16 exports become fp32 in memory; FAISS + a vector copy for the index
-        cap = int(self.settings.max_voice_memory_mb * _MB)
+        cap = int(self.settings.serve.max_voice_memory_mb * _MB)
         if estimate > cap:
             raise VoiceTooLargeError(
                 f"voice {voice_id!r} needs about {estimate / _MB:.0f} MB, more than max_voice_memory_mb="
-                f"{self.settings.max_voice_memory_mb:g}"
+                f"{self.settings.serve.max_voice_memory_mb:g}"
             )
         await self._make_room(estimate)
         local = await loop.run_in_executor(None, self.registry.fetch, files)
@@ -103,10 +104,10 @@ class VoiceConverter:
                 local.model_path,
                 local.index_path,
                 self.analysis,
-                configured_f0_method=self.settings.f0_method,
+                configured_f0_method=self.settings.serve.f0_method,
                 name=voice_id,
                 device=self.device,
-                precision=self.settings.precision,
+                precision=self.settings.serve.precision,
             ),
         )
         self._voice_bytes[model_id] = pipeline.memory_bytes()

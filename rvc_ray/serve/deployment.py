@@ -21,7 +21,9 @@ from fastapi.responses import HTMLResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from rvc_ray.infer import ConversionOptions
+from rvc_ray.audio.io import AudioDecodeError, AudioTooLongError, decode_audio, to_pcm16_wav_bytes
+from rvc_ray.inference.analysis import AnalysisUnavailableError
+from rvc_ray.inference.options import ConversionOptions, InvalidOptionError, VoiceLoadError
 from rvc_ray.serve.converter import VoiceConverter, VoiceTooLargeError
 from rvc_ray.serve.http import (
     ERROR_RESPONSES,
@@ -34,6 +36,7 @@ from rvc_ray.serve.http import (
     options_openapi,
     parse_options,
     read_upload,
+    report_headers,
 )
 from rvc_ray.serve.results import ResultCache, input_key, render_spectrogram_png, result_key
 from rvc_ray.serve.schemas import (
@@ -71,14 +74,14 @@ class VoiceApi:
         from rvc_ray.serve.catalog import RunScores
 
         self.settings = ServeSettings.model_validate(settings)
-        self.registry = VoiceRegistry(self.settings.voices, self.settings.voice_cache_dir)
+        self.registry = VoiceRegistry(self.settings.serve.voices_dir, self.settings.voice_cache_dir)
         self.converter = converter
-        self.results = ResultCache(int(self.settings.result_cache_mb * _MB))
+        self.results = ResultCache(int(self.settings.serve.result_cache_mb * _MB))
         self.scores = RunScores(self.registry.location)
         self._metadata: dict[str, VoiceInfo] = {}
 
     def _authorize(self, request: Request) -> None:
-        authorize(self.settings.api_key, request)
+        authorize(self.settings.serve.api_key, request)
 
     def _resolve(self, voice_id: str) -> VoiceFiles:
         try:
@@ -143,14 +146,15 @@ class VoiceApi:
         if scores:
             update["validation"] = scores
         if info.use_f0:
-            rmvpe = self.settings.features.get("rmvpe_path")
-            choice = choose_f0_method(None, self.settings.f0_method, trained_f0_method(info.training), rmvpe)
+            rmvpe = self.settings.features.rmvpe_path
+            choice = choose_f0_method(None, self.settings.serve.f0_method, trained_f0_method(info.training), rmvpe)
             update.update(f0_method=choice.method, f0_method_reason=choice.reason)
         return info.model_copy(update=update)
 
     @api.get("/v1/voices", response_model=VoiceList, responses=ERROR_RESPONSES, tags=["voices"])
     async def list_voices(self, request: Request) -> VoiceList:
         """Every voice with its rate, version, run, epoch, step, validation scores and default F0 method."""
+        from rvc_ray.features.f0_methods import F0_METHODS
         from rvc_ray.inference.defaults import f0_method_problem
 
         self._authorize(request)
@@ -164,8 +168,8 @@ class VoiceApi:
             listed.add(files.cache_key)
         for stale in set(self._metadata) - listed:  # replaced or deleted files
             del self._metadata[stale]
-        rmvpe = self.settings.features.get("rmvpe_path")
-        methods = {m: f0_method_problem(m, rmvpe) for m in ("rmvpe", "crepe", "crepe-tiny", "fcpe")}
+        rmvpe = self.settings.features.rmvpe_path
+        methods = {m: f0_method_problem(m, rmvpe) for m in F0_METHODS}
         return VoiceList(voices=infos, f0_methods=methods)
 
     @api.get("/v1/voices/{voice_id}", response_model=VoiceInfo, responses=ERROR_RESPONSES, tags=["voices"])
@@ -194,13 +198,13 @@ class VoiceApi:
         files = self._resolve(voice_id)
         query = self._query(request)
         options = parse_options(query, {})
-        audio, fields = await read_upload(request, self.settings.max_upload_mb)
+        audio, fields = await read_upload(request, self.settings.serve.max_upload_mb)
         if fields:
             options = parse_options(query, fields)
         input_id, wav_16k = await self._decode(audio)
         key, cached = await self._convert_cached(files, input_id, wav_16k, options)
         blob, meta = cached
-        return Response(blob, media_type="audio/wav", headers=self._headers(meta["report"], meta["sample_rate"]))
+        return Response(blob, media_type="audio/wav", headers=report_headers(meta["report"], meta["sample_rate"]))
 
     @api.post(
         "/v1/convert",
@@ -217,7 +221,7 @@ class VoiceApi:
         """
         self._authorize(request)
         query = self._query(request)
-        audio, fields = await read_upload(request, self.settings.max_upload_mb)
+        audio, fields = await read_upload(request, self.settings.serve.max_upload_mb)
         options = parse_options(query, fields, allowed_extra=SELECTION_FIELDS)
         chosen = await self._select_voices({**query, **fields})
         input_id, wav_16k = await self._decode(audio)
@@ -248,10 +252,10 @@ class VoiceApi:
             names = [i.id for i in epochs] or [i.id for i in infos if i.run == run]
             if not names:
                 raise ApiError("voice_not_found", f"no voices of training run {run!r}; GET /v1/voices lists them")
-        if len(names) > self.settings.max_voices_per_request:
+        if len(names) > self.settings.serve.max_voices_per_request:
             raise ApiError(
                 "too_many_voices",
-                f"{len(names)} voices asked; at most {self.settings.max_voices_per_request} per request "
+                f"{len(names)} voices asked; at most {self.settings.serve.max_voices_per_request} per request "
                 "(serve.max_voices_per_request)",
             )
         return [self._resolve(name) for name in dict.fromkeys(names)]
@@ -286,8 +290,6 @@ class VoiceApi:
 
     async def _decode(self, audio: bytes) -> tuple[str, np.ndarray]:
         """``(input id, wav_16k [N])``; the decoded input is cached for its spectrogram."""
-        from rvc_ray.inference.audio import to_pcm16_wav_bytes
-
         decoded = await asyncio.get_running_loop().run_in_executor(None, self._decode_sync, audio)
         input_id = input_key(audio)
         if self.results.get(f"in:{input_id}") is None:
@@ -295,12 +297,10 @@ class VoiceApi:
         return input_id, decoded.wav_16k
 
     def _decode_sync(self, audio: bytes) -> Any:
-        from rvc_ray.inference.audio import AudioDecodeError, AudioTooLongError, decode_audio
-
         if not audio:
             raise ApiError("empty_upload", "the upload is empty: send an audio file")
         try:
-            return decode_audio(audio, max_duration_s=self.settings.max_duration_s, name="the upload")
+            return decode_audio(audio, max_duration_s=self.settings.serve.max_duration_s, name="the upload")
         except AudioTooLongError as exc:
             raise ApiError("audio_too_long", str(exc)) from None
         except AudioDecodeError as exc:
@@ -311,8 +311,6 @@ class VoiceApi:
         self, files: VoiceFiles, input_id: str, wav_16k: np.ndarray, options: ConversionOptions
     ) -> tuple[str, tuple[bytes, dict[str, Any]]]:
         """The result of ``files`` x input x options: from the cache, else converted (and cached)."""
-        from rvc_ray.inference.audio import to_pcm16_wav_bytes
-
         key = result_key(files.cache_key, input_id, options.model_dump(mode="json"))
         hit = self.results.get(f"out:{key}")
         if hit is not None:
@@ -328,10 +326,6 @@ class VoiceApi:
     async def _call_converter(
         self, files: VoiceFiles, wav_16k: np.ndarray, options: ConversionOptions
     ) -> dict[str, Any]:
-        from rvc_ray.infer import InvalidOptionError, VoiceLoadError
-        from rvc_ray.inference.analysis import AnalysisUnavailableError
-        from rvc_ray.inference.audio import AudioDecodeError
-
         voice_id = files.voice_id
         handle = self.converter.options(multiplexed_model_id=files.cache_key)
         try:
@@ -354,18 +348,6 @@ class VoiceApi:
             raise ApiError(
                 "internal_error", f"the conversion failed (incident {incident}); see the server logs"
             ) from None
-
-    @staticmethod
-    def _headers(report: dict[str, Any], sample_rate: int) -> dict[str, str]:
-        return {
-            "X-RVC-Voice": str(report["voice"]),
-            "X-RVC-Sample-Rate": str(sample_rate),
-            "X-RVC-Duration-S": f"{report['output_duration_s']:.3f}",
-            "X-RVC-Processing-S": f"{report['processing_s']:.3f}",
-            "X-RVC-F0-Method": str(report["f0_method"]),
-            "X-RVC-Chunks": str(report["num_chunks"]),
-            "X-RVC-Used-Index": "true" if report["used_index"] else "false",
-        }
 
     # ------------------------------------------------------------------ cached results
 
@@ -398,7 +380,7 @@ class VoiceApi:
         """A converted result (16-bit WAV) from ``POST /v1/convert``."""
         self._authorize(request)
         blob, meta = self._cached("out", key)
-        headers = {**self._headers(meta["report"], meta["sample_rate"]), "Cache-Control": "private, max-age=86400"}
+        headers = {**report_headers(meta["report"], meta["sample_rate"]), "Cache-Control": "private, max-age=86400"}
         return Response(blob, media_type="audio/wav", headers=headers)
 
     @api.get("/v1/results/{key}.png", response_class=Response, responses=ERROR_RESPONSES, tags=["conversion"])

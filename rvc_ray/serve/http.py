@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rvc_ray.infer import ConversionOptions
+from rvc_ray.inference.options import ConversionOptions
 from rvc_ray.serve.schemas import ERROR_STATUS, ErrorBody
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "options_openapi",
     "parse_options",
     "read_upload",
+    "report_headers",
 ]
 
 _MB = 1024 * 1024
@@ -195,3 +196,16 @@ def parse_options(
     except ValidationError as exc:
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
         raise ApiError("invalid_options", "; ".join(parts)) from None
+
+
+def report_headers(report: dict[str, Any], sample_rate: int) -> dict[str, str]:
+    """The ``X-RVC-*`` response headers that summarise a conversion report."""
+    return {
+        "X-RVC-Voice": str(report["voice"]),
+        "X-RVC-Sample-Rate": str(sample_rate),
+        "X-RVC-Duration-S": f"{report['output_duration_s']:.3f}",
+        "X-RVC-Processing-S": f"{report['processing_s']:.3f}",
+        "X-RVC-F0-Method": str(report["f0_method"]),
+        "X-RVC-Chunks": str(report["num_chunks"]),
+        "X-RVC-Used-Index": "true" if report["used_index"] else "false",
+    }

@@ -1,6 +1,6 @@
 """HTTP schemas of the voice-conversion API (response bodies, error body, settings of the app).
 
-Request options are :class:`rvc_ray.infer.ConversionOptions`, the same object the CLI uses.
+Request options are :class:`rvc_ray.inference.options.ConversionOptions`, the same object the CLI uses.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from rvc_ray.config import FeatureConfig, ServeConfig
 
 __all__ = [
     "ERROR_STATUS",
@@ -120,32 +122,18 @@ class HealthBody(BaseModel):
 
 
 class ServeSettings(BaseModel):
-    """Everything the Serve application needs, derived from ``RunConfig`` (``cfg.serve`` + ``cfg.features``).
+    """Everything the Serve application needs: the run's ``serve`` and ``features`` config plus deployment knobs.
 
-    Sent to the replicas as JSON (:meth:`model_dump`) and re-validated there.
+    ``serve.voices_dir`` holds the resolved voices location (a local directory or a URI). Sent to the
+    replicas as JSON (:meth:`model_dump`) and re-validated there.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    voices: str = Field(description="Where the voices are: a local directory or a URI (rvc_ray.storage location).")
-    features: dict[str, Any] = Field(description="FeatureConfig as JSON (content encoder / F0 weights).")
-    f0_method: str = "rmvpe"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    num_replicas: int = 1
-    autoscale_max_replicas: int | None = None
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: float = 0.0
-    max_voices_per_replica: int = 4
-    max_voice_memory_mb: float = 2048.0
-    max_upload_mb: float = 20.0
-    max_duration_s: float = 120.0
-    api_key: str | None = None
+    serve: ServeConfig
+    features: FeatureConfig = Field(description="Content encoder / F0 weights of the analysis models.")
     max_ongoing_requests: int = Field(4, ge=1, description="Concurrent conversions per converter replica.")
     ingress_cpus: float = Field(0.25, gt=0, description="CPUs reserved by the HTTP ingress replica.")
-    result_cache_mb: float = Field(256.0, gt=0, description="Converted results kept by the ingress (LRU).")
-    max_voices_per_request: int = Field(16, ge=1, description="Voices one POST /v1/convert may compare.")
-    precision: str = Field("auto", description="Synthesis number format: auto | fp32 | bf16.")
     voice_cache_dir: Path | None = Field(None, description="Local copies of remote voices (default: temp dir).")
     app_name: str = "rvc"
     route_prefix: str = "/"

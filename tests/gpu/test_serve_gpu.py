@@ -11,34 +11,20 @@ pytestmark = pytest.mark.gpu
 
 
 def test_conversion_on_the_gpu_matches_the_cpu(tmp_path: Path) -> None:
-    import torch
-
     from rvc_ray.config import load_run_config
-    from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.infer import ConversionOptions, VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
-    from rvc_ray.model.build import build_generator
-    from rvc_ray.model.export import export_voice
+    from rvc_ray.inference.converter import VoiceConverterPipeline
+    from rvc_ray.inference.options import ConversionOptions
+    from tests.voices import export_random_voice
 
     cfg = load_run_config("tiny_cpu", ["features.f0_method=fcpe"])
-    torch.manual_seed(0)
-    info = {"content_encoder": describe_content_encoder(cfg.features, cfg.model).to_json()}
-    voice = export_voice(
-        build_generator(cfg.model, cfg.audio).state_dict(),
-        cfg.model,
-        cfg.audio,
-        tmp_path / "tiny.pth",
-        epoch=1,
-        step=1,
-        name="tiny",
-        extra_info=info,
-    )
+    voice = export_random_voice(cfg, tmp_path / "tiny.pth", name="tiny")
     tone = (0.3 * np.sin(2 * np.pi * 200 * np.arange(24_000) / 16_000)).astype(np.float32)
     options = ConversionOptions(f0_up_key=5, seed=0, index_rate=0.0)
     results = {}
     for device in ("cuda", "cpu"):
         pipeline = VoiceConverterPipeline.from_files(
-            voice, None, AnalysisModels(cfg.features, device=device), default_f0_method="fcpe", device=device
+            voice, None, AnalysisModels(cfg.features, device=device), configured_f0_method="fcpe", device=device
         )
         results[device] = pipeline.convert(tone, options)
     gpu, cpu = results["cuda"], results["cpu"]

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_demo_pipeline_trains_exports_and_converts(ray_cluster: None, tmp_path: Path) -> None:
-    from rvc_ray.infer import ConversionOptions, convert_file
+    from rvc_ray.inference.converter import convert_file
+    from rvc_ray.inference.options import ConversionOptions
     from rvc_ray.pipeline import prepare_demo_inputs, run_pipeline
 
     cfg = load_run_config(

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.voices import export_random_voice, write_random_index
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 API_KEY = "test-key"
@@ -45,33 +47,6 @@ def _wav_bytes(wav: np.ndarray, rate: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, wav, rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
-
-
-def _export_tiny_voice(
-    cfg, path: Path, name: str, seed: int, extra_info: dict | None = None, epoch: int = 1, step: int = 1
-) -> None:
-    import torch
-
-    from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.model.build import build_generator
-    from rvc_ray.model.export import export_voice
-
-    torch.manual_seed(seed)
-    generator = build_generator(cfg.model, cfg.audio)
-    info = {"content_encoder": describe_content_encoder(cfg.features, cfg.model).to_json()}
-    info.update(extra_info or {})
-    export_voice(generator.state_dict(), cfg.model, cfg.audio, path, epoch=epoch, step=step, name=name, extra_info=info)
-
-
-def _write_random_index(path: Path, dim: int) -> None:
-    import faiss
-
-    vectors = np.random.default_rng(0).standard_normal((400, dim)).astype(np.float32)
-    index = faiss.index_factory(dim, "IVF4,Flat")
-    index.train(vectors)
-    index.add(vectors)
-    faiss.extract_index_ivf(index).nprobe = 1
-    faiss.write_index(index, str(path))
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +85,14 @@ def app_url(ray_cluster, run_dir, tiny_serve_cfg) -> str:
     cfg = tiny_serve_cfg
     voices = run_dir / "voices"
     voices.mkdir()
-    _export_tiny_voice(cfg, voices / "voiceA.pth", "voiceA", seed=0)
-    _write_random_index(voices / "voiceA.index", cfg.model.content_dim)
-    _export_tiny_voice(cfg, voices / "voiceB.pth", "voiceB", seed=1, extra_info={"f0_method": "crepe-tiny"})
+    export_random_voice(cfg, voices / "voiceA.pth", name="voiceA", seed=0)
+    write_random_index(voices / "voiceA.index", cfg.model.content_dim)
+    export_random_voice(cfg, voices / "voiceB.pth", name="voiceB", seed=1, extra_info={"f0_method": "crepe-tiny"})
     for epoch in (1, 2):
-        _export_tiny_voice(
+        export_random_voice(
             cfg,
             voices / f"demo_e{epoch}_s{2 * epoch}.pth",
-            "demo",
+            name="demo",
             seed=10 + epoch,
             extra_info={"f0_method": "fcpe"},
             epoch=epoch,
@@ -130,16 +105,16 @@ def app_url(ray_cluster, run_dir, tiny_serve_cfg) -> str:
         for e, score in DEMO_SCORES.items()
     ]
     (run_dir / "train" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    _export_tiny_voice(
+    export_random_voice(
         cfg,
         voices / "needs_hubert.pth",
-        "needs_hubert",
+        name="needs_hubert",
         seed=2,
         extra_info={"content_encoder": {"kind": "hf", "path": "/models/contentvec"}},
     )
     (voices / "broken.pth").write_bytes(b"this is not a voice")
     settings = run_serve(cfg, voices_dir=voices, blocking=False)
-    yield f"http://{settings.host}:{settings.port}"
+    yield f"http://{settings.serve.host}:{settings.serve.port}"
     serve.shutdown()
 
 
@@ -346,12 +321,12 @@ def test_a_replaced_voice_file_is_reloaded_on_the_next_request(client, run_dir, 
     from ray import serve
 
     voice = run_dir / "voices" / "swap.pth"
-    _export_tiny_voice(tiny_serve_cfg, voice, "swap", seed=20)
+    export_random_voice(tiny_serve_cfg, voice, name="swap", seed=20)
     tone = _tone(1.0, 220, SR)
     first = _decode(_convert(client, "swap", tone, SR, seed=3, index_rate=0))[0]
     again = _decode(_convert(client, "swap", tone, SR, seed=3, index_rate=0))[0]
     np.testing.assert_array_equal(first, again)
-    _export_tiny_voice(tiny_serve_cfg, voice, "swap", seed=21)  # same name and size, new weights
+    export_random_voice(tiny_serve_cfg, voice, name="swap", seed=21)  # same name and size, new weights
     replaced = _decode(_convert(client, "swap", tone, SR, seed=3, index_rate=0))[0]
     assert replaced.shape == first.shape and not np.allclose(replaced, first, atol=1e-3)
     stats = serve.get_deployment_handle("VoiceConverter", app_name="rvc").replica_stats.remote().result()
@@ -454,10 +429,10 @@ def s3_app_url(app_url, s3_server, tmp_path_factory) -> str:
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     cfg = load_run_config("tiny_cpu", ["serve.num_replicas=2", "serve.cpus_per_replica=0.5", "serve.f0_method=rmvpe"])
     local = tmp_path_factory.mktemp("bucket_voices")
-    _export_tiny_voice(
-        cfg, local / "cloud_e3_s9.pth", "cloud", seed=30, extra_info={"f0_method": "fcpe"}, epoch=3, step=9
+    export_random_voice(
+        cfg, local / "cloud_e3_s9.pth", name="cloud", seed=30, extra_info={"f0_method": "fcpe"}, epoch=3, step=9
     )
-    _write_random_index(local / "cloud.index", cfg.model.content_dim)
+    write_random_index(local / "cloud.index", cfg.model.content_dim)
     location = f"s3://{bucket}/runs/cloud/voices"
     storage.upload_dir(local, location)
     metrics = {"kind": "epoch", "epoch": 3, "step": 9, "val/mel_l1": 0.5}

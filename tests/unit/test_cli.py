@@ -259,7 +259,7 @@ def test_unusable_input_is_one_line_and_exit_2_everywhere(tmp_path: Path, ray_mu
     assert not (tmp_path / "work").exists()
 
     from rvc_ray.config import ConfigError
-    from rvc_ray.infer import VoiceLoadError
+    from rvc_ray.inference.options import VoiceLoadError
     from rvc_ray.train.launch import TrainingSetupError
 
     assert all(issubclass(e, InputError) for e in (ConfigError, VoiceLoadError, TrainingSetupError))

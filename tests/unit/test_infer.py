@@ -1,4 +1,4 @@
-"""The conversion pipeline (rvc_ray.infer + rvc_ray.inference): DSP steps, options, and whole conversions.
+"""The conversion pipeline (rvc_ray.inference): DSP steps, options, and whole conversions.
 
 Most tests drive the pipeline with small fakes (a content encoder, an F0 extractor and a generator that
 sings a sine at the F0 it is given), so they check the pipeline's own arithmetic quickly; the last
@@ -16,12 +16,15 @@ import soundfile as sf
 import torch
 from pydantic import ValidationError
 
-from rvc_ray.infer import ConversionOptions, InvalidOptionError, VoiceConverterPipeline
+from rvc_ray.audio.filters import apply_highpass, limit_peak
+from rvc_ray.audio.io import AudioDecodeError, AudioTooLongError, decode_audio, downmix_to_mono, resample
 from rvc_ray.inference.analysis import content_encoder_spec
-from rvc_ray.inference.audio import AudioDecodeError, AudioTooLongError, apply_highpass, decode_audio, limit_peak
 from rvc_ray.inference.chunking import ChunkingSettings, find_chunk_cuts, plan_chunks
+from rvc_ray.inference.converter import VoiceConverterPipeline
 from rvc_ray.inference.envelope import mix_rms_envelope
+from rvc_ray.inference.options import ConversionOptions, InvalidOptionError
 from rvc_ray.inference.retrieval import mix_retrieved_features, retrieve_features
+from tests.voices import export_random_voice, write_random_index
 
 SR16 = 16000
 
@@ -146,6 +149,16 @@ def test_decode_audio_resamples_stereo_to_16k_mono():
     assert abs(_dominant_hz(decoded.wav_16k, SR16) - 200) < 2
 
 
+def test_decode_audio_is_the_training_downmix_and_resampler():
+    """Conversion input goes through the same downmix and soxr resampler (and length rule) as preprocessing."""
+    stereo = np.stack([_tone(0.7, rate=44100), _tone(0.7, hz=310.0, rate=44100)], axis=1)
+    pcm = sf.read(io.BytesIO(_wav_bytes(stereo, 44100)), dtype="float32", always_2d=True)[0]
+    decoded = decode_audio(_wav_bytes(stereo, 44100))
+    expected = resample(downmix_to_mono(pcm), 44100, SR16)
+    assert decoded.wav_16k.dtype == np.float32 and decoded.wav_16k.shape == (round(0.7 * 44100 * SR16 / 44100),)
+    np.testing.assert_array_equal(decoded.wav_16k, expected.astype(np.float32))
+
+
 @pytest.mark.parametrize(
     "payload,match",
     [
@@ -174,7 +187,7 @@ def test_limit_peak_and_highpass():
     quiet = np.array([0.1, -0.2], np.float32)
     np.testing.assert_array_equal(limit_peak(quiet, 0.95), quiet)
     rumble, voice = _tone(2.0, hz=15.0), _tone(2.0, hz=300.0)
-    filtered = apply_highpass(rumble + voice)
+    filtered = apply_highpass(rumble + voice, SR16)
     mid = slice(8000, 24000)  # away from the edges
     assert np.std(filtered[mid] - voice[mid]) < 0.05 * np.std(rumble[mid])
 
@@ -290,38 +303,18 @@ def test_speaker_id_beyond_the_voice_is_rejected():
 @pytest.fixture(scope="module")
 def tiny_voice_files(tmp_path_factory):
     """A tiny v2 voice (random init, exported by rvc_ray.model.export) and a random IVF index."""
-    import faiss
-
     from rvc_ray.config import load_run_config
-    from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.model.build import build_generator
-    from rvc_ray.model.export import export_voice
 
     cfg = load_run_config("tiny_cpu", ["features.f0_method=fcpe"])
     root = tmp_path_factory.mktemp("tiny_voice")
-    torch.manual_seed(0)
-    info = {"content_encoder": describe_content_encoder(cfg.features, cfg.model).to_json()}
-    voice = export_voice(
-        build_generator(cfg.model, cfg.audio).state_dict(),
-        cfg.model,
-        cfg.audio,
-        root / "tiny.pth",
-        epoch=1,
-        step=1,
-        name="tiny",
-        extra_info=info,
-    )
-    vectors = np.random.default_rng(0).standard_normal((300, cfg.model.content_dim)).astype(np.float32)
-    index = faiss.index_factory(cfg.model.content_dim, "IVF4,Flat")
-    index.train(vectors)
-    index.add(vectors)
-    faiss.write_index(index, str(root / "tiny.index"))
-    return cfg, voice, root / "tiny.index"
+    voice = export_random_voice(cfg, root / "tiny.pth", name="tiny")
+    index = write_random_index(root / "tiny.index", cfg.model.content_dim, num_vectors=300)
+    return cfg, voice, index
 
 
 @pytest.mark.slow
 def test_convert_file_with_a_tiny_exported_voice(tiny_voice_files, tmp_path):
-    from rvc_ray.infer import convert_file
+    from rvc_ray.inference.converter import convert_file
 
     cfg, voice, index = tiny_voice_files
     source = tmp_path / "in.flac"
@@ -337,11 +330,12 @@ def test_convert_file_with_a_tiny_exported_voice(tiny_voice_files, tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_gives_the_same_audio_and_retrieval_changes_it(tiny_voice_files):
-    from rvc_ray.infer import VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
 
     cfg, voice, index = tiny_voice_files
-    pipeline = VoiceConverterPipeline.from_files(voice, index, AnalysisModels(cfg.features), configured_f0_method="fcpe")
+    pipeline = VoiceConverterPipeline.from_files(
+        voice, index, AnalysisModels(cfg.features), configured_f0_method="fcpe"
+    )
     tone = _tone(0.8)
     first = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
     again = pipeline.convert(tone, ConversionOptions(seed=1, index_rate=0.0)).wav
@@ -352,7 +346,6 @@ def test_same_seed_gives_the_same_audio_and_retrieval_changes_it(tiny_voice_file
 
 
 def test_a_voice_needing_hubert_says_what_is_missing(tiny_voice_files):
-    from rvc_ray.infer import VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels, AnalysisUnavailableError
 
     cfg, voice, _ = tiny_voice_files
@@ -381,7 +374,6 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
 @pytest.mark.slow
 def test_folded_weight_norm_is_exact_and_bf16_synthesis_stays_within_tolerance(tiny_voice_files):
     """Folding changes nothing; bf16 autocast keeps the waveform within 20 dB SNR of fp32 (docs/serving.md)."""
-    from rvc_ray.infer import VoiceConverterPipeline
     from rvc_ray.inference.analysis import AnalysisModels
     from rvc_ray.model.export import load_voice
 

@@ -116,7 +116,7 @@ def test_settings_accept_a_bucket_and_refuse_a_missing_one(s3_bucket):
     from rvc_ray.storage import StorageError
 
     cfg = load_run_config("tiny_cpu")
-    assert build_settings(cfg, f"{s3_bucket}/voices").voices == f"{s3_bucket}/voices"
+    assert build_settings(cfg, f"{s3_bucket}/voices").serve.voices_dir == f"{s3_bucket}/voices"
     with pytest.raises(StorageError, match="cannot list voices at s3://no-such-bucket-here/voices: the bucket 'no-such-bucket-here' does not"):
         build_settings(cfg, "s3://no-such-bucket-here/voices")
     env = storage_environment(f"{s3_bucket}/voices", {"AWS_ENDPOINT_URL": "http://x", "HOME": "/root"})

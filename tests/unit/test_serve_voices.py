@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rvc_ray.config import load_run_config
+from rvc_ray.config import FeatureConfig, ServeConfig, load_run_config
 from rvc_ray.serve.app import _converter_options, build_settings
 from rvc_ray.serve.catalog import read_voice_info
+from rvc_ray.serve.schemas import ServeSettings
 from rvc_ray.serve.voices import InvalidVoiceIdError, VoiceNotFoundError, VoiceRegistry
 
 
@@ -138,8 +139,10 @@ def test_voice_info_reports_unreadable_files(voices_dir):
 def test_settings_come_from_the_run_config(voices_dir, tmp_path):
     cfg = load_run_config("tiny_cpu", ["serve.max_voices_per_replica=2", "serve.api_key=k", "serve.port=8123"])
     settings = build_settings(cfg, voices_dir)
-    assert settings.voices == str(voices_dir.resolve()) and settings.port == 8123 and settings.api_key == "k"
-    assert settings.features["f0_method"] == cfg.features.f0_method and settings.max_voices_per_replica == 2
+    assert settings.serve.voices_dir == str(voices_dir.resolve()) and settings.serve.port == 8123
+    assert settings.serve.api_key == "k" and settings.serve.max_voices_per_replica == 2
+    assert settings.features == cfg.features and settings.serve.f0_method == cfg.serve.f0_method
+    assert ServeSettings.model_validate(settings.model_dump(mode="json")) == settings  # what replicas receive
     with pytest.raises(FileNotFoundError, match="voices directory .* does not exist"):
         build_settings(cfg, tmp_path / "nope")
     fixed = _converter_options(settings)
@@ -159,7 +162,6 @@ def test_memory_cap_evicts_least_recently_used_voices(voices_dir):
     from collections import OrderedDict
 
     from rvc_ray.serve.deployment import VoiceConverter
-    from rvc_ray.serve.schemas import ServeSettings
 
     class _Wrapper:  # the part of serve.multiplex._ModelMultiplexWrapper that _make_room uses
         def __init__(self):
@@ -172,7 +174,9 @@ def test_memory_cap_evicts_least_recently_used_voices(voices_dir):
         return voice_id
 
     converter = VoiceConverter.func_or_class.__new__(VoiceConverter.func_or_class)
-    converter.settings = ServeSettings(voices=str(voices_dir), features={}, max_voice_memory_mb=10)
+    converter.settings = ServeSettings(
+        serve=ServeConfig(voices_dir=str(voices_dir), max_voice_memory_mb=10), features=FeatureConfig()
+    )
     converter._voice_bytes = {"a": 4 * 2**20, "b": 3 * 2**20, "c": 2 * 2**20}
     converter._load_fn = load_voice
     wrapper = _Wrapper()

@@ -4,7 +4,8 @@ It follows RVC-WebUI's inference pipeline step by step (docs/rvc-reference.md §
 
 1. the voice (``.pth``) and its retrieval index are loaded once (:meth:`VoiceConverterPipeline.from_files`);
 2. the input is decoded to 16 kHz mono and peak-limited to 0.95;
-3. a 48 Hz order-5 Butterworth high-pass is applied with ``filtfilt``;
+3. a 48 Hz order-5 Butterworth high-pass is applied zero-phase (``sosfiltfilt``: the filter preprocessing
+   applies to the training data, :func:`rvc_ray.audio.filters.apply_highpass`);
 4. long inputs are cut at quiet points (``x_pad/x_query/x_center/x_max`` = 1/6/38/41 s, RVC's fp32 row);
 5. the whole input is reflect-padded by ``t_pad = x_pad`` seconds;
 6. F0 is computed once on the padded input, transposed by ``f0_up_key`` semitones, median-filtered
@@ -13,113 +14,41 @@ It follows RVC-WebUI's inference pipeline step by step (docs/rvc-reference.md §
    mixing, x2 upsampling, ``protect`` for unvoiced frames, synthesis, trimming of the padding;
 8. the chunks are concatenated;
 9. ``rms_mix_rate`` mixes in the input's loudness envelope;
-10. the output is resampled (soxr) to ``output_sample_rate`` if asked;
+10. the output is resampled (soxr, :func:`rvc_ray.audio.io.resample`) to ``output_sample_rate`` if asked;
 11. and peak-limited to 0.99.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from rvc_ray.errors import InputError
-from rvc_ray.inference.analysis import AnalysisModels, AnalysisUnavailableError, content_encoder_spec
-from rvc_ray.inference.audio import (
-    INPUT_SAMPLE_RATE,
-    AudioDecodeError,
-    apply_highpass,
-    decode_audio,
-    limit_peak,
-    resample,
-)
+from rvc_ray.audio.filters import apply_highpass, limit_peak
+from rvc_ray.audio.io import ANALYSIS_SAMPLE_RATE, AudioDecodeError, decode_audio, resample
+from rvc_ray.inference.analysis import AnalysisModels, content_encoder_spec
 from rvc_ray.inference.chunking import HOP_16K, ChunkingSettings, find_chunk_cuts, plan_chunks
 from rvc_ray.inference.defaults import choose_f0_method, f0_method_problem, trained_f0_method
 from rvc_ray.inference.envelope import mix_rms_envelope
+from rvc_ray.inference.options import (
+    ConversionOptions,
+    ConversionReport,
+    ConversionResult,
+    InvalidOptionError,
+    VoiceLoadError,
+)
 from rvc_ray.inference.precision import autocast_dtype, fold_weight_norm
 from rvc_ray.inference.retrieval import mix_retrieved_features
 
 if TYPE_CHECKING:
     from rvc_ray.config import FeatureConfig
 
-__all__ = [
-    "AnalysisUnavailableError",
-    "AudioDecodeError",
-    "ConversionOptions",
-    "ConversionReport",
-    "ConversionResult",
-    "InvalidOptionError",
-    "VoiceConverterPipeline",
-    "VoiceLoadError",
-    "convert_file",
-]
+__all__ = ["VoiceConverterPipeline", "convert_file"]
 
 INPUT_PEAK = 0.95
 OUTPUT_PEAK = 0.99
-F0Method = Literal["rmvpe", "crepe", "crepe-tiny", "fcpe"]
-
-
-class InvalidOptionError(InputError):
-    """An option that is valid in range but not for this voice (e.g. ``speaker_id`` beyond its speakers)."""
-
-
-class VoiceLoadError(InputError):
-    """A voice file (or its index) exists but cannot be loaded or is inconsistent."""
-
-
-class ConversionOptions(BaseModel):
-    """Per-request conversion settings; defaults are RVC-WebUI's UI defaults. Shared by CLI and server."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    f0_up_key: float = Field(0.0, ge=-24.0, le=24.0, description="Transpose in semitones (+12 = one octave up).")
-    index_rate: float = Field(0.75, ge=0.0, le=1.0, description="Share of retrieved index features (0 = off).")
-    rms_mix_rate: float = Field(
-        0.25, ge=0.0, le=1.0, description="1 keeps the output's loudness envelope, 0 imposes the input's."
-    )
-    protect: float = Field(
-        0.33, ge=0.0, le=0.5, description="Keep this much retrieval on unvoiced frames (0.5 = protection off)."
-    )
-    filter_radius: int = Field(3, ge=0, le=7, description=">= 3 median-filters F0 over 3 frames (RVC); < 3 = off.")
-    speaker_id: int = Field(0, ge=0, le=10_000, description="Speaker of a multi-speaker voice.")
-    output_sample_rate: int | None = Field(
-        None, ge=8000, le=192_000, description="Resample the output to this rate (default: the voice's rate)."
-    )
-    f0_method: F0Method | None = Field(None, description="F0 extractor (default: the server's/config's method).")
-    seed: int | None = Field(None, ge=0, description="Seed of the synthesis noise, for reproducible output.")
-
-
-@dataclass(frozen=True)
-class ConversionReport:
-    """What one conversion did (printed by the CLI, summarised in response headers by the server)."""
-
-    voice: str
-    input_duration_s: float
-    output_duration_s: float
-    output_sample_rate: int
-    num_chunks: int
-    f0_method: str
-    used_index: bool
-    voiced_fraction: float
-    median_f0_hz: float
-    processing_s: float
-    real_time_factor: float
-    timings_s: dict[str, float] = field(default_factory=dict)
-    output_path: str | None = None
-    synthesis_dtype: str = "float32"
-
-
-@dataclass(frozen=True)
-class ConversionResult:
-    """``wav [M]`` float32 in [-0.99, 0.99] at ``sample_rate``, plus its report."""
-
-    wav: np.ndarray
-    sample_rate: int
-    report: ConversionReport
 
 
 class VoiceConverterPipeline:
@@ -330,7 +259,8 @@ class VoiceConverterPipeline:
         timings = {"f0": 0.0, "content": 0.0, "retrieval": 0.0, "synthesis": 0.0, "post": 0.0}
         if wav_16k.ndim != 1 or wav_16k.shape[0] < HOP_16K * 2:
             raise AudioDecodeError("the input must be mono audio of at least 20 ms")
-        audio = apply_highpass(limit_peak(np.asarray(wav_16k, dtype=np.float32), INPUT_PEAK))
+        limited = limit_peak(np.asarray(wav_16k, dtype=np.float32), INPUT_PEAK)
+        audio = apply_highpass(limited, ANALYSIS_SAMPLE_RATE).astype(np.float32)
         settings = self.chunking
         spans = plan_chunks(audio.shape[0], find_chunk_cuts(audio, settings), settings)
         padded = np.pad(audio, (settings.t_pad, settings.t_pad), mode="reflect")
@@ -363,7 +293,7 @@ class VoiceConverterPipeline:
         voiced = (
             f0_hz[settings.t_pad // HOP_16K : num_frames - settings.t_pad // HOP_16K] if f0_hz is not None else None
         )
-        input_s = wav_16k.shape[0] / INPUT_SAMPLE_RATE
+        input_s = wav_16k.shape[0] / ANALYSIS_SAMPLE_RATE
         report = ConversionReport(
             voice=self.name,
             input_duration_s=round(input_s, 4),
