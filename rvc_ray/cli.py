@@ -82,7 +82,7 @@ def extract(
 ) -> None:
     """Extract F0 (pitch) and content features for every segment (Ray Data actors, GPUs if configured)."""
     cfg = _load(config, set_)
-    from rvc_ray.features.pipeline import run_extract
+    from rvc_ray.features.extract import run_extract
 
     layout = RunLayout.from_config(cfg)
     _run_stage(run_extract, cfg, dataset or layout.dataset_location, output or layout.features_location)

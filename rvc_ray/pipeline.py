@@ -129,7 +129,7 @@ def run_pipeline(
         raise InputError(f"preprocessing produced no segments; see the readiness report {pre.report_path}")
     extract = index = train = None
     if stop_after != "preprocess":
-        from rvc_ray.features.pipeline import run_extract
+        from rvc_ray.features.extract import run_extract
 
         _say(f"extract pitch ({cfg.features.f0_method}) and content features -> {layout.features_location}")
         extract = run_extract(cfg, layout.dataset_location, layout.features_location)

@@ -23,7 +23,7 @@ import numpy as np
 
 from rvc_ray.config import AudioConfig
 from rvc_ray.errors import InputError
-from rvc_ray.features.pipeline import FEATURE_TABLE_COLUMNS
+from rvc_ray.features.extract import FEATURE_TABLE_COLUMNS
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -11,10 +11,10 @@ from torch.nn import functional as F
 from rvc_ray.model.attentions import TransformerEncoder
 from rvc_ray.model.layers import WaveNet, sequence_mask
 
-__all__ = ["ContentEncoder", "PosteriorEncoder"]
+__all__ = ["PosteriorEncoder", "PriorEncoder"]
 
 
-class ContentEncoder(nn.Module):
+class PriorEncoder(nn.Module):
     """Content features (+ coarse pitch) -> prior mean / log-std (RVC's ``TextEncoder768``).
 
     Keys: ``emb_phone``, ``emb_pitch`` (only with ``use_f0``), ``encoder.*``, ``proj``.

@@ -4,7 +4,7 @@ A torch optimizer state dict keys each parameter's state (Adam's ``exp_avg``, ``
 parameter's *position* in the optimizer, which is the order in which the model registered its parameters.
 The RVC trainers disagree on that order for the NSF decoder:
 
-- RVC-WebUI (and rvc-ray, ``model/nsf.py``) registers ``dec.m_source``, ``dec.noise_convs``, ``dec.conv_pre``,
+- RVC-WebUI (and rvc-ray, ``model/decoder.py``) registers ``dec.m_source``, ``dec.noise_convs``, ``dec.conv_pre``,
   ``dec.ups``, ``dec.resblocks``, ...
 - Applio registers ``dec.m_source``, ``dec.conv_pre``, ``dec.ups``, ``dec.noise_convs``, ``dec.resblocks``, ...
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rvc_ray.model.encoders import ContentEncoder, PosteriorEncoder
+from rvc_ray.model.decoder import HiFiGANDecoder
+from rvc_ray.model.encoders import PosteriorEncoder, PriorEncoder
 from rvc_ray.model.flows import ResidualCouplingBlock
 from rvc_ray.model.layers import rand_slice_segments, slice_segments
-from rvc_ray.model.nsf import HiFiGANDecoder
 
 __all__ = ["Synthesizer", "SynthesizerOutput"]
 
@@ -82,7 +82,7 @@ class Synthesizer(nn.Module):
         self.spec_channels = spec_channels
         self.content_dim = content_dim
         self.num_speakers = spk_embed_dim
-        self.enc_p = ContentEncoder(
+        self.enc_p = PriorEncoder(
             content_dim,
             inter_channels,
             hidden_channels,

@@ -91,7 +91,7 @@ def test_content_stage_on_the_gpu_matches_the_cpu() -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_ray_data_extraction_on_fractional_gpus(gpu_ray_cluster: None, tmp_path: Path) -> None:
-    from rvc_ray.features.pipeline import run_extract
+    from rvc_ray.features.extract import run_extract
     from tests.integration.test_extract_pipeline import _write_segments
 
     cfg = load_run_config(

@@ -66,8 +66,8 @@ def _write_segments(dataset_dir: Path, specs: list[tuple[int, float, float]]) ->
 
 def test_extract_then_resume_then_index(ray_cluster, tmp_path: Path) -> None:
     from rvc_ray.data.dataset import load_feature_table
+    from rvc_ray.features.extract import run_extract
     from rvc_ray.features.index import load_index, run_index
-    from rvc_ray.features.pipeline import run_extract
 
     cfg = load_run_config(
         "tiny_cpu", ["features.f0_method=fcpe", "features.validation_fraction=0.3", "features.mute_rows_per_speaker=1"]
