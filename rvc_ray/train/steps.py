@@ -60,8 +60,8 @@ __all__ = [
     "find_batch_problem",
     "g_step",
     "generator_forward",
+    "generator_inputs",
     "resolve_precision",
-    "step_settings_from_config",
     "train_step",
 ]
 
@@ -138,11 +138,6 @@ class StepSettings:
             nonfinite_policy=cfg.train.nonfinite_loss_policy,
             min_learning_rate=cfg.optim.min_learning_rate,
         )
-
-
-def step_settings_from_config(cfg: RunConfig, device: str | torch.device = "cpu") -> StepSettings:
-    """Same as :meth:`StepSettings.from_config`."""
-    return StepSettings.from_config(cfg, device)
 
 
 @dataclass
@@ -340,19 +335,25 @@ def _fp32(tensors: Sequence[Tensor]) -> list[Tensor]:
     return [t.float() for t in tensors]
 
 
+def generator_inputs(batch: RVCBatch) -> tuple[Tensor | None, ...]:
+    """The positional arguments of a training forward of the synthesizer (ours, RVC's and Applio's):
+    ``(content, content_lengths, pitch_bins, f0_hz, spec, spec_lengths, speaker_id)``."""
+    return (
+        batch.content,
+        batch.content_lengths,
+        batch.pitch_bins,
+        batch.f0_hz,
+        batch.spec,
+        batch.spec_lengths,
+        batch.speaker_id,
+    )
+
+
 def generator_forward(gen: nn.Module, batch: RVCBatch, settings: StepSettings) -> GeneratorPass:
     """G training forward on a random window per item, plus the aligned real slice and both mels."""
     batch = batch.to(settings.device)
     with autocast_context(settings):
-        out = gen(
-            batch.content,
-            batch.content_lengths,
-            batch.pitch_bins,
-            batch.f0_hz,
-            batch.spec,
-            batch.spec_lengths,
-            batch.speaker_id,
-        )
+        out = gen(*generator_inputs(batch))
     seg = settings.segment_frames
     wav_real = slice_segments(batch.wav, out.slice_starts * settings.hop_length, seg * settings.hop_length)
     with torch.autocast(device_type=torch.device(settings.device).type, enabled=False):
