@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rvc_ray.config import RunConfig
+from rvc_ray.train.fault_injection import FailureInjection, maybe_inject_failure
 
 if TYPE_CHECKING:
     import torch
@@ -78,22 +77,6 @@ class MetricAccumulator:
         return {k: reduced[i] / reduced[n + i] for i, k in enumerate(TRAIN_METRIC_KEYS) if reduced[n + i] > 0}
 
 
-def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
-    """Test hook: ``{"rank": r, "epoch": e, "marker": path}`` makes rank r exit hard in epoch e, once."""
-    if not fault or fault["rank"] != rank or fault["epoch"] != epoch:
-        return
-    marker = Path(fault["marker"])
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"rank {rank} killed itself in epoch {epoch}\n")
-    # Train V2's controller picks up reports (and registers their checkpoints) when it polls the workers,
-    # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s). Dying right after a fast epoch's report could beat that
-    # poll and restart from the checkpoint before; a real crash is not that well timed, so wait a few polls.
-    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
-    os._exit(1)
-
-
 @dataclass
 class Trainables:
     """The un-wrapped models and everything that is stepped with them."""
@@ -129,7 +112,7 @@ def train_epoch(
     items: TrainingItems,
     settings: Any,
     reporter: Any,
-    fault: dict[str, Any] | None,
+    fault: FailureInjection | None,
 ) -> tuple[MetricAccumulator, int, float]:
     """All steps of one epoch on this worker's slices; returns (metric sums, steps, seconds).
 
@@ -158,7 +141,7 @@ def train_epoch(
             step_sums.add(metrics)
             reporter.log_step(epoch=epoch, step=run.global_step, metrics=step_sums.mean_across_workers(run.device))
         if steps_done == 1:
-            _maybe_inject_failure(fault, run.rank, epoch)
+            maybe_inject_failure(fault, run.rank, epoch)
     return epoch_sums, steps_done, time.perf_counter() - started
 
 

@@ -13,20 +13,21 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rvc_ray import storage
 from rvc_ray.config import RunConfig
 from rvc_ray.errors import InputError
+from rvc_ray.train.fault_injection import FailureInjection
 from rvc_ray.train.trackers import TrackerTarget
 
 if TYPE_CHECKING:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-__all__ = ["FailureInjection", "TrainResult", "TrainingSetupError", "build_torch_trainer", "fit"]
+__all__ = ["TrainResult", "TrainingSetupError", "build_torch_trainer", "fit"]
 
 log = logging.getLogger("rvc_ray.train")
 
@@ -64,27 +65,6 @@ class TrainResult:
     per_worker_batch_size: int
     metrics_path: Path | str | None = None
     voices_dir: Path | str | None = None
-
-
-@dataclass(frozen=True)
-class FailureInjection:
-    """Test hook: world rank ``rank`` exits hard (``os._exit``) after its first step of ``epoch``, once
-    (``marker`` is created the first time, so the restarted worker group carries on)."""
-
-    rank: int
-    epoch: int
-    marker: Path
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "epoch": self.epoch, "marker": str(self.marker)}
-
-
-@dataclass(frozen=True)
-class _OutputDirs:
-    tensorboard_dir: Path
-    metrics_path: Path
-    voices_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_content_encoder_info(features_dir: str) -> dict[str, Any]:
@@ -214,7 +194,7 @@ def build_torch_trainer(
             ``storage_path / run_name``.
         local_mode: run the loop in this process (``ScalingConfig(num_workers=0)``), for debugging
             and tests; checkpoints are then written by the loop under ``storage_path / run_name``.
-        failure_injection: test hook, see :class:`FailureInjection`.
+        failure_injection: test hook, see :mod:`rvc_ray.train.fault_injection`.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -303,7 +283,7 @@ def fit(
     """Train (or resume) the voice of ``cfg`` on the cluster; outputs go to the run's :class:`RunLayout`.
 
     Resuming: run it again with the same ``experiment`` (name and work dir): it continues at the epoch
-    after the last saved one. ``failure_injection`` is a test hook (see :class:`FailureInjection`).
+    after the last saved one. ``failure_injection`` is a test hook (:mod:`rvc_ray.train.fault_injection`).
     """
     from rvc_ray.cluster import ensure_ray
     from rvc_ray.layout import RunLayout

@@ -148,7 +148,8 @@ def test_fit_survives_a_killed_worker_then_resumes_in_a_new_job(ray_cluster: Non
     fit with the same name and more epochs continues at the next epoch with the saved state."""
     from rvc_ray.layout import RunLayout
     from rvc_ray.train.checkpoint import load_train_state, read_checkpoint_meta
-    from rvc_ray.train.launch import FailureInjection, fit
+    from rvc_ray.train.fault_injection import FailureInjection
+    from rvc_ray.train.launch import fit
     from rvc_ray.train.loop import state_fingerprint
     from rvc_ray.train.reporting import SCALAR_NAMES, read_event_tags
 
