@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rvc_ray.config import RunConfig
+from rvc_ray.config import RunConfig, split_global_batch
 from rvc_ray.train.epoch import (
     TRAIN_METRIC_KEYS,
     MetricAccumulator,
@@ -254,7 +254,7 @@ def _save_checkpoint(
         scheduler_d=t.sched_d.state_dict(),
         scaler=t.scaler.state_dict() if t.scaler is not None else None,
         global_batch_size=global_batch_of(cfg),
-        per_worker_batch_size=global_batch_of(cfg) // world,
+        per_worker_batch_size=split_global_batch(global_batch_of(cfg), world),
         num_workers=world,
         rng=capture_rng_state(),
         best_val_mel_l1=best.value,
@@ -297,6 +297,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from rvc_ray.train import steps
     from rvc_ray.train.checkpoint import local_feature_table, restore_initial_state
     from rvc_ray.train.collectives import barrier, broadcast_from_rank_zero
+    from rvc_ray.train.fault_injection import FailureInjection
     from rvc_ray.train.health_marker import record_health_failure, refuse_to_replay_health_failure
     from rvc_ray.train.memory import resolve_run_batch_size
     from rvc_ray.train.reporting import TrainingReporter, record_worker_node
@@ -395,7 +396,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         torch.manual_seed(_epoch_seed(seed, epoch, rank))
         try:
             epoch_sums, steps_done, elapsed = train_epoch(
-                cfg, epoch, run, gen_ddp, disc_ddp, sampler, epoch_items, settings, reporter, config.get("fault")
+                cfg,
+                epoch,
+                run,
+                gen_ddp,
+                disc_ddp,
+                sampler,
+                epoch_items,
+                settings,
+                reporter,
+                FailureInjection.from_json(config.get("fault")),
             )
         except steps.TrainingHealthError as exc:
             if paths.run_dir:
