@@ -248,7 +248,8 @@ class ModelConfig(_Node):
 
 
 class LossConfig(_Node):
-    """Loss weights. ``c_adv`` = 1.0 reproduces RVC; the metric names match ``loss_g/<name>``."""
+    """Loss weights. ``c_adv`` = 1.0 reproduces RVC; ``c_<name>`` weighs the metric ``loss/g/<name>``
+    (:mod:`rvc_ray.train.metric_names`)."""
 
     c_mel: float = Field(45.0, ge=0)
     c_kl: float = Field(1.0, ge=0)

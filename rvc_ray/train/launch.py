@@ -21,6 +21,7 @@ from rvc_ray import storage
 from rvc_ray.config import RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.train.fault_injection import FailureInjection
+from rvc_ray.train.metric_names import VAL_MEL_L1
 from rvc_ray.train.trackers import TrackerTarget
 
 if TYPE_CHECKING:
@@ -265,7 +266,7 @@ def build_torch_trainer(
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_last_checkpoints,
-                checkpoint_score_attribute="val/mel_l1",
+                checkpoint_score_attribute=VAL_MEL_L1,
                 checkpoint_score_order="min",
             ),
             callbacks=list(callbacks),  # type: ignore[arg-type]  # UserCallback is a Train V2 Callback
@@ -325,7 +326,7 @@ def _best_checkpoint_on_disk(run_dir: Path | str) -> Path | None:
     scored: list[tuple[float, Path]] = []
     for directory in sorted(Path(run_dir).glob("epoch_*")):
         try:
-            value = read_checkpoint_meta(directory)["metrics"].get("val/mel_l1")
+            value = read_checkpoint_meta(directory)["metrics"].get(VAL_MEL_L1)
         except (OSError, KeyError, ValueError):
             continue
         if value is not None:
@@ -340,7 +341,7 @@ def train_result_from(result: Any, cfg: RunConfig, *, run_dir: Path | str, layou
     metrics = dict(result.return_value or result.metrics or {})
     last = _checkpoint_location(run_dir, result.checkpoint.path) if result.checkpoint is not None else None
     best: Path | str | None = None
-    scored = [(m.get("val/mel_l1"), c) for c, m in (result.best_checkpoints or []) if m.get("val/mel_l1") is not None]
+    scored = [(m.get(VAL_MEL_L1), c) for c, m in (result.best_checkpoints or []) if m.get(VAL_MEL_L1) is not None]
     if scored:
         best = _checkpoint_location(run_dir, min(scored, key=lambda pair: pair[0])[1].path)
     else:

@@ -2,9 +2,9 @@
 
 Each step function does one optimizer update and returns a metrics dict. They never reach into
 ``.module`` and never toggle ``requires_grad``, so they work unchanged when ``gen`` / ``disc`` are wrapped in
-DistributedDataParallel. Metric keys: ``loss/d/total``, ``loss/g/total``, ``loss/g/adv``, ``loss/g/fm``,
-``loss/g/mel``, ``loss/g/kl`` (adv/fm/mel/kl are the *unweighted* terms; total is the weighted sum
-``c_adv*adv + c_fm*fm + c_mel*mel + c_kl*kl``), ``grad_norm_d``, ``grad_norm_g`` (before clipping),
+DistributedDataParallel. Metric names are those of :mod:`rvc_ray.train.metric_names`: ``loss/d/total``,
+``loss/g/total``, the unweighted terms ``loss/g/adv``, ``loss/g/fm``, ``loss/g/mel``, ``loss/g/kl`` (total is the
+weighted sum ``c_adv*adv + c_fm*fm + c_mel*mel + c_kl*kl``), ``grad_norm_d``, ``grad_norm_g`` (before clipping),
 ``skipped`` (1.0 when an update of the iteration was skipped: by the fp16 GradScaler, which also sets
 ``skipped/scaler``, or under ``nonfinite_policy="skip"``).
 
@@ -38,6 +38,7 @@ from rvc_ray.losses import (
     mel_l1_loss,
 )
 from rvc_ray.model.layers import sequence_mask, slice_segments
+from rvc_ray.train import metric_names as names
 
 if TYPE_CHECKING:
     from rvc_ray.config import AudioConfig, LossConfig, OptimConfig, RunConfig
@@ -52,6 +53,7 @@ __all__ = [
     "TrainingHealthError",
     "TrainingOutOfMemoryError",
     "ZeroGradientError",
+    "adversarial_terms",
     "autocast_context",
     "build_grad_scaler",
     "build_optimizers",
@@ -385,12 +387,27 @@ def d_step(
     with autocast_context(settings):
         real_logits, fake_logits, _, _ = disc(gpass.wav_real, gpass.wav_fake.detach())
     loss = discriminator_loss(_fp32(real_logits), _fp32(fake_logits))
-    norm, skipped = _optimizer_update(opt_d, loss, {"loss/d/total": loss}, settings, scaler, "discriminator")
+    norm, skipped = _optimizer_update(opt_d, loss, {names.LOSS_D_TOTAL: loss}, settings, scaler, "discriminator")
     return {
-        "loss/d/total": float(loss.detach()),
-        "grad_norm_d": norm,
-        "skipped/d": float(skipped is not None),
-        "skipped/d/scaler": float(skipped == "scaler"),
+        names.LOSS_D_TOTAL: float(loss.detach()),
+        names.GRAD_NORM_D: norm,
+        names.SKIPPED_D: float(skipped is not None),
+        names.SKIPPED_D_SCALER: float(skipped == "scaler"),
+    }
+
+
+def adversarial_terms(disc: nn.Module, gpass: GeneratorPass, settings: StepSettings) -> dict[str, Tensor]:
+    """The generator's adversarial terms ``loss/g/adv`` and ``loss/g/fm`` (fp32 scalars), D read-only.
+
+    D computes no parameter gradients from them (:func:`g_step` backpropagates into G's parameters only), so a
+    DDP-wrapped D must not expect a gradient reduction for this forward: it runs under DDP's ``no_sync()``.
+    """
+    no_sync = getattr(disc, "no_sync", None)
+    with no_sync() if callable(no_sync) else contextlib.nullcontext(), autocast_context(settings):
+        _, fake_logits, real_fmaps, fake_fmaps = disc(gpass.wav_real, gpass.wav_fake)
+    return {
+        names.LOSS_G_ADV: generator_adversarial_loss(_fp32(fake_logits)),
+        names.LOSS_G_FM: feature_matching_loss([_fp32(m) for m in real_fmaps], [_fp32(m) for m in fake_fmaps]),
     }
 
 
@@ -406,23 +423,19 @@ def g_step(
     With a GradScaler, ``scaler.update()`` runs here, once per iteration (after :func:`d_step`).
     """
     _check_learning_rate(opt_g, settings, "generator")
-    # D computes no parameter gradients here (backward(inputs=G params)), so a DDP-wrapped D must not expect a
-    # gradient reduction for this forward: run it under DDP's no_sync().
-    no_sync = getattr(disc, "no_sync", None)
-    with no_sync() if callable(no_sync) else contextlib.nullcontext(), autocast_context(settings):
-        _, fake_logits, real_fmaps, fake_fmaps = disc(gpass.wav_real, gpass.wav_fake)
     terms = {  # every loss in fp32, whatever precision the forwards ran in
-        "loss/g/adv": generator_adversarial_loss(_fp32(fake_logits)),
-        "loss/g/fm": feature_matching_loss([_fp32(m) for m in real_fmaps], [_fp32(m) for m in fake_fmaps]),
-        "loss/g/mel": mel_l1_loss(gpass.mel_real, gpass.mel_fake),
-        "loss/g/kl": kl_loss(*(t.float() for t in (gpass.z_p, gpass.logs_q, gpass.m_p, gpass.logs_p, gpass.z_mask))),
+        **adversarial_terms(disc, gpass, settings),
+        names.LOSS_G_MEL: mel_l1_loss(gpass.mel_real, gpass.mel_fake),
+        names.LOSS_G_KL: kl_loss(
+            *(t.float() for t in (gpass.z_p, gpass.logs_q, gpass.m_p, gpass.logs_p, gpass.z_mask))
+        ),
     }
     weights = settings.loss
     total = (
-        weights.c_adv * terms["loss/g/adv"]
-        + weights.c_fm * terms["loss/g/fm"]
-        + weights.c_mel * terms["loss/g/mel"]
-        + weights.c_kl * terms["loss/g/kl"]
+        weights.c_adv * terms[names.LOSS_G_ADV]
+        + weights.c_fm * terms[names.LOSS_G_FM]
+        + weights.c_mel * terms[names.LOSS_G_MEL]
+        + weights.c_kl * terms[names.LOSS_G_KL]
     )
     try:
         norm, skipped = _optimizer_update(opt_g, total, terms, settings, scaler, "generator")
@@ -433,10 +446,10 @@ def g_step(
     metrics = {name: float(value.detach()) for name, value in terms.items()}
     metrics.update(
         {
-            "loss/g/total": float(total.detach()),
-            "grad_norm_g": norm,
-            "skipped/g": float(skipped is not None),
-            "skipped/g/scaler": float(skipped == "scaler"),
+            names.LOSS_G_TOTAL: float(total.detach()),
+            names.GRAD_NORM_G: norm,
+            names.SKIPPED_G: float(skipped is not None),
+            names.SKIPPED_G_SCALER: float(skipped == "scaler"),
         }
     )
     return metrics
@@ -463,10 +476,10 @@ def train_step(
     problem = find_batch_problem(batch) if check_batch else None
     if problem is not None:
         _handle_problem(problem, settings, BadBatchError)
-        return {"skipped": 1.0}
+        return {names.SKIPPED: 1.0}
     gpass = generator_forward(gen, batch, settings)
     metrics = d_step(disc, opt_d, gpass, settings, scaler)
     metrics.update(g_step(disc, opt_g, gpass, settings, scaler))
-    metrics["skipped"] = max(metrics["skipped/d"], metrics["skipped/g"])
-    metrics["skipped/scaler"] = max(metrics.pop("skipped/d/scaler"), metrics.pop("skipped/g/scaler"))
+    metrics[names.SKIPPED] = max(metrics[names.SKIPPED_D], metrics[names.SKIPPED_G])
+    metrics[names.SKIPPED_SCALER] = max(metrics.pop(names.SKIPPED_D_SCALER), metrics.pop(names.SKIPPED_G_SCALER))
     return metrics
