@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -37,11 +37,21 @@ from rvc_ray.losses import (
     kl_loss,
     mel_l1_loss,
 )
-from rvc_ray.model.layers import sequence_mask, slice_segments
+from rvc_ray.model.layers import slice_segments
 from rvc_ray.train import metric_names as names
+from rvc_ray.train.health import (
+    BadBatchError,
+    LearningRateTooLowError,
+    NonFiniteLossError,
+    TrainingHealthError,
+    TrainingOutOfMemoryError,
+    ZeroGradientError,
+    find_batch_problem,
+)
+from rvc_ray.train.step_settings import StepSettings, autocast_context, build_grad_scaler, resolve_precision
 
 if TYPE_CHECKING:
-    from rvc_ray.config import AudioConfig, LossConfig, OptimConfig, RunConfig
+    from rvc_ray.config import OptimConfig
     from rvc_ray.data.batch import RVCBatch
 
 __all__ = [
@@ -68,78 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingHealthError(RuntimeError):
-    """Training cannot go on safely; the message names the cause."""
-
-
-class BadBatchError(TrainingHealthError):
-    """The batch has empty, all-zero, non-finite or misaligned streams."""
-
-
-class NonFiniteLossError(TrainingHealthError):
-    """A loss or a gradient norm is NaN or infinite."""
-
-
-class ZeroGradientError(TrainingHealthError):
-    """No gradient reached the parameters (gradient norm exactly 0)."""
-
-
-class LearningRateTooLowError(TrainingHealthError):
-    """The learning rate decayed below ``optim.min_learning_rate``."""
-
-
-class TrainingOutOfMemoryError(TrainingHealthError):
-    """The step ran out of device memory; it would again on a restart (see :mod:`rvc_ray.train.memory`)."""
-
-
-Precision = Literal["fp32", "bf16", "fp16"]
-
-
-def resolve_precision(requested: str, device: str | torch.device) -> Precision:
-    """``train.precision`` for this device: ``auto`` is bf16 on a CUDA GPU that supports it (compute
-    capability >= 8.0: A100, H100, RTX 30xx and newer) and fp32 otherwise (older GPUs, CPU); an explicit
-    choice is kept."""
-    if requested in ("fp32", "bf16", "fp16"):
-        return requested  # type: ignore[return-value]
-    if requested != "auto":
-        raise ValueError(f"unknown precision {requested!r}")
-    target = torch.device(device)
-    if target.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-        return "bf16"
-    return "fp32"
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """Everything a step needs besides the models, optimizers and the batch."""
-
-    precision: Precision
-    grad_clip_norm: float | None
-    loss: LossConfig
-    audio: AudioConfig
-    hop_length: int
-    segment_frames: int
-    device: str = "cpu"
-    nonfinite_policy: Literal["raise", "skip"] = "raise"
-    min_learning_rate: float = 0.0
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig, device: str | torch.device = "cpu") -> StepSettings:
-        """Read ``train.precision`` (``auto`` resolved for ``device``), ``optim.grad_clip_norm``/
-        ``min_learning_rate``, ``loss``, ``audio``, ``model.segment_frames`` and ``train.nonfinite_loss_policy``."""
-        return cls(
-            precision=resolve_precision(cfg.train.precision, device),
-            grad_clip_norm=cfg.optim.grad_clip_norm,
-            loss=cfg.loss,
-            audio=cfg.audio,
-            hop_length=cfg.audio.hop_length,
-            segment_frames=cfg.model.segment_frames,
-            device=str(device),
-            nonfinite_policy=cfg.train.nonfinite_loss_policy,
-            min_learning_rate=cfg.optim.min_learning_rate,
-        )
 
 
 @dataclass
@@ -201,61 +139,7 @@ def build_schedulers(
     return schedulers[0], schedulers[1]
 
 
-def build_grad_scaler(settings: StepSettings) -> torch.amp.GradScaler | None:
-    """A CUDA GradScaler for ``precision="fp16"``; None otherwise (fp32 and bf16 need none)."""
-    if settings.precision != "fp16":
-        return None
-    if torch.device(settings.device).type != "cuda":
-        raise ValueError(f"precision fp16 needs a CUDA device (got {settings.device}); use bf16 or fp32 on CPU")
-    return torch.amp.GradScaler("cuda")
-
-
-@contextlib.contextmanager
-def autocast_context(settings: StepSettings) -> Iterator[None]:
-    """Autocast for the model forwards: none (fp32), bf16 (CPU or CUDA), fp16 (CUDA only)."""
-    if settings.precision == "fp32":
-        yield
-        return
-    device_type = torch.device(settings.device).type
-    if settings.precision == "fp16" and device_type != "cuda":
-        raise ValueError(f"precision fp16 needs a CUDA device (got {settings.device}); use bf16 or fp32 on CPU")
-    dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device_type, dtype=dtype):
-        yield
-
-
 # --------------------------------------------------------------------------- health checks
-
-
-def find_batch_problem(batch: RVCBatch) -> str | None:
-    """Describe what is wrong with a batch (None if it is fine to train on)."""
-    lengths = batch.content_lengths
-    if batch.content.shape[0] == 0:
-        return "the batch is empty (0 items)"
-    empty = (lengths <= 0).nonzero().flatten().tolist()
-    if empty:
-        return f"batch items {empty} have zero-length content (content_lengths=0)"
-    if (batch.spec_lengths <= 0).any():
-        return f"batch items {(batch.spec_lengths <= 0).nonzero().flatten().tolist()} have spec_lengths=0"
-    if batch.content.shape[1] != batch.spec.shape[2]:
-        return (
-            f"content has {batch.content.shape[1]} frames but spec has {batch.spec.shape[2]}: streams are not "
-            "aligned to the same frame count"
-        )
-    if not torch.isfinite(batch.content).all():
-        return "content features contain NaN or Inf"
-    valid = sequence_mask(lengths, batch.content.shape[1]).to(batch.content.dtype)
-    peak = (batch.content.abs().amax(dim=-1) * valid).amax(dim=-1)
-    zero_items = (peak == 0).nonzero().flatten().tolist()
-    if zero_items:
-        return f"batch items {zero_items} have all-zero content features (broken feature extraction?)"
-    for name in ("f0_hz", "spec", "wav"):
-        value = getattr(batch, name)
-        if value is not None and not torch.isfinite(value).all():
-            return f"{name} contains NaN or Inf"
-    if batch.pitch_bins is not None and (int(batch.pitch_bins.min()) < 0 or int(batch.pitch_bins.max()) > 255):
-        return f"pitch_bins outside 0..255 (min {int(batch.pitch_bins.min())}, max {int(batch.pitch_bins.max())})"
-    return None
 
 
 def _check_learning_rate(optimizer: torch.optim.Optimizer, settings: StepSettings, who: str) -> None:
