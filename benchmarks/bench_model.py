@@ -316,6 +316,8 @@ def applio_step(applio_dir: Path, batch: Any) -> Any:
     from rvc.train.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
     from rvc.train.mel_processing import mel_spectrogram_torch
 
+    from rvc_ray.train.steps import generator_inputs
+
     config = json.loads((applio_dir / "rvc" / "configs" / "40000.json").read_text())
     data, model, train = config["data"], config["model"], config["train"]
     hop = data["hop_length"]
@@ -360,15 +362,7 @@ def applio_step(applio_dir: Path, batch: Any) -> Any:
             torch.set_rng_state(saved)
 
     def one_step() -> float:
-        y_hat, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = net_g(
-            batch.content,
-            batch.content_lengths,
-            batch.pitch_bins,
-            batch.f0_hz,
-            batch.spec,
-            batch.spec_lengths,
-            batch.speaker_id,
-        )
+        y_hat, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = net_g(*generator_inputs(batch))
         wave = commons.slice_segments(batch.wav, ids_slice * hop, train["segment_size"], dim=3)
         y_d_hat_r, y_d_hat_g, _, _ = net_d(wave, y_hat.detach())
         loss_disc, _, _ = discriminator_loss(y_d_hat_r, y_d_hat_g)

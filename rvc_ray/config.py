@@ -46,6 +46,7 @@ __all__ = [
     "load_run_config",
     "parse_override",
     "resolve_locations",
+    "split_global_batch",
 ]
 
 PRESET_NAMES = ("rvc_v2_32k", "rvc_v2_40k", "rvc_v2_48k", "tiny_cpu")
@@ -249,7 +250,8 @@ class ModelConfig(_Node):
 
 
 class LossConfig(_Node):
-    """Loss weights. ``c_adv`` = 1.0 reproduces RVC; the metric names match ``loss_g/<name>``."""
+    """Loss weights. ``c_adv`` = 1.0 reproduces RVC; ``c_<name>`` weighs the metric ``loss/g/<name>``
+    (:mod:`rvc_ray.train.metric_names`)."""
 
     c_mel: float = Field(45.0, ge=0)
     c_kl: float = Field(1.0, ge=0)
@@ -409,6 +411,23 @@ class ServeConfig(_Node):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
+def split_global_batch(global_batch_size: int, num_workers: int) -> int:
+    """Items per optimizer step on each worker: the global batch (``train.batch_size``) divided across
+    ``num_workers``; the one place this is computed (config, sampler, training loop).
+
+    Raises:
+        ValueError: ``num_workers < 1``, or the global batch does not divide across the workers.
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if global_batch_size < 1 or global_batch_size % num_workers:
+        raise ValueError(
+            f"the global batch size {global_batch_size} does not divide across {num_workers} workers; "
+            f"choose a multiple of {num_workers}"
+        )
+    return global_batch_size // num_workers
+
+
 class RunConfig(_Node):
     """The whole job: one object, parsed once, passed everywhere."""
 
@@ -432,7 +451,7 @@ class RunConfig(_Node):
         ``auto`` (the workers find it: see the run's start record and ``metrics.jsonl``)."""
         if self.train.batch_size == "auto":
             return None
-        return self.train.batch_size // self.scaling.num_workers
+        return split_global_batch(self.train.batch_size, self.scaling.num_workers)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

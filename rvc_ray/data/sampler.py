@@ -19,6 +19,8 @@ import bisect
 import random
 from collections.abc import Iterator, Sequence
 
+from rvc_ray.config import split_global_batch
+
 __all__ = ["BucketAssignment", "DistributedBucketSampler", "assign_buckets"]
 
 
@@ -96,15 +98,9 @@ class DistributedBucketSampler:
         seed: int = 0,
         min_length: int | None = None,
     ) -> None:
-        if num_replicas < 1:
-            raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+        per_replica = split_global_batch(global_batch_size, num_replicas)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        if global_batch_size < 1 or global_batch_size % num_replicas:
-            raise ValueError(
-                f"the global batch size {global_batch_size} does not divide across {num_replicas} workers; "
-                f"choose a multiple of {num_replicas}"
-            )
         assignment = assign_buckets(lengths, boundaries, min_length)
         if not assignment.buckets:
             raise ValueError(
@@ -113,7 +109,7 @@ class DistributedBucketSampler:
         self.buckets = assignment.buckets
         self.dropped = assignment.dropped
         self.global_batch_size = global_batch_size
-        self.per_replica_batch_size = global_batch_size // num_replicas
+        self.per_replica_batch_size = per_replica
         self.num_replicas = num_replicas
         self.rank = rank
         self.shuffle = shuffle

@@ -21,7 +21,6 @@ __all__ = [
     "WaveNet",
     "apply_weight_norm",
     "get_padding",
-    "remove_weight_norm",
     "rand_slice_segments",
     "sequence_mask",
     "slice_segments",
@@ -72,21 +71,6 @@ def apply_weight_norm(module: nn.Module, init_std: float | None = None) -> nn.Mo
     module.register_state_dict_post_hook(_state_dict_to_classic_names)
     module.register_load_state_dict_pre_hook(_load_classic_names)
     return module
-
-
-def remove_weight_norm(root: nn.Module) -> int:
-    """Fold every weight norm under ``root`` into a plain ``weight`` (faster inference); returns the count.
-
-    After this the state dict has ``weight`` keys instead of ``weight_g`` / ``weight_v``: export before.
-    """
-    from torch.nn.utils import parametrize
-
-    count = 0
-    for module in root.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            count += 1
-    return count
 
 
 def get_padding(kernel_size: int, dilation: int = 1) -> int:

@@ -25,11 +25,14 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rvc_ray.config import RunConfig
+
+if TYPE_CHECKING:
+    from rvc_ray.train.gan_state import GANState
 
 __all__ = [
     "STATE_FILE",
@@ -259,20 +262,12 @@ def checkpoint_directory(ray_checkpoint: Any) -> Iterator[Path]:
         yield Path(ray_checkpoint.to_directory(scratch))
 
 
-def restore_initial_state(
-    cfg: RunConfig,
-    gen: Any,
-    disc: Any,
-    opt_g: Any,
-    opt_d: Any,
-    sched_g: Any,
-    sched_d: Any,
-    scaler: Any,
-    ray_checkpoint: Any,
-) -> RestoredState:
-    """Fill un-wrapped G/D, optimisers, schedulers and scaler from, in order of precedence:
+def restore_initial_state(cfg: RunConfig, gan: GANState, ray_checkpoint: Any) -> RestoredState:
+    """Fill the un-wrapped G/D, optimisers, schedulers and scaler of ``gan`` from, in order of precedence:
     the Ray Train checkpoint (a restarted worker group or a re-run with the same name), the newest
     ``G_*/D_*.pth`` in ``train.resume_from_rvc_dir``, or the pretrained G/D (fine-tuning)."""
+    g, d = gan.generator, gan.adversary
+    gen, disc, opt_g, opt_d, sched_g, sched_d = g.model, d.model, g.optimizer, d.optimizer, g.scheduler, d.scheduler
     if ray_checkpoint is not None:
         with checkpoint_directory(ray_checkpoint) as directory:
             state = load_train_state(directory)
@@ -282,8 +277,8 @@ def restore_initial_state(
         opt_d.load_state_dict(state.optimizer_d)
         sched_g.load_state_dict(state.scheduler_g)
         sched_d.load_state_dict(state.scheduler_d)
-        if scaler is not None and state.scaler is not None:
-            scaler.load_state_dict(state.scaler)
+        if gan.scaler is not None and state.scaler is not None:
+            gan.scaler.load_state_dict(state.scaler)
         return RestoredState(
             epoch=state.epoch,
             global_step=state.global_step,

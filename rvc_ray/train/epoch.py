@@ -10,24 +10,30 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rvc_ray.config import RunConfig
+from rvc_ray.train import metric_names as names
+from rvc_ray.train.fault_injection import FailureInjection, maybe_inject_failure
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import torch
 
+    from rvc_ray.data.batch import RVCBatch
     from rvc_ray.data.dataset import TrainingItems
+    from rvc_ray.data.prefetch import DeviceItemCache
+    from rvc_ray.data.sampler import DistributedBucketSampler
+    from rvc_ray.train.gan_state import GANState
+    from rvc_ray.train.reporting import TrainingReporter
+    from rvc_ray.train.steps import StepSettings
 
 __all__ = [
-    "TRAIN_METRIC_KEYS",
     "MetricAccumulator",
     "RunState",
-    "Trainables",
     "count_skips",
     "global_batch_of",
     "guarded_step",
@@ -37,31 +43,15 @@ __all__ = [
 log = logging.getLogger("rvc_ray.train")
 
 
-TRAIN_METRIC_KEYS = (
-    "loss/d/total",
-    "loss/g/total",
-    "loss/g/adv",
-    "loss/g/fm",
-    "loss/g/mel",
-    "loss/g/kl",
-    "grad_norm_d",
-    "grad_norm_g",
-    "learning_rate",
-    "skipped",
-    "skipped/scaler",
-)
-"""The per-step metrics averaged across workers (a fixed list: every rank must all-reduce the same keys)."""
-
-
 class MetricAccumulator:
-    """Sums of :data:`TRAIN_METRIC_KEYS` over steps; :meth:`mean_across_workers` all-reduces them."""
+    """Sums of :data:`~rvc_ray.train.metric_names.TRAIN_METRIC_KEYS` over steps; :meth:`mean_across_workers` all-reduces them."""
 
     def __init__(self) -> None:
-        self.sums = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
-        self.counts = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
+        self.sums = dict.fromkeys(names.TRAIN_METRIC_KEYS, 0.0)
+        self.counts = dict.fromkeys(names.TRAIN_METRIC_KEYS, 0.0)
 
     def add(self, metrics: dict[str, float]) -> None:
-        for key in TRAIN_METRIC_KEYS:
+        for key in names.TRAIN_METRIC_KEYS:
             value = metrics.get(key)
             if value is not None and math.isfinite(float(value)):
                 self.sums[key] += float(value)
@@ -72,49 +62,20 @@ class MetricAccumulator:
         from rvc_ray.train.collectives import sum_across_workers
 
         reduced = sum_across_workers(
-            [self.sums[k] for k in TRAIN_METRIC_KEYS] + [self.counts[k] for k in TRAIN_METRIC_KEYS], device
+            [self.sums[k] for k in names.TRAIN_METRIC_KEYS] + [self.counts[k] for k in names.TRAIN_METRIC_KEYS], device
         )
-        n = len(TRAIN_METRIC_KEYS)
-        return {k: reduced[i] / reduced[n + i] for i, k in enumerate(TRAIN_METRIC_KEYS) if reduced[n + i] > 0}
-
-
-def _maybe_inject_failure(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
-    """Test hook: ``{"rank": r, "epoch": e, "marker": path}`` makes rank r exit hard in epoch e, once."""
-    if not fault or fault["rank"] != rank or fault["epoch"] != epoch:
-        return
-    marker = Path(fault["marker"])
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"rank {rank} killed itself in epoch {epoch}\n")
-    # Train V2's controller picks up reports (and registers their checkpoints) when it polls the workers,
-    # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s). Dying right after a fast epoch's report could beat that
-    # poll and restart from the checkpoint before; a real crash is not that well timed, so wait a few polls.
-    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
-    os._exit(1)
-
-
-@dataclass
-class Trainables:
-    """The un-wrapped models and everything that is stepped with them."""
-
-    gen: Any
-    disc: Any
-    opt_g: Any
-    opt_d: Any
-    sched_g: Any
-    sched_d: Any
-    scaler: Any
+        n = len(names.TRAIN_METRIC_KEYS)
+        return {k: reduced[i] / reduced[n + i] for i, k in enumerate(names.TRAIN_METRIC_KEYS) if reduced[n + i] > 0}
 
 
 @dataclass
 class RunState:
-    """Mutable per-worker progress."""
+    """Mutable per-worker progress, and the GAN it trains."""
 
     rank: int
-    device: Any
+    device: torch.device
     global_step: int
-    trainables: Trainables
+    gan: GANState
     skipped_steps: int = 0
     consecutive_scaler_skips: int = 0
 
@@ -123,32 +84,31 @@ def train_epoch(
     cfg: RunConfig,
     epoch: int,
     run: RunState,
-    gen_ddp: Any,
-    disc_ddp: Any,
-    sampler: Any,
-    items: TrainingItems,
-    settings: Any,
-    reporter: Any,
-    fault: dict[str, Any] | None,
+    sampler: DistributedBucketSampler,
+    items: TrainingItems | DeviceItemCache,
+    settings: StepSettings,
+    reporter: TrainingReporter,
+    fault: FailureInjection | None = None,
 ) -> tuple[MetricAccumulator, int, float]:
     """All steps of one epoch on this worker's slices; returns (metric sums, steps, seconds).
 
     The next batch is built (and copied to the device) while the step runs (:mod:`rvc_ray.data.prefetch`).
+    ``fault`` is the test hook of :mod:`rvc_ray.train.fault_injection` (None in production).
     """
-    from rvc_ray.data.prefetch import BatchPrefetcher
+    from rvc_ray.data.prefetch import BatchPrefetcher, DeviceItemCache
 
-    t = run.trainables
     epoch_sums = MetricAccumulator()
     steps_done, started = 0, time.perf_counter()
-    gen_ddp.train()
-    disc_ddp.train()
-    if getattr(items, "device", None) is not None:  # DeviceItemCache: batches are padded on the device already
-        batches: Any = (items.batch(indices) for indices in sampler)
+    run.gan.generator.module.train()
+    run.gan.adversary.module.train()
+    batches: Iterable[RVCBatch]
+    if isinstance(items, DeviceItemCache):  # batches are padded on the device already
+        batches = (items.batch(indices) for indices in sampler)
     else:
         batches = BatchPrefetcher(sampler, items.batch, run.device, depth=cfg.train.prefetch_batches)
     for batch in batches:
-        metrics = guarded_step(cfg, run, gen_ddp, disc_ddp, batch, settings)
-        metrics["learning_rate"] = float(t.opt_g.param_groups[0]["lr"])
+        metrics = guarded_step(run, batch, settings)
+        metrics[names.LEARNING_RATE] = run.gan.learning_rate
         run.global_step += 1
         steps_done += 1
         epoch_sums.add(metrics)
@@ -158,7 +118,7 @@ def train_epoch(
             step_sums.add(metrics)
             reporter.log_step(epoch=epoch, step=run.global_step, metrics=step_sums.mean_across_workers(run.device))
         if steps_done == 1:
-            _maybe_inject_failure(fault, run.rank, epoch)
+            maybe_inject_failure(fault, run.rank, epoch)
     return epoch_sums, steps_done, time.perf_counter() - started
 
 
@@ -170,27 +130,22 @@ def global_batch_of(cfg: RunConfig) -> int:
     return batch
 
 
-def guarded_step(
-    cfg: RunConfig, run: RunState, gen_ddp: Any, disc_ddp: Any, batch: Any, settings: Any
-) -> dict[str, float]:
-    """One ``train_step``, with the batch-health flag agreed by every worker (so all ranks raise, or all
+def guarded_step(run: RunState, batch: RVCBatch, settings: StepSettings) -> dict[str, float]:
+    """One GAN iteration, with the batch-health flag agreed by every worker (so all ranks raise, or all
     skip, together: none is left waiting in a collective) and out-of-memory turned into a health error."""
     from rvc_ray.train import steps
     from rvc_ray.train.collectives import any_across_workers
     from rvc_ray.train.memory import is_out_of_memory
 
-    t = run.trainables
     problem = steps.find_batch_problem(batch)
     if any_across_workers(problem is not None, run.device):
         reason = problem or "another worker's slice of this global batch is unusable"
         if settings.nonfinite_policy == "raise":
             raise steps.BadBatchError(f"rank {run.rank}: {reason}")
         log.warning("skipping the step: %s", reason)
-        return {"skipped": 1.0}
+        return {names.SKIPPED: 1.0}
     try:
-        return steps.train_step(
-            gen_ddp, disc_ddp, t.opt_g, t.opt_d, batch, settings, scaler=t.scaler, check_batch=False
-        )
+        return run.gan.train_step(batch, settings, check_batch=False)
     except steps.TrainingHealthError:
         raise
     except Exception as exc:
@@ -209,7 +164,7 @@ def count_skips(cfg: RunConfig, run: RunState, metrics: dict[str, float]) -> Non
     from rvc_ray.train import steps
 
     limit = cfg.train.max_skipped_steps
-    if metrics.get("skipped/scaler", 0.0) > 0:
+    if metrics.get(names.SKIPPED_SCALER, 0.0) > 0:
         run.consecutive_scaler_skips += 1
         if run.consecutive_scaler_skips > limit:
             raise steps.NonFiniteLossError(
@@ -218,7 +173,7 @@ def count_skips(cfg: RunConfig, run: RunState, metrics: dict[str, float]) -> Non
             )
         return
     run.consecutive_scaler_skips = 0
-    run.skipped_steps += int(metrics.get("skipped", 0.0) > 0)
+    run.skipped_steps += int(metrics.get(names.SKIPPED, 0.0) > 0)
     if run.skipped_steps > limit:
         raise steps.TrainingHealthError(
             f"rank {run.rank} skipped {run.skipped_steps} steps (train.max_skipped_steps={limit})"

@@ -13,20 +13,22 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rvc_ray import storage
 from rvc_ray.config import RunConfig
 from rvc_ray.errors import InputError
+from rvc_ray.train.fault_injection import FailureInjection
+from rvc_ray.train.metric_names import VAL_MEL_L1
 from rvc_ray.train.trackers import TrackerTarget
 
 if TYPE_CHECKING:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-__all__ = ["FailureInjection", "TrainResult", "TrainingSetupError", "build_torch_trainer", "fit"]
+__all__ = ["TrainResult", "TrainingSetupError", "build_torch_trainer", "fit"]
 
 log = logging.getLogger("rvc_ray.train")
 
@@ -64,27 +66,6 @@ class TrainResult:
     per_worker_batch_size: int
     metrics_path: Path | str | None = None
     voices_dir: Path | str | None = None
-
-
-@dataclass(frozen=True)
-class FailureInjection:
-    """Test hook: world rank ``rank`` exits hard (``os._exit``) after its first step of ``epoch``, once
-    (``marker`` is created the first time, so the restarted worker group carries on)."""
-
-    rank: int
-    epoch: int
-    marker: Path
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "epoch": self.epoch, "marker": str(self.marker)}
-
-
-@dataclass(frozen=True)
-class _OutputDirs:
-    tensorboard_dir: Path
-    metrics_path: Path
-    voices_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_content_encoder_info(features_dir: str) -> dict[str, Any]:
@@ -214,7 +195,7 @@ def build_torch_trainer(
             ``storage_path / run_name``.
         local_mode: run the loop in this process (``ScalingConfig(num_workers=0)``), for debugging
             and tests; checkpoints are then written by the loop under ``storage_path / run_name``.
-        failure_injection: test hook, see :class:`FailureInjection`.
+        failure_injection: test hook, see :mod:`rvc_ray.train.fault_injection`.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -285,7 +266,7 @@ def build_torch_trainer(
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_last_checkpoints,
-                checkpoint_score_attribute="val/mel_l1",
+                checkpoint_score_attribute=VAL_MEL_L1,
                 checkpoint_score_order="min",
             ),
             callbacks=list(callbacks),  # type: ignore[arg-type]  # UserCallback is a Train V2 Callback
@@ -303,7 +284,7 @@ def fit(
     """Train (or resume) the voice of ``cfg`` on the cluster; outputs go to the run's :class:`RunLayout`.
 
     Resuming: run it again with the same ``experiment`` (name and work dir): it continues at the epoch
-    after the last saved one. ``failure_injection`` is a test hook (see :class:`FailureInjection`).
+    after the last saved one. ``failure_injection`` is a test hook (:mod:`rvc_ray.train.fault_injection`).
     """
     from rvc_ray.cluster import ensure_ray
     from rvc_ray.layout import RunLayout
@@ -345,7 +326,7 @@ def _best_checkpoint_on_disk(run_dir: Path | str) -> Path | None:
     scored: list[tuple[float, Path]] = []
     for directory in sorted(Path(run_dir).glob("epoch_*")):
         try:
-            value = read_checkpoint_meta(directory)["metrics"].get("val/mel_l1")
+            value = read_checkpoint_meta(directory)["metrics"].get(VAL_MEL_L1)
         except (OSError, KeyError, ValueError):
             continue
         if value is not None:
@@ -360,7 +341,7 @@ def train_result_from(result: Any, cfg: RunConfig, *, run_dir: Path | str, layou
     metrics = dict(result.return_value or result.metrics or {})
     last = _checkpoint_location(run_dir, result.checkpoint.path) if result.checkpoint is not None else None
     best: Path | str | None = None
-    scored = [(m.get("val/mel_l1"), c) for c, m in (result.best_checkpoints or []) if m.get("val/mel_l1") is not None]
+    scored = [(m.get(VAL_MEL_L1), c) for c, m in (result.best_checkpoints or []) if m.get(VAL_MEL_L1) is not None]
     if scored:
         best = _checkpoint_location(run_dir, min(scored, key=lambda pair: pair[0])[1].path)
     else:

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rvc_ray.config import split_global_batch
 from rvc_ray.train.steps import TrainingOutOfMemoryError
 
 if TYPE_CHECKING:
@@ -266,6 +267,9 @@ def resolve_run_batch_size(
         )
         del probe
     log.warning(
-        "rvc-ray train: train.batch_size=auto -> global batch %d (%d per worker, %s)", found, found // world, source
+        "rvc-ray train: train.batch_size=auto -> global batch %d (%d per worker, %s)",
+        found,
+        split_global_batch(found, world),
+        source,
     )
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": found})}), source

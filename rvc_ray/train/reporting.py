@@ -1,9 +1,8 @@
 """The one place a training run reports to (rank 0 only): TensorBoard (tensorboardX), ``metrics.jsonl`` and
 MLflow, as chosen by ``train.trackers`` (the record sinks are in :mod:`rvc_ray.train.trackers`).
 
-Scalar names are the ones RVC users read in TensorBoard (docs/rvc-reference.md §6.7): ``loss/g/total``,
-``loss/d/total``, ``loss/g/fm``, ``loss/g/mel``, ``loss/g/kl``, ``loss/g/adv``, ``grad_norm_g``,
-``grad_norm_d``, ``learning_rate``; validation adds ``val/mel_l1`` and ``val/mcd``. Images
+Scalar names are those of :mod:`rvc_ray.train.metric_names` (``SCALAR_NAMES``, the ones RVC users read in
+TensorBoard, docs/rvc-reference.md §6.7); validation adds ``val/mel_l1`` and ``val/mcd``. Images
 ``slice/mel_org`` and ``slice/mel_gen`` are raw log-mel arrays (no matplotlib); audio previews are
 ``preview/<i>``.
 
@@ -32,19 +31,7 @@ from rvc_ray.train.trackers import JsonlSink, MlflowSink, TrackerName, TrackerSi
 if TYPE_CHECKING:
     from tensorboardX import SummaryWriter
 
-__all__ = ["SCALAR_NAMES", "TrainingReporter", "mel_to_image", "read_event_tags", "record_worker_node"]
-
-SCALAR_NAMES = (
-    "loss/g/total",
-    "loss/d/total",
-    "loss/g/fm",
-    "loss/g/mel",
-    "loss/g/kl",
-    "loss/g/adv",
-    "grad_norm_g",
-    "grad_norm_d",
-    "learning_rate",
-)
+__all__ = ["TrainingReporter", "mel_to_image", "read_event_tags", "record_worker_node"]
 
 
 def mel_to_image(mel: np.ndarray) -> np.ndarray:

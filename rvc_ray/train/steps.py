@@ -2,9 +2,9 @@
 
 Each step function does one optimizer update and returns a metrics dict. They never reach into
 ``.module`` and never toggle ``requires_grad``, so they work unchanged when ``gen`` / ``disc`` are wrapped in
-DistributedDataParallel. Metric keys: ``loss/d/total``, ``loss/g/total``, ``loss/g/adv``, ``loss/g/fm``,
-``loss/g/mel``, ``loss/g/kl`` (adv/fm/mel/kl are the *unweighted* terms; total is the weighted sum
-``c_adv*adv + c_fm*fm + c_mel*mel + c_kl*kl``), ``grad_norm_d``, ``grad_norm_g`` (before clipping),
+DistributedDataParallel. Metric names are those of :mod:`rvc_ray.train.metric_names`: ``loss/d/total``,
+``loss/g/total``, the unweighted terms ``loss/g/adv``, ``loss/g/fm``, ``loss/g/mel``, ``loss/g/kl`` (total is the
+weighted sum ``c_adv*adv + c_fm*fm + c_mel*mel + c_kl*kl``), ``grad_norm_d``, ``grad_norm_g`` (before clipping),
 ``skipped`` (1.0 when an update of the iteration was skipped: by the fp16 GradScaler, which also sets
 ``skipped/scaler``, or under ``nonfinite_policy="skip"``).
 
@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -37,10 +37,21 @@ from rvc_ray.losses import (
     kl_loss,
     mel_l1_loss,
 )
-from rvc_ray.model.layers import sequence_mask, slice_segments
+from rvc_ray.model.layers import slice_segments
+from rvc_ray.train import metric_names as names
+from rvc_ray.train.health import (
+    BadBatchError,
+    LearningRateTooLowError,
+    NonFiniteLossError,
+    TrainingHealthError,
+    TrainingOutOfMemoryError,
+    ZeroGradientError,
+    find_batch_problem,
+)
+from rvc_ray.train.step_settings import StepSettings, autocast_context, build_grad_scaler, resolve_precision
 
 if TYPE_CHECKING:
-    from rvc_ray.config import AudioConfig, LossConfig, OptimConfig, RunConfig
+    from rvc_ray.config import OptimConfig
     from rvc_ray.data.batch import RVCBatch
 
 __all__ = [
@@ -52,6 +63,7 @@ __all__ = [
     "TrainingHealthError",
     "TrainingOutOfMemoryError",
     "ZeroGradientError",
+    "adversarial_terms",
     "autocast_context",
     "build_grad_scaler",
     "build_optimizers",
@@ -60,89 +72,12 @@ __all__ = [
     "find_batch_problem",
     "g_step",
     "generator_forward",
+    "generator_inputs",
     "resolve_precision",
-    "step_settings_from_config",
     "train_step",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingHealthError(RuntimeError):
-    """Training cannot go on safely; the message names the cause."""
-
-
-class BadBatchError(TrainingHealthError):
-    """The batch has empty, all-zero, non-finite or misaligned streams."""
-
-
-class NonFiniteLossError(TrainingHealthError):
-    """A loss or a gradient norm is NaN or infinite."""
-
-
-class ZeroGradientError(TrainingHealthError):
-    """No gradient reached the parameters (gradient norm exactly 0)."""
-
-
-class LearningRateTooLowError(TrainingHealthError):
-    """The learning rate decayed below ``optim.min_learning_rate``."""
-
-
-class TrainingOutOfMemoryError(TrainingHealthError):
-    """The step ran out of device memory; it would again on a restart (see :mod:`rvc_ray.train.memory`)."""
-
-
-Precision = Literal["fp32", "bf16", "fp16"]
-
-
-def resolve_precision(requested: str, device: str | torch.device) -> Precision:
-    """``train.precision`` for this device: ``auto`` is bf16 on a CUDA GPU that supports it (compute
-    capability >= 8.0: A100, H100, RTX 30xx and newer) and fp32 otherwise (older GPUs, CPU); an explicit
-    choice is kept."""
-    if requested in ("fp32", "bf16", "fp16"):
-        return requested  # type: ignore[return-value]
-    if requested != "auto":
-        raise ValueError(f"unknown precision {requested!r}")
-    target = torch.device(device)
-    if target.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-        return "bf16"
-    return "fp32"
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """Everything a step needs besides the models, optimizers and the batch."""
-
-    precision: Precision
-    grad_clip_norm: float | None
-    loss: LossConfig
-    audio: AudioConfig
-    hop_length: int
-    segment_frames: int
-    device: str = "cpu"
-    nonfinite_policy: Literal["raise", "skip"] = "raise"
-    min_learning_rate: float = 0.0
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig, device: str | torch.device = "cpu") -> StepSettings:
-        """Read ``train.precision`` (``auto`` resolved for ``device``), ``optim.grad_clip_norm``/
-        ``min_learning_rate``, ``loss``, ``audio``, ``model.segment_frames`` and ``train.nonfinite_loss_policy``."""
-        return cls(
-            precision=resolve_precision(cfg.train.precision, device),
-            grad_clip_norm=cfg.optim.grad_clip_norm,
-            loss=cfg.loss,
-            audio=cfg.audio,
-            hop_length=cfg.audio.hop_length,
-            segment_frames=cfg.model.segment_frames,
-            device=str(device),
-            nonfinite_policy=cfg.train.nonfinite_loss_policy,
-            min_learning_rate=cfg.optim.min_learning_rate,
-        )
-
-
-def step_settings_from_config(cfg: RunConfig, device: str | torch.device = "cpu") -> StepSettings:
-    """Same as :meth:`StepSettings.from_config`."""
-    return StepSettings.from_config(cfg, device)
 
 
 @dataclass
@@ -204,61 +139,7 @@ def build_schedulers(
     return schedulers[0], schedulers[1]
 
 
-def build_grad_scaler(settings: StepSettings) -> torch.amp.GradScaler | None:
-    """A CUDA GradScaler for ``precision="fp16"``; None otherwise (fp32 and bf16 need none)."""
-    if settings.precision != "fp16":
-        return None
-    if torch.device(settings.device).type != "cuda":
-        raise ValueError(f"precision fp16 needs a CUDA device (got {settings.device}); use bf16 or fp32 on CPU")
-    return torch.amp.GradScaler("cuda")
-
-
-@contextlib.contextmanager
-def autocast_context(settings: StepSettings) -> Iterator[None]:
-    """Autocast for the model forwards: none (fp32), bf16 (CPU or CUDA), fp16 (CUDA only)."""
-    if settings.precision == "fp32":
-        yield
-        return
-    device_type = torch.device(settings.device).type
-    if settings.precision == "fp16" and device_type != "cuda":
-        raise ValueError(f"precision fp16 needs a CUDA device (got {settings.device}); use bf16 or fp32 on CPU")
-    dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device_type, dtype=dtype):
-        yield
-
-
 # --------------------------------------------------------------------------- health checks
-
-
-def find_batch_problem(batch: RVCBatch) -> str | None:
-    """Describe what is wrong with a batch (None if it is fine to train on)."""
-    lengths = batch.content_lengths
-    if batch.content.shape[0] == 0:
-        return "the batch is empty (0 items)"
-    empty = (lengths <= 0).nonzero().flatten().tolist()
-    if empty:
-        return f"batch items {empty} have zero-length content (content_lengths=0)"
-    if (batch.spec_lengths <= 0).any():
-        return f"batch items {(batch.spec_lengths <= 0).nonzero().flatten().tolist()} have spec_lengths=0"
-    if batch.content.shape[1] != batch.spec.shape[2]:
-        return (
-            f"content has {batch.content.shape[1]} frames but spec has {batch.spec.shape[2]}: streams are not "
-            "aligned to the same frame count"
-        )
-    if not torch.isfinite(batch.content).all():
-        return "content features contain NaN or Inf"
-    valid = sequence_mask(lengths, batch.content.shape[1]).to(batch.content.dtype)
-    peak = (batch.content.abs().amax(dim=-1) * valid).amax(dim=-1)
-    zero_items = (peak == 0).nonzero().flatten().tolist()
-    if zero_items:
-        return f"batch items {zero_items} have all-zero content features (broken feature extraction?)"
-    for name in ("f0_hz", "spec", "wav"):
-        value = getattr(batch, name)
-        if value is not None and not torch.isfinite(value).all():
-            return f"{name} contains NaN or Inf"
-    if batch.pitch_bins is not None and (int(batch.pitch_bins.min()) < 0 or int(batch.pitch_bins.max()) > 255):
-        return f"pitch_bins outside 0..255 (min {int(batch.pitch_bins.min())}, max {int(batch.pitch_bins.max())})"
-    return None
 
 
 def _check_learning_rate(optimizer: torch.optim.Optimizer, settings: StepSettings, who: str) -> None:
@@ -340,19 +221,25 @@ def _fp32(tensors: Sequence[Tensor]) -> list[Tensor]:
     return [t.float() for t in tensors]
 
 
+def generator_inputs(batch: RVCBatch) -> tuple[Tensor | None, ...]:
+    """The positional arguments of a training forward of the synthesizer (ours, RVC's and Applio's):
+    ``(content, content_lengths, pitch_bins, f0_hz, spec, spec_lengths, speaker_id)``."""
+    return (
+        batch.content,
+        batch.content_lengths,
+        batch.pitch_bins,
+        batch.f0_hz,
+        batch.spec,
+        batch.spec_lengths,
+        batch.speaker_id,
+    )
+
+
 def generator_forward(gen: nn.Module, batch: RVCBatch, settings: StepSettings) -> GeneratorPass:
     """G training forward on a random window per item, plus the aligned real slice and both mels."""
     batch = batch.to(settings.device)
     with autocast_context(settings):
-        out = gen(
-            batch.content,
-            batch.content_lengths,
-            batch.pitch_bins,
-            batch.f0_hz,
-            batch.spec,
-            batch.spec_lengths,
-            batch.speaker_id,
-        )
+        out = gen(*generator_inputs(batch))
     seg = settings.segment_frames
     wav_real = slice_segments(batch.wav, out.slice_starts * settings.hop_length, seg * settings.hop_length)
     with torch.autocast(device_type=torch.device(settings.device).type, enabled=False):
@@ -384,12 +271,27 @@ def d_step(
     with autocast_context(settings):
         real_logits, fake_logits, _, _ = disc(gpass.wav_real, gpass.wav_fake.detach())
     loss = discriminator_loss(_fp32(real_logits), _fp32(fake_logits))
-    norm, skipped = _optimizer_update(opt_d, loss, {"loss/d/total": loss}, settings, scaler, "discriminator")
+    norm, skipped = _optimizer_update(opt_d, loss, {names.LOSS_D_TOTAL: loss}, settings, scaler, "discriminator")
     return {
-        "loss/d/total": float(loss.detach()),
-        "grad_norm_d": norm,
-        "skipped/d": float(skipped is not None),
-        "skipped/d/scaler": float(skipped == "scaler"),
+        names.LOSS_D_TOTAL: float(loss.detach()),
+        names.GRAD_NORM_D: norm,
+        names.SKIPPED_D: float(skipped is not None),
+        names.SKIPPED_D_SCALER: float(skipped == "scaler"),
+    }
+
+
+def adversarial_terms(disc: nn.Module, gpass: GeneratorPass, settings: StepSettings) -> dict[str, Tensor]:
+    """The generator's adversarial terms ``loss/g/adv`` and ``loss/g/fm`` (fp32 scalars), D read-only.
+
+    D computes no parameter gradients from them (:func:`g_step` backpropagates into G's parameters only), so a
+    DDP-wrapped D must not expect a gradient reduction for this forward: it runs under DDP's ``no_sync()``.
+    """
+    no_sync = getattr(disc, "no_sync", None)
+    with no_sync() if callable(no_sync) else contextlib.nullcontext(), autocast_context(settings):
+        _, fake_logits, real_fmaps, fake_fmaps = disc(gpass.wav_real, gpass.wav_fake)
+    return {
+        names.LOSS_G_ADV: generator_adversarial_loss(_fp32(fake_logits)),
+        names.LOSS_G_FM: feature_matching_loss([_fp32(m) for m in real_fmaps], [_fp32(m) for m in fake_fmaps]),
     }
 
 
@@ -405,23 +307,19 @@ def g_step(
     With a GradScaler, ``scaler.update()`` runs here, once per iteration (after :func:`d_step`).
     """
     _check_learning_rate(opt_g, settings, "generator")
-    # D computes no parameter gradients here (backward(inputs=G params)), so a DDP-wrapped D must not expect a
-    # gradient reduction for this forward: run it under DDP's no_sync().
-    no_sync = getattr(disc, "no_sync", None)
-    with no_sync() if callable(no_sync) else contextlib.nullcontext(), autocast_context(settings):
-        _, fake_logits, real_fmaps, fake_fmaps = disc(gpass.wav_real, gpass.wav_fake)
     terms = {  # every loss in fp32, whatever precision the forwards ran in
-        "loss/g/adv": generator_adversarial_loss(_fp32(fake_logits)),
-        "loss/g/fm": feature_matching_loss([_fp32(m) for m in real_fmaps], [_fp32(m) for m in fake_fmaps]),
-        "loss/g/mel": mel_l1_loss(gpass.mel_real, gpass.mel_fake),
-        "loss/g/kl": kl_loss(*(t.float() for t in (gpass.z_p, gpass.logs_q, gpass.m_p, gpass.logs_p, gpass.z_mask))),
+        **adversarial_terms(disc, gpass, settings),
+        names.LOSS_G_MEL: mel_l1_loss(gpass.mel_real, gpass.mel_fake),
+        names.LOSS_G_KL: kl_loss(
+            *(t.float() for t in (gpass.z_p, gpass.logs_q, gpass.m_p, gpass.logs_p, gpass.z_mask))
+        ),
     }
     weights = settings.loss
     total = (
-        weights.c_adv * terms["loss/g/adv"]
-        + weights.c_fm * terms["loss/g/fm"]
-        + weights.c_mel * terms["loss/g/mel"]
-        + weights.c_kl * terms["loss/g/kl"]
+        weights.c_adv * terms[names.LOSS_G_ADV]
+        + weights.c_fm * terms[names.LOSS_G_FM]
+        + weights.c_mel * terms[names.LOSS_G_MEL]
+        + weights.c_kl * terms[names.LOSS_G_KL]
     )
     try:
         norm, skipped = _optimizer_update(opt_g, total, terms, settings, scaler, "generator")
@@ -432,10 +330,10 @@ def g_step(
     metrics = {name: float(value.detach()) for name, value in terms.items()}
     metrics.update(
         {
-            "loss/g/total": float(total.detach()),
-            "grad_norm_g": norm,
-            "skipped/g": float(skipped is not None),
-            "skipped/g/scaler": float(skipped == "scaler"),
+            names.LOSS_G_TOTAL: float(total.detach()),
+            names.GRAD_NORM_G: norm,
+            names.SKIPPED_G: float(skipped is not None),
+            names.SKIPPED_G_SCALER: float(skipped == "scaler"),
         }
     )
     return metrics
@@ -462,10 +360,10 @@ def train_step(
     problem = find_batch_problem(batch) if check_batch else None
     if problem is not None:
         _handle_problem(problem, settings, BadBatchError)
-        return {"skipped": 1.0}
+        return {names.SKIPPED: 1.0}
     gpass = generator_forward(gen, batch, settings)
     metrics = d_step(disc, opt_d, gpass, settings, scaler)
     metrics.update(g_step(disc, opt_g, gpass, settings, scaler))
-    metrics["skipped"] = max(metrics["skipped/d"], metrics["skipped/g"])
-    metrics["skipped/scaler"] = max(metrics.pop("skipped/d/scaler"), metrics.pop("skipped/g/scaler"))
+    metrics[names.SKIPPED] = max(metrics[names.SKIPPED_D], metrics[names.SKIPPED_G])
+    metrics[names.SKIPPED_SCALER] = max(metrics.pop(names.SKIPPED_D_SCALER), metrics.pop(names.SKIPPED_G_SCALER))
     return metrics

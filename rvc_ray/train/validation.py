@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rvc_ray.config import AudioConfig
+from rvc_ray.config import AudioConfig, RunConfig
+from rvc_ray.train import metric_names as names
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +31,15 @@ if TYPE_CHECKING:
     from rvc_ray.data.dataset import TrainingItems
     from rvc_ray.model.synthesizer import Synthesizer
 
-__all__ = ["NUM_CEPSTRA", "ValidationSums", "compute_mcd", "compute_mel_l1", "evaluate_items"]
+__all__ = [
+    "NUM_CEPSTRA",
+    "ValidationSums",
+    "compute_mcd",
+    "compute_mel_l1",
+    "evaluate_items",
+    "usable_min_frames",
+    "validate_epoch",
+]
 
 NUM_CEPSTRA = 13
 NOISE_SCALE = 0.66666
@@ -129,3 +138,44 @@ def evaluate_items(
     finally:
         generator.train(was_training)
     return sums
+
+
+def usable_min_frames(cfg: RunConfig) -> int:
+    """The fewest frames a clip may have: ``data.min_frames`` if set, and always enough for the STFT's
+    reflect padding (``(n_fft - hop) / 2`` samples) — shorter rows (e.g. failed extractions with 0 frames)
+    are left out and counted in the start record's ``dropped_short_items``."""
+    pad = (cfg.audio.n_fft - cfg.audio.hop_length) // 2
+    stft_min = pad // cfg.audio.hop_length + 1
+    return max(stft_min, cfg.data.min_frames or 0)
+
+
+def validate_epoch(
+    cfg: RunConfig,
+    gen: Synthesizer,
+    val_items: TrainingItems | None,
+    train_items: TrainingItems,
+    *,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> tuple[dict[str, float], ValidationSums]:
+    """``val/mel_l1`` and ``val/mcd`` over the held-out split, each worker scoring a contiguous share of it.
+
+    Without a held-out split (``features.validation_fraction=0``) the first few training items are
+    scored instead, and ``val/on_train_items`` is 1 so nobody mistakes it for a held-out score.
+    """
+    from rvc_ray.train.collectives import sum_across_workers
+
+    items = val_items if val_items is not None else train_items
+    shortest = usable_min_frames(cfg)
+    usable = [i for i, n in enumerate(items.lengths) if n >= shortest]
+    indices = usable if val_items is not None else usable[:4]
+    share = -(-len(indices) // world)
+    mine = indices[rank * share : (rank + 1) * share]  # contiguous: rank 0 holds the first clips (previews)
+    previews = cfg.train.num_preview_clips if rank == 0 else 0
+    sums = evaluate_items(gen, items, mine, cfg.audio, seed=cfg.experiment.seed, device=device, num_previews=previews)
+    total_l1, total_mcd, count = sum_across_workers([sums.mel_l1_sum, sums.mcd_sum, float(sums.count)], device)
+    count = max(count, 1.0)
+    metrics = {names.VAL_MEL_L1: total_l1 / count, names.VAL_MCD: total_mcd / count}
+    metrics[names.VAL_ON_TRAIN_ITEMS] = 0.0 if val_items is not None else 1.0
+    return metrics, sums

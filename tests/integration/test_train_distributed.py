@@ -51,7 +51,7 @@ def _one_step_gradients(raw_cfg: dict[str, Any], features_dir: str, rank: int, w
     from rvc_ray.data.sampler import DistributedBucketSampler
     from rvc_ray.model.build import build_discriminator, build_generator
     from rvc_ray.train import steps
-    from rvc_ray.train.loop import wrap_models
+    from rvc_ray.train.gan_state import wrap_models
 
     cfg = RunConfig.model_validate(raw_cfg)
     torch.set_num_threads(1)
@@ -148,9 +148,11 @@ def test_fit_survives_a_killed_worker_then_resumes_in_a_new_job(ray_cluster: Non
     fit with the same name and more epochs continues at the next epoch with the saved state."""
     from rvc_ray.layout import RunLayout
     from rvc_ray.train.checkpoint import load_train_state, read_checkpoint_meta
-    from rvc_ray.train.launch import FailureInjection, fit
+    from rvc_ray.train.fault_injection import FailureInjection
+    from rvc_ray.train.launch import fit
     from rvc_ray.train.loop import state_fingerprint
-    from rvc_ray.train.reporting import SCALAR_NAMES, read_event_tags
+    from rvc_ray.train.metric_names import SCALAR_NAMES
+    from rvc_ray.train.reporting import read_event_tags
 
     overrides = [
         f"experiment.work_dir={tmp_path}",

@@ -6,12 +6,18 @@ import pytest
 import torch
 
 from rvc_ray.config import load_run_config
-from rvc_ray.train.epoch import RunState, Trainables, count_skips
+from rvc_ray.train.epoch import RunState, count_skips
+from rvc_ray.train.gan_state import Adversary, GANState, GeneratorState
 from rvc_ray.train.steps import NonFiniteLossError, TrainingHealthError
 
 
 def _run() -> RunState:
-    return RunState(0, torch.device("cpu"), 0, Trainables(None, None, None, None, None, None, None))
+    gen, disc = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    gan = GANState(
+        GeneratorState(gen, torch.optim.AdamW(gen.parameters()), None),
+        Adversary(disc, torch.optim.AdamW(disc.parameters()), None),
+    )
+    return RunState(0, torch.device("cpu"), 0, gan)
 
 
 def test_scaler_skips_stop_only_after_too_many_in_a_row() -> None:

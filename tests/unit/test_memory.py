@@ -110,7 +110,8 @@ def test_auto_batch_refuses_when_one_clip_does_not_fit_and_passes_other_errors_t
 def test_an_out_of_memory_step_in_the_loop_is_a_health_error(probe_setup) -> None:
     """The loop turns an allocator failure inside the step into TrainingOutOfMemoryError (never replayed by
     Ray Train's restarts; Tune fails the trial at once)."""
-    from rvc_ray.train.epoch import RunState, Trainables, guarded_step
+    from rvc_ray.train.epoch import RunState, guarded_step
+    from rvc_ray.train.gan_state import Adversary, GANState, GeneratorState
 
     cfg, items, settings = probe_setup
 
@@ -124,9 +125,10 @@ def test_an_out_of_memory_step_in_the_loop_is_a_health_error(probe_setup) -> Non
 
     gen, disc = OutOfMemoryGenerator(), torch.nn.Linear(1, 1)
     opt_g, opt_d = torch.optim.AdamW(gen.parameters()), torch.optim.AdamW(disc.parameters())
-    run = RunState(0, torch.device("cpu"), 7, Trainables(gen, disc, opt_g, opt_d, None, None, None))
+    gan = GANState(GeneratorState(gen, opt_g, None), Adversary(disc, opt_d, None))
+    run = RunState(0, torch.device("cpu"), 7, gan)
     with pytest.raises(TrainingOutOfMemoryError, match=r"step 8 with 2 clips per worker") as caught:
-        guarded_step(cfg, run, gen, disc, items.batch([0, 1]), settings)
+        guarded_step(run, items.batch([0, 1]), settings)
     assert is_out_of_memory(caught.value) and isinstance(caught.value.__cause__, torch.OutOfMemoryError)
 
 

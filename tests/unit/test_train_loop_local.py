@@ -19,7 +19,8 @@ from rvc_ray.train.checkpoint import (
     restore_rng_state,
     save_train_state,
 )
-from rvc_ray.train.reporting import SCALAR_NAMES, TrainingReporter, mel_to_image, read_event_tags
+from rvc_ray.train.metric_names import SCALAR_NAMES
+from rvc_ray.train.reporting import TrainingReporter, mel_to_image, read_event_tags
 
 
 def _toy_state() -> TrainState:
@@ -136,7 +137,7 @@ def test_cluster_yaml_is_a_valid_launcher_config() -> None:
 
 
 def test_best_tracking_and_early_stop() -> None:
-    from rvc_ray.train.loop import BestTracker, should_stop_early, track_best
+    from rvc_ray.train.best import BestTracker, should_stop_early, track_best
 
     tracker = BestTracker()
     for epoch, score in enumerate([3.0, 2.0, 2.5, 2.0, float("nan")], start=1):
@@ -147,7 +148,7 @@ def test_best_tracking_and_early_stop() -> None:
 
 
 def test_metric_accumulator_averages_present_finite_values() -> None:
-    from rvc_ray.train.loop import MetricAccumulator
+    from rvc_ray.train.epoch import MetricAccumulator
 
     acc = MetricAccumulator()
     acc.add({"loss/g/total": 2.0, "grad_norm_g": float("inf"), "unknown": 5.0})
@@ -256,7 +257,7 @@ def test_driver_rejects_pretrained_weights_that_do_not_fit(tmp_path: Path, small
 def test_rows_too_short_for_the_stft_are_left_out(tiny_cfg: RunConfig) -> None:
     from rvc_ray.config import load_run_config
     from rvc_ray.data.sampler import DistributedBucketSampler
-    from rvc_ray.train.loop import usable_min_frames
+    from rvc_ray.train.validation import usable_min_frames
 
     assert usable_min_frames(tiny_cfg) == 2  # (512 - 160) // 2 = 176 samples of reflect padding -> 2 frames
     assert usable_min_frames(load_run_config("tiny_cpu", ["data.min_frames=40"])) == 40

@@ -1,0 +1,66 @@
+"""The typed GAN state: the adversary owns D's update and hands G its adversarial terms with D read-only."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rvc_ray.config import load_run_config
+from rvc_ray.train.gan_state import Adversary, GANState, GeneratorState
+from rvc_ray.train.steps import StepSettings, build_schedulers, generator_forward, train_step
+from tests.unit.test_steps import _assert_same, _snapshot, make_batch, make_models
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_run_config("tiny_cpu")
+
+
+def make_gan(cfg, seed: int = 0) -> GANState:
+    gen, disc, opt_g, opt_d = make_models(cfg, seed)
+    sched_g, sched_d = build_schedulers(opt_g, opt_d, cfg.optim)
+    return GANState(GeneratorState(gen, opt_g, sched_g), Adversary(disc, opt_d, sched_d))
+
+
+def test_adversary_step_updates_d_only(cfg) -> None:
+    gan = make_gan(cfg)
+    settings = StepSettings.from_config(cfg)
+    gpass = generator_forward(gan.generator.model, make_batch(cfg), settings)
+    g_before, d_before = _snapshot(gan.generator.model), _snapshot(gan.adversary.model)
+    metrics = gan.adversary.step(gpass, settings)
+    assert math.isfinite(metrics["loss/d/total"]) and metrics["grad_norm_d"] > 0
+    _assert_same(gan.generator.model, g_before)
+    assert all(p.grad is None for p in gan.generator.model.parameters())
+    after = gan.adversary.model.state_dict()
+    assert any(not torch.equal(v, d_before[k]) for k, v in after.items())
+
+
+def test_adversary_generator_terms_leave_d_read_only(cfg) -> None:
+    gan = make_gan(cfg)
+    settings = StepSettings.from_config(cfg)
+    gpass = generator_forward(gan.generator.model, make_batch(cfg), settings)
+    d_before = _snapshot(gan.adversary.model)
+    terms = gan.adversary.generator_terms(gpass, settings)
+    assert set(terms) == {"loss/g/adv", "loss/g/fm"}
+    assert all(t.dtype == torch.float32 and t.ndim == 0 and math.isfinite(float(t.detach())) for t in terms.values())
+    sum(terms.values()).backward(inputs=list(gan.generator.model.parameters()))
+    assert all(p.grad is None for p in gan.adversary.model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gan.generator.model.parameters())
+    _assert_same(gan.adversary.model, d_before)
+
+
+def test_gan_state_step_is_train_step_and_schedulers_decay_both(cfg) -> None:
+    settings = StepSettings.from_config(cfg)
+    gan = make_gan(cfg, seed=3)
+    gen, disc, opt_g, opt_d = make_models(cfg, seed=3)
+    torch.manual_seed(11)
+    via_state = gan.train_step(make_batch(cfg), settings)
+    torch.manual_seed(11)
+    direct = train_step(gen, disc, opt_g, opt_d, make_batch(cfg), settings)
+    assert via_state == direct
+    lr_g, lr_d = gan.learning_rate, gan.adversary.optimizer.param_groups[0]["lr"]
+    gan.step_schedulers()
+    assert gan.learning_rate == pytest.approx(lr_g * cfg.optim.lr_decay)
+    assert gan.adversary.optimizer.param_groups[0]["lr"] == pytest.approx(lr_d * cfg.optim.lr_decay)
