@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from rvc_ray.train import metric_names as names
 from rvc_ray.train import steps
 
 if TYPE_CHECKING:
@@ -46,6 +47,14 @@ class GeneratorState:
         """The module the steps run: the DDP wrapper once :func:`wrap_models` set it, else the model."""
         return self.wrapped if self.wrapped is not None else self.model
 
+    def step(self, adversary: Adversary, gpass: steps.GeneratorPass, settings: steps.StepSettings) -> dict[str, float]:
+        """One G update (:func:`~rvc_ray.train.steps.g_step`) on the adversary's terms; D's gradients (left by
+        its own step) are released afterwards, whatever happens."""
+        try:
+            return steps.g_step(adversary.generator_terms(gpass, settings), self.optimizer, gpass, settings, adversary.scaler)
+        finally:
+            adversary.release_gradients()
+
 
 @dataclass
 class Adversary:
@@ -70,6 +79,10 @@ class Adversary:
         """``loss/g/adv`` and ``loss/g/fm`` for G's update, D read-only (no D parameter gradient)."""
         return steps.adversarial_terms(self.module, gpass, settings)
 
+    def release_gradients(self) -> None:
+        """Drop D's parameter gradients (after G's update: they are not needed until the next D step)."""
+        self.model.zero_grad(set_to_none=True)
+
 
 @dataclass
 class GANState:
@@ -86,17 +99,24 @@ class GANState:
     def train_step(
         self, batch: RVCBatch, settings: steps.StepSettings, *, check_batch: bool = True
     ) -> dict[str, float]:
-        """One GAN iteration (generator forward, D step, G step): :func:`~rvc_ray.train.steps.train_step`."""
-        return steps.train_step(
-            self.generator.module,
-            self.adversary.module,
-            self.generator.optimizer,
-            self.adversary.optimizer,
-            batch,
-            settings,
-            scaler=self.scaler,
-            check_batch=check_batch,
-        )
+        """One GAN iteration: generator forward, the adversary's D step on detached fakes, then G's step.
+
+        Returns the merged metrics plus ``skipped`` (1.0: an update of this iteration was skipped) and
+        ``skipped/scaler`` (1.0: the fp16 GradScaler skipped it). A bad batch raises
+        :class:`~rvc_ray.train.health.BadBatchError` (policy "raise") or returns ``{"skipped": 1.0}`` without
+        any forward (policy "skip"; under DDP every rank must then skip the same batch).
+        ``check_batch=False``: the caller already checked it (the loop agrees on it across workers).
+        """
+        problem = steps.find_batch_problem(batch) if check_batch else None
+        if problem is not None:
+            steps.handle_problem(problem, settings, steps.BadBatchError)
+            return {names.SKIPPED: 1.0}
+        gpass = steps.generator_forward(self.generator.module, batch, settings)
+        metrics = self.adversary.step(gpass, settings)
+        metrics.update(self.generator.step(self.adversary, gpass, settings))
+        metrics[names.SKIPPED] = max(metrics[names.SKIPPED_D], metrics[names.SKIPPED_G])
+        metrics[names.SKIPPED_SCALER] = max(metrics.pop(names.SKIPPED_D_SCALER), metrics.pop(names.SKIPPED_G_SCALER))
+        return metrics
 
     def step_schedulers(self) -> None:
         """End of an epoch: decay both learning rates (RVC's per-epoch ExponentialLR)."""

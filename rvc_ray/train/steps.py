@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,6 +73,7 @@ __all__ = [
     "g_step",
     "generator_forward",
     "generator_inputs",
+    "handle_problem",
     "resolve_precision",
     "train_step",
 ]
@@ -151,7 +152,7 @@ def _check_learning_rate(optimizer: torch.optim.Optimizer, settings: StepSetting
         )
 
 
-def _handle_problem(problem: str, settings: StepSettings, error: type[TrainingHealthError]) -> None:
+def handle_problem(problem: str, settings: StepSettings, error: type[TrainingHealthError]) -> None:
     if settings.nonfinite_policy == "raise":
         raise error(problem)
     log.warning("skipping the update: %s", problem)
@@ -204,7 +205,7 @@ def _optimizer_update(
         error = ZeroGradientError
     if problem is not None:
         optimizer.zero_grad(set_to_none=True)
-        _handle_problem(problem, settings, error)
+        handle_problem(problem, settings, error)
         return norm, "policy"
     if scaler is not None:
         scaler.step(optimizer)
@@ -296,19 +297,21 @@ def adversarial_terms(disc: nn.Module, gpass: GeneratorPass, settings: StepSetti
 
 
 def g_step(
-    disc: nn.Module,
+    adversarial: Mapping[str, Tensor],
     opt_g: torch.optim.Optimizer,
     gpass: GeneratorPass,
     settings: StepSettings,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One generator update (adv + feature matching + mel + KL). D is not updated; its grads end as None.
+    """One generator update: the adversary's terms (``loss/g/adv``, ``loss/g/fm`` from
+    :func:`adversarial_terms`, D read-only) + mel + KL. Only G's parameters get gradients.
 
     With a GradScaler, ``scaler.update()`` runs here, once per iteration (after :func:`d_step`).
     """
     _check_learning_rate(opt_g, settings, "generator")
     terms = {  # every loss in fp32, whatever precision the forwards ran in
-        **adversarial_terms(disc, gpass, settings),
+        names.LOSS_G_ADV: adversarial[names.LOSS_G_ADV],
+        names.LOSS_G_FM: adversarial[names.LOSS_G_FM],
         names.LOSS_G_MEL: mel_l1_loss(gpass.mel_real, gpass.mel_fake),
         names.LOSS_G_KL: kl_loss(
             *(t.float() for t in (gpass.z_p, gpass.logs_q, gpass.m_p, gpass.logs_p, gpass.z_mask))
@@ -321,10 +324,7 @@ def g_step(
         + weights.c_mel * terms[names.LOSS_G_MEL]
         + weights.c_kl * terms[names.LOSS_G_KL]
     )
-    try:
-        norm, skipped = _optimizer_update(opt_g, total, terms, settings, scaler, "generator")
-    finally:
-        disc.zero_grad(set_to_none=True)
+    norm, skipped = _optimizer_update(opt_g, total, terms, settings, scaler, "generator")
     if scaler is not None:
         scaler.update()
     metrics = {name: float(value.detach()) for name, value in terms.items()}
@@ -350,20 +350,12 @@ def train_step(
     *,
     check_batch: bool = True,
 ) -> dict[str, float]:
-    """Generator forward, :func:`d_step`, :func:`g_step`; merged metrics plus ``skipped`` (0.0 / 1.0: an
-    update of this iteration was skipped) and ``skipped/scaler`` (1.0: the fp16 GradScaler skipped it).
+    """One GAN iteration on loose models and optimizers: :meth:`rvc_ray.train.gan_state.GANState.train_step`
+    (generator forward, the adversary's D step, G's step) on a state holding them (no schedulers).
 
-    A bad batch raises :class:`BadBatchError` (policy "raise") or returns ``{"skipped": 1.0}`` without any
-    forward (policy "skip"; under DDP every rank must then skip the same batch). ``check_batch=False``: the
-    caller already checked it (the training loop agrees on it across workers).
+    ``gen``/``disc`` may be DDP wrappers. Returns the merged metrics plus ``skipped`` and ``skipped/scaler``.
     """
-    problem = find_batch_problem(batch) if check_batch else None
-    if problem is not None:
-        _handle_problem(problem, settings, BadBatchError)
-        return {names.SKIPPED: 1.0}
-    gpass = generator_forward(gen, batch, settings)
-    metrics = d_step(disc, opt_d, gpass, settings, scaler)
-    metrics.update(g_step(disc, opt_g, gpass, settings, scaler))
-    metrics[names.SKIPPED] = max(metrics[names.SKIPPED_D], metrics[names.SKIPPED_G])
-    metrics[names.SKIPPED_SCALER] = max(metrics.pop(names.SKIPPED_D_SCALER), metrics.pop(names.SKIPPED_G_SCALER))
-    return metrics
+    from rvc_ray.train.gan_state import Adversary, GANState, GeneratorState  # gan_state imports this module
+
+    gan = GANState(GeneratorState(gen, opt_g, None), Adversary(disc, opt_d, None, scaler=scaler))  # type: ignore[arg-type]
+    return gan.train_step(batch, settings, check_batch=check_batch)

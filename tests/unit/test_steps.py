@@ -18,6 +18,7 @@ from rvc_ray.train.steps import (
     NonFiniteLossError,
     StepSettings,
     ZeroGradientError,
+    adversarial_terms,
     build_grad_scaler,
     build_optimizers,
     build_schedulers,
@@ -102,7 +103,7 @@ def test_g_step_leaves_discriminator_untouched(cfg) -> None:
     gpass = generator_forward(gen, make_batch(cfg), settings)
     before = _snapshot(disc)
     g_before = _snapshot(gen)
-    g_step(disc, opt_g, gpass, settings)
+    g_step(adversarial_terms(disc, gpass, settings), opt_g, gpass, settings)
     _assert_same(disc, before)
     assert all(p.grad is None for p in disc.parameters())
     assert any(not torch.equal(v, g_before[k]) for k, v in gen.state_dict().items())
@@ -130,7 +131,7 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(cfg) -> None:
     d_step(disc, opt_d, gpass, settings)
     for name, p in disc.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
-    g_step(disc, opt_g, gpass, settings)
+    g_step(adversarial_terms(disc, gpass, settings), opt_g, gpass, settings)
     for name, p in gen.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
