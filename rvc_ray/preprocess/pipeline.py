@@ -1,4 +1,4 @@
-"""``run_preprocess``: raw recordings -> readiness report -> Ray Data pipeline -> Parquet dataset.
+"""``run_preprocess``: raw recordings -> readiness report -> Ray tasks -> Parquet dataset.
 
 Order of work:
 
@@ -8,7 +8,7 @@ Order of work:
 3. the readiness pass over every file (:mod:`.inspection`), written as ``report.json``/``report.txt``
    and printed, before any heavy work; an ``insufficient`` verdict is a loud warning, not an error;
 4. the per-file function (:func:`.shards.iter_file_tables`) over all good files, in groups of
-   :data:`FILES_PER_GROUP` consecutive files, as a Ray Data ``map_batches`` over every CPU of the cluster
+   :data:`FILES_PER_GROUP` consecutive files, as Ray tasks over every CPU of the cluster
    (``use_ray=True``) or as a plain loop (``use_ray=False``, same function, used by the benchmark and fast
    tests), a few groups per task (:func:`groups_per_task`). Each group's worker writes its own fixed-size shards ``part-<group>-<n>.parquet``
    (:class:`.shards.ShardWriter`), so audio never travels through the driver, and only small outcome
@@ -22,6 +22,7 @@ Order of work:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -192,12 +193,11 @@ MAX_GROUPS_PER_TASK = 4
 
 
 def groups_per_task(num_groups: int, slots: int) -> int:
-    """How many file groups one Ray Data task processes: about 4 tasks per slot, 1 to ``MAX_GROUPS_PER_TASK``.
+    """How many file groups one Ray task processes: about 4 tasks per slot, 1 to ``MAX_GROUPS_PER_TASK``.
 
-    Ray Data notices a finished task only on its next scheduling step (``ray.wait`` with a 0.1 s
-    timeout), so every task leaves its slot idle for 0.1-0.2 s; a task of a few groups pays that once.
-    Four tasks per slot keep the tail short (no slot waits long for the last, larger task). Groups stay
-    the unit of shard naming, so the output bytes do not depend on this number.
+    A task of a few groups pays the per-task costs (scheduling, the result's round trip, the config's
+    validation) once; four tasks per slot keep the tail short (no slot waits long for the last, larger
+    task). Groups stay the unit of shard naming, so the output bytes do not depend on this number.
     """
     if num_groups < 1 or slots < 1:
         raise ValueError(f"need at least one group and one slot, got {num_groups} groups, {slots} slots")
@@ -211,7 +211,7 @@ def task_resources(
 ) -> dict[str, float | int]:
     """``num_cpus``/``memory`` of one preprocessing task, checked against the largest node, alive or addable.
 
-    A request no node can hold would leave Ray Data waiting forever; this fails at once instead. A request
+    A request no node can hold would leave the tasks waiting forever; this fails at once instead. A request
     that only a node type of the autoscaler can hold (a 0-CPU head with autoscaling CPU workers) is kept:
     Ray waits while the autoscaler adds that node. Node types that do not declare ``memory`` are assumed
     to hold the memory request.
@@ -264,31 +264,35 @@ def _cpu_slots(cfg: RunConfig, num_items: int) -> int:
     return _task_slots(cfg, min(cluster_capacity().cpus_max, num_items * cfg.preprocess.cpus_per_task))
 
 
-def _process_group_batch(batch: Any, raw_config: dict[str, Any], segments_dir: str) -> Any:
-    """Ray Data UDF: rows (one group of files each) -> one row per group with its outcomes and shards as JSON."""
-    import pyarrow as pa
+GroupResult = tuple[int, dict[int, dict], list[ShardInfo]]  # (group index, outcomes by source index, shards)
 
+
+def _process_groups(rows: Sequence[dict[str, Any]], raw_config: dict[str, Any], segments_dir: str) -> list[GroupResult]:
+    """Ray task body: rows (one group of files each) -> ``(group_index, outcomes, shards)`` per group."""
     cfg = RunConfig.model_validate(raw_config)
-    rows = []
-    for row in batch.to_pylist():
+    results = []
+    for row in rows:
         files = [SourceFile(Path(f["path"]), f["speaker_id"], f["speaker_name"], f["source_index"]) for f in row["files"]]
         uris = {f["source_index"]: f["uri"] for f in row["files"] if f["uri"]}
         outcomes, shards = process_file_group(row["group_index"], files, cfg, segments_dir, uris)
-        result = {"outcomes": outcomes, "shards": [vars(s) for s in shards]}
-        rows.append({"group_index": row["group_index"], "result": json.dumps(result)})
-    return pa.Table.from_pylist(rows)
+        results.append((row["group_index"], outcomes, shards))
+    return results
 
 
 def _run_groups_with_ray(
     cfg: RunConfig, groups: Sequence[Sequence[SourceFile]], segments_dir: str, remote: RemoteInputs
 ) -> list[tuple[dict[int, dict], list[ShardInfo]]]:
-    import ray
-    import ray.data
+    """Run the groups as plain Ray tasks, at most one per CPU slot in flight, the next submitted as one ends.
 
-    from rvc_ray.cluster import cluster_capacity, shorten_ray_data_limits_refresh
+    Not Ray Data: the tasks write their own shards and return small summaries, so there is nothing to
+    stream, and Ray Data would add its stats and autoscaling-coordinator actors (a worker process each,
+    ~2.5 CPU-s and ~0.3 GB on 2 cores) and its import in the driver and every worker (docs/benchmarks.md).
+    """
+    import ray
+
+    from rvc_ray.cluster import cluster_capacity
 
     _start_ray()
-    shorten_ray_data_limits_refresh()
     slots = _cpu_slots(cfg, len(groups))
     resources = task_resources(cfg, ray.nodes(), cluster_capacity().node_types)
     per_task = groups_per_task(len(groups), slots)
@@ -303,24 +307,19 @@ def _run_groups_with_ray(
         }
         for index, group in enumerate(groups)
     ]
-    num_tasks = -(-len(items) // per_task)
-    ds = ray.data.from_items(items, override_num_blocks=num_tasks).map_batches(
-        _process_group_batch,
-        batch_size=per_task,
-        batch_format="pyarrow",
-        fn_kwargs={"raw_config": cfg.model_dump(mode="json"), "segments_dir": str(segments_dir)},
-        compute=ray.data.TaskPoolStrategy(size=max(1, min(num_tasks, slots))),
-        **resources,
-    )
-    results = []
-    rows = sorted(ds.take_all(), key=lambda r: r["group_index"])
-    if [r["group_index"] for r in rows] != list(range(len(groups))):
-        raise RuntimeError(f"preprocess: Ray Data returned {len(rows)} group results for {len(groups)} groups")
-    for row in rows:
-        payload = json.loads(row["result"])
-        outcomes = {int(k): v for k, v in payload["outcomes"].items()}
-        results.append((outcomes, [ShardInfo(**s) for s in payload["shards"]]))
-    return results
+    task = ray.remote(_process_groups).options(**resources)
+    args = (ray.put(cfg.model_dump(mode="json")), str(segments_dir))
+    batches = iter([items[i : i + per_task] for i in range(0, len(items), per_task)])
+    in_flight = [task.remote(batch, *args) for batch in itertools.islice(batches, slots)]
+    by_group: dict[int, tuple[dict[int, dict], list[ShardInfo]]] = {}
+    while in_flight:
+        done, in_flight = ray.wait(in_flight, num_returns=1)
+        for group_index, outcomes, shards in ray.get(done[0]):
+            by_group[group_index] = (outcomes, shards)
+        in_flight += [task.remote(batch, *args) for batch in itertools.islice(batches, 1)]
+    if sorted(by_group) != list(range(len(groups))):
+        raise RuntimeError(f"preprocess: the tasks returned {len(by_group)} group results for {len(groups)} groups")
+    return [by_group[index] for index in range(len(groups))]
 
 
 def _prepare_segments_dir(output_dir: str) -> str:
@@ -416,7 +415,7 @@ def run_preprocess(
             paths or URIs (``s3://bucket/recordings``).
         output_dir: the dataset location (``RunLayout.dataset_location``), a local path or a URI:
             ``segments/part-*.parquet``, ``manifest.json``, ``report.json``, ``report.txt``.
-        use_ray: run the per-file work as a Ray Data pipeline on the cluster (``ensure_ray()``); ``False``
+        use_ray: run the per-file work as Ray tasks on the cluster (``ensure_ray()``); ``False``
             runs the same per-file function in a plain loop in this process.
         force: redo the work even when the manifest says the dataset is current.
 
