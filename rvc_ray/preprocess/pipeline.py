@@ -27,9 +27,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from rvc_ray.audio.io import AudioDecodeError, probe_audio
 from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
-from rvc_ray.preprocess.inspection import FileInspection, inspect_file
+from rvc_ray.preprocess.inspection import FileInspection, inspect_file, inspect_header, measurable_while_processing
 from rvc_ray.preprocess.remote_inputs import RemoteInputs, localize_source, mirror_inputs
 from rvc_ray.preprocess.report import build_report, format_report_text, write_report
 from rvc_ray.preprocess.shards import ShardInfo, ShardWriter, iter_file_tables
@@ -151,12 +151,14 @@ def process_file_group(
     cfg: RunConfig,
     segments_dir: str | Path,
     source_uris: dict[int, str] | None = None,
+    measured: Collection[int] = (),
 ) -> tuple[dict[int, dict], list[ShardInfo]]:
     """Process ``files`` in order and write their segments to ``part-<group_index>-NNNNN.parquet`` shards.
 
     Runs in a Ray worker (or in the driver's loop), so the audio is written where it is computed: straight
     into a local ``segments_dir``, or through a local temporary folder uploaded to a remote one. Files whose
-    ``source_index`` is in ``source_uris`` are read from that URI (and recorded under it).
+    ``source_index`` is in ``source_uris`` are read from that URI (and recorded under it); those in
+    ``measured`` also get their readiness figures measured on the way (``outcome["readiness"]``).
     Returns the per-file outcome summaries (by source index) and the shards written.
     """
     import tempfile
@@ -171,7 +173,8 @@ def process_file_group(
         for given in files:
             uri = uris.get(given.source_index)
             with localize_source(given, uri) as source:
-                for table in iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate):
+                measure = given.source_index in measured
+                for table in iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate, measure=measure):
                     if uri is not None:  # record where the file is, not the worker's temporary copy
                         column = table.schema.get_field_index("source_path")
                         values = [None if v is None else uri for v in table.column(column).to_pylist()]
@@ -274,13 +277,18 @@ def _process_groups(rows: Sequence[dict[str, Any]], raw_config: dict[str, Any], 
     for row in rows:
         files = [SourceFile(Path(f["path"]), f["speaker_id"], f["speaker_name"], f["source_index"]) for f in row["files"]]
         uris = {f["source_index"]: f["uri"] for f in row["files"] if f["uri"]}
-        outcomes, shards = process_file_group(row["group_index"], files, cfg, segments_dir, uris)
+        measured = {f["source_index"] for f in row["files"] if f["measure"]}
+        outcomes, shards = process_file_group(row["group_index"], files, cfg, segments_dir, uris, measured)
         results.append((row["group_index"], outcomes, shards))
     return results
 
 
 def _run_groups_with_ray(
-    cfg: RunConfig, groups: Sequence[Sequence[SourceFile]], segments_dir: str, remote: RemoteInputs
+    cfg: RunConfig,
+    groups: Sequence[Sequence[SourceFile]],
+    segments_dir: str,
+    remote: RemoteInputs,
+    measured: Collection[int],
 ) -> list[tuple[dict[int, dict], list[ShardInfo]]]:
     """Run the groups as plain Ray tasks, at most one per CPU slot in flight, the next submitted as one ends.
 
@@ -301,7 +309,8 @@ def _run_groups_with_ray(
             "group_index": index,
             "files": [
                 {"path": str(f.path), "speaker_id": f.speaker_id, "speaker_name": f.speaker_name,
-                 "source_index": f.source_index, "uri": remote.uri_of.get(str(f.path), "")}
+                 "source_index": f.source_index, "uri": remote.uri_of.get(str(f.path), ""),
+                 "measure": f.source_index in measured}
                 for f in group
             ],
         }
@@ -335,17 +344,44 @@ def _prepare_segments_dir(output_dir: str) -> str:
 def _inspect_files(
     files: Sequence[SourceFile], raw_preprocess: dict[str, Any], uris: dict[int, str] | None = None
 ) -> list[FileInspection]:
-    """Inspect ``files`` (those in ``uris`` are read from there and reported under their URI)."""
-    from dataclasses import replace
+    """Inspect ``files`` (those in ``uris`` are read from there and reported under their URI).
 
+    Files whose figures the main pass can measure (:func:`.inspection.measurable_while_processing`: integer
+    PCM WAV) get the header checks only, so they are decoded once, not twice.
+    """
     pp = PreprocessConfig.model_validate(raw_preprocess)
     found = []
     for given in files:
         uri = (uris or {}).get(given.source_index)
         with localize_source(given, uri) as source:
-            inspection = inspect_file(source, pp)
+            inspection = inspect_header(source, pp)
+            if not inspection.is_bad and not measurable_while_processing(inspection):
+                inspection = inspect_file(source, pp)
         found.append(replace(inspection, path=uri) if uri is not None else inspection)
     return found
+
+
+def _measured_later(inspections: Sequence[FileInspection]) -> set[int]:
+    """The good files the readiness pass only header-checked: the main pass measures them."""
+    return {i.source_index for i in inspections if not i.is_bad and i.clipping_ratio is None}
+
+
+def _readiness_view(inspections: Sequence[FileInspection], later: Collection[int]) -> list[FileInspection]:
+    """The inspections for the report written before processing: a file still to be measured counts its
+    whole duration as usable (an upper bound; its figures come with the final report)."""
+    return [replace(i, usable_s=i.duration_s) if i.source_index in later else i for i in inspections]
+
+
+def _merge_measured(inspections: Sequence[FileInspection], outcomes: dict[int, dict]) -> list[FileInspection]:
+    """Move the figures measured by the main pass (``outcome["readiness"]``) into their inspections."""
+    merged = []
+    for inspection in inspections:
+        figures = outcomes.get(inspection.source_index, {}).pop("readiness", None)
+        if figures is not None:
+            figures["warnings"] = tuple(figures.get("warnings", ()))
+            inspection = replace(inspection, **figures)
+        merged.append(inspection)
+    return merged
 
 
 # Up to this much audio (header durations), the driver runs the readiness pass itself while Ray starts: it
@@ -439,32 +475,32 @@ def _run_preprocess(cfg: RunConfig, remote: RemoteInputs, output_dir: str, use_r
             return reused
 
     inspections = _inspect_all(cfg, discovery, use_ray, remote)
-    readiness = build_report(discovery, inspections, pp)
+    later = _measured_later(inspections)
+    readiness = build_report(discovery, _readiness_view(inspections, later), pp)
     report_path = write_report(readiness, output_dir)
     print(format_report_text(readiness), end="")
     if readiness["verdict"] == "insufficient":
-        message = (
-            f"WARNING: not enough usable audio for a good voice (verdict 'insufficient'; need at least "
-            f"{pp.min_usable_minutes} min per speaker); continuing anyway. See "
-            f"{storage.join(output_dir, 'report.txt')}"
-        )
-        logger.warning(message)
-        print(message)
+        _warn_insufficient(pp, output_dir, "continuing anyway")
 
     segments_dir = _prepare_segments_dir(output_dir)
     good = [f for f, i in zip(discovery.files, inspections, strict=True) if not i.is_bad]
     groups = file_groups(good)
     uris = {f.source_index: remote.uri_of[str(f.path)] for f in good if str(f.path) in remote.uri_of}
     if use_ray and groups:
-        results = _run_groups_with_ray(cfg, groups, segments_dir, remote)
+        results = _run_groups_with_ray(cfg, groups, segments_dir, remote, later)
     else:
-        results = [process_file_group(index, group, cfg, segments_dir, uris) for index, group in enumerate(groups)]
+        results = [
+            process_file_group(index, group, cfg, segments_dir, uris, later) for index, group in enumerate(groups)
+        ]
     outcomes = {index: summary for group_outcomes, _ in results for index, summary in group_outcomes.items()}
     shards = [shard for _, group_shards in results for shard in group_shards]
     if not shards:  # no segment at all: still leave one (empty) shard with the schema
         shards = _empty_shard(segments_dir, pp.rows_per_shard)
 
+    inspections = _merge_measured(inspections, outcomes)
     final = build_report(discovery, inspections, pp, outcomes)
+    if final["verdict"] == "insufficient" and readiness["verdict"] != "insufficient":  # known only now
+        _warn_insufficient(pp, output_dir, "measured while processing")
     report_path = write_report(final, output_dir)
     wall = time.perf_counter() - started
     audio_in = sum(float(o["audio_seconds"]) for o in outcomes.values())
@@ -517,6 +553,15 @@ def _run_preprocess(cfg: RunConfig, remote: RemoteInputs, output_dir: str, use_r
         manifest_path=storage.as_local_or_uri(manifest_path),
         num_shards=len(shards),
     )
+
+
+def _warn_insufficient(pp: PreprocessConfig, output_dir: str, when: str) -> None:
+    message = (
+        f"WARNING: not enough usable audio for a good voice (verdict 'insufficient'; need at least "
+        f"{pp.min_usable_minutes} min per speaker); {when}. See {storage.join(output_dir, 'report.txt')}"
+    )
+    logger.warning(message)
+    print(message)
 
 
 def _empty_shard(segments_dir: str, rows_per_shard: int) -> list[ShardInfo]:
