@@ -125,9 +125,10 @@ def inspect_header(source: SourceFile, pp: PreprocessConfig) -> FileInspection:
     return FileInspection(**base, **meta)
 
 
-# Integer PCM in a WAV container: no NaN/inf can come out, and libsndfile reads the data chunk that
-# detect_truncated_wav has checked, so the readiness figures can be measured while the file is processed.
-_MEASURE_WHILE_PROCESSING = {"WAV", "WAVEX", "RF64"}, {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32"}
+# Integer PCM in a RIFF WAV: no NaN/inf can come out, and libsndfile reads the data chunk whose size
+# detect_truncated_wav has checked (it cannot for RF64), so no decode can fail half-way: the readiness
+# figures can be measured while the file is processed, after its first segments are written.
+_MEASURE_WHILE_PROCESSING = {"WAV", "WAVEX"}, {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32"}
 
 
 def measurable_while_processing(inspection: FileInspection) -> bool:
