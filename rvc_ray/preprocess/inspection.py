@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from rvc_ray.audio.io import AudioDecodeError, detect_truncated_wav, downmix_to_mono, iter_audio_blocks, probe_audio
+from rvc_ray.audio.io import (
+    AudioDecodeError,
+    AudioInfo,
+    detect_truncated_wav,
+    downmix_to_mono,
+    iter_audio_blocks,
+    probe_audio,
+)
 from rvc_ray.config import PreprocessConfig
 from rvc_ray.preprocess.discovery import SourceFile
 
@@ -95,6 +102,10 @@ def inspect_header(source: SourceFile, pp: PreprocessConfig) -> FileInspection:
     A good file comes back with its header figures only (``clipping_ratio`` ``None``): measure it with
     :func:`inspect_file` or, during processing, with a :class:`ReadinessMeter`.
     """
+    return _check_header(source, pp)[0]
+
+
+def _check_header(source: SourceFile, pp: PreprocessConfig) -> tuple[FileInspection, AudioInfo | None]:
     base = {"path": str(source.path), "speaker_id": source.speaker_id, "source_index": source.source_index}
     path = Path(source.path)
     try:
@@ -102,7 +113,7 @@ def inspect_header(source: SourceFile, pp: PreprocessConfig) -> FileInspection:
         info = probe_audio(path)
     except (AudioDecodeError, OSError) as exc:
         reason = str(exc).replace(f"{path}: ", "", 1)
-        return FileInspection(**base, bad_reason=f"unreadable: {reason}")
+        return FileInspection(**base, bad_reason=f"unreadable: {reason}"), None
     meta = {
         "sample_rate": info.sample_rate,
         "channels": info.channels,
@@ -113,16 +124,13 @@ def inspect_header(source: SourceFile, pp: PreprocessConfig) -> FileInspection:
     }
     truncated = detect_truncated_wav(path)
     if truncated:
-        return FileInspection(**base, **meta, bad_reason=truncated)
+        return FileInspection(**base, **meta, bad_reason=truncated), info
     if info.num_frames == 0:
-        return FileInspection(**base, **meta, bad_reason="zero-length: the header is valid but holds no samples")
+        return FileInspection(**base, **meta, bad_reason="zero-length: the header is valid but holds no samples"), info
     if info.duration_s < pp.min_file_duration_s:
-        return FileInspection(
-            **base,
-            **meta,
-            bad_reason=f"too short: {info.duration_s:.3f} s < preprocess.min_file_duration_s={pp.min_file_duration_s} s",
-        )
-    return FileInspection(**base, **meta)
+        reason = f"too short: {info.duration_s:.3f} s < preprocess.min_file_duration_s={pp.min_file_duration_s} s"
+        return FileInspection(**base, **meta, bad_reason=reason), info
+    return FileInspection(**base, **meta), info
 
 
 # Integer PCM in a RIFF WAV: no NaN/inf can come out, and libsndfile reads the data chunk whose size
@@ -137,13 +145,16 @@ def measurable_while_processing(inspection: FileInspection) -> bool:
     return not inspection.is_bad and inspection.format in formats and inspection.subtype in subtypes
 
 
-def inspect_file(source: SourceFile, pp: PreprocessConfig) -> FileInspection:
-    """Run the readiness pass on one file; never raises for bad audio (the reason is in ``bad_reason``)."""
-    header = inspect_header(source, pp)
-    if header.is_bad:
+def inspect_file(source: SourceFile, pp: PreprocessConfig, *, header_only_if_measurable: bool = False) -> FileInspection:
+    """Run the readiness pass on one file; never raises for bad audio (the reason is in ``bad_reason``).
+
+    With ``header_only_if_measurable`` a file that :func:`measurable_while_processing` accepts is not
+    decoded: it comes back as :func:`inspect_header` returns it.
+    """
+    header, info = _check_header(source, pp)
+    if header.is_bad or info is None or (header_only_if_measurable and measurable_while_processing(header)):
         return header
     path = Path(source.path)
-    info = probe_audio(path)
     meter = ReadinessMeter(info.sample_rate, pp)
     try:
         for block in iter_audio_blocks(path, meter.block_frames, info):

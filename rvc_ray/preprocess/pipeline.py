@@ -38,7 +38,7 @@ from rvc_ray.audio.io import AudioDecodeError, probe_audio
 from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
-from rvc_ray.preprocess.inspection import FileInspection, inspect_file, inspect_header, measurable_while_processing
+from rvc_ray.preprocess.inspection import FileInspection, inspect_file
 from rvc_ray.preprocess.remote_inputs import RemoteInputs, localize_source, mirror_inputs
 from rvc_ray.preprocess.report import build_report, format_report_text, write_report
 from rvc_ray.preprocess.shards import ShardInfo, ShardWriter, iter_file_tables
@@ -354,9 +354,7 @@ def _inspect_files(
     for given in files:
         uri = (uris or {}).get(given.source_index)
         with localize_source(given, uri) as source:
-            inspection = inspect_header(source, pp)
-            if not inspection.is_bad and not measurable_while_processing(inspection):
-                inspection = inspect_file(source, pp)
+            inspection = inspect_file(source, pp, header_only_if_measurable=True)
         found.append(replace(inspection, path=uri) if uri is not None else inspection)
     return found
 
