@@ -53,6 +53,11 @@ def test_only_integer_pcm_wav_is_measured_while_processing(tmp_path: Path, tiny_
         for name in ("float.wav", "pcm.flac", "u8.wav")
     }
     assert measurable == {"float.wav": False, "pcm.flac": False, "u8.wav": True}  # NaN/inf or decoder errors possible
+    deferred = {
+        name: inspect_file(SourceFile(tmp_path / name, 0, "s", 0), tiny_cfg.preprocess, header_only_if_measurable=True)
+        for name in ("float.wav", "pcm.flac", "u8.wav")
+    }
+    assert {name: i.clipping_ratio is None for name, i in deferred.items()} == measurable  # header only: not decoded
 
 
 def test_insufficient_audio_found_while_processing_is_warned_then(
