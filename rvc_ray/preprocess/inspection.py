@@ -16,6 +16,7 @@ Definitions (frames are non-overlapping, ``preprocess.slicer_hop_ms`` long, on t
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,16 @@ from rvc_ray.audio.io import (
 from rvc_ray.config import PreprocessConfig
 from rvc_ray.preprocess.discovery import SourceFile
 
-__all__ = ["FileInspection", "ReadinessMeter", "inspect_file", "inspect_header", "measurable_while_processing"]
+__all__ = [
+    "FileInspection",
+    "ReadinessMeter",
+    "files_measured_later",
+    "inspect_file",
+    "inspect_header",
+    "measurable_while_processing",
+    "merge_measured",
+    "readiness_view",
+]
 
 SNR_CAP_DB = 99.0
 
@@ -226,3 +236,26 @@ class ReadinessMeter:
             "snr_db": snr_db,
             "warnings": tuple(warnings),
         }
+
+
+def files_measured_later(inspections: Sequence[FileInspection]) -> set[int]:
+    """The good files the readiness pass only header-checked: the main pass measures them."""
+    return {i.source_index for i in inspections if not i.is_bad and i.clipping_ratio is None}
+
+
+def readiness_view(inspections: Sequence[FileInspection], later: Collection[int]) -> list[FileInspection]:
+    """The inspections for the report written before processing: a file still to be measured counts its
+    whole duration as usable (an upper bound; its figures come with the final report)."""
+    return [replace(i, usable_s=i.duration_s) if i.source_index in later else i for i in inspections]
+
+
+def merge_measured(inspections: Sequence[FileInspection], outcomes: dict[int, dict]) -> list[FileInspection]:
+    """Move the figures measured by the main pass (``outcome["readiness"]``) into their inspections."""
+    merged = []
+    for inspection in inspections:
+        figures = outcomes.get(inspection.source_index, {}).pop("readiness", None)
+        if figures is not None:
+            figures["warnings"] = tuple(figures.get("warnings", ()))
+            inspection = replace(inspection, **figures)
+        merged.append(inspection)
+    return merged

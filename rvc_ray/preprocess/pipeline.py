@@ -38,7 +38,13 @@ from rvc_ray.audio.io import AudioDecodeError, probe_audio
 from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
-from rvc_ray.preprocess.inspection import FileInspection, inspect_file
+from rvc_ray.preprocess.inspection import (
+    FileInspection,
+    files_measured_later,
+    inspect_file,
+    merge_measured,
+    readiness_view,
+)
 from rvc_ray.preprocess.remote_inputs import RemoteInputs, localize_source, mirror_inputs
 from rvc_ray.preprocess.report import build_report, format_report_text, write_report
 from rvc_ray.preprocess.shards import ShardInfo, ShardWriter, iter_file_tables
@@ -359,29 +365,6 @@ def _inspect_files(
     return found
 
 
-def _measured_later(inspections: Sequence[FileInspection]) -> set[int]:
-    """The good files the readiness pass only header-checked: the main pass measures them."""
-    return {i.source_index for i in inspections if not i.is_bad and i.clipping_ratio is None}
-
-
-def _readiness_view(inspections: Sequence[FileInspection], later: Collection[int]) -> list[FileInspection]:
-    """The inspections for the report written before processing: a file still to be measured counts its
-    whole duration as usable (an upper bound; its figures come with the final report)."""
-    return [replace(i, usable_s=i.duration_s) if i.source_index in later else i for i in inspections]
-
-
-def _merge_measured(inspections: Sequence[FileInspection], outcomes: dict[int, dict]) -> list[FileInspection]:
-    """Move the figures measured by the main pass (``outcome["readiness"]``) into their inspections."""
-    merged = []
-    for inspection in inspections:
-        figures = outcomes.get(inspection.source_index, {}).pop("readiness", None)
-        if figures is not None:
-            figures["warnings"] = tuple(figures.get("warnings", ()))
-            inspection = replace(inspection, **figures)
-        merged.append(inspection)
-    return merged
-
-
 # Up to this much audio (header durations), the driver runs the readiness pass itself while Ray starts: it
 # reads about 1000 s of audio per CPU-second, so 2 h take ~7 s of one core, no longer than starting Ray
 # and new worker processes for it (docs/dataset.md, Performance).
@@ -473,8 +456,8 @@ def _run_preprocess(cfg: RunConfig, remote: RemoteInputs, output_dir: str, use_r
             return reused
 
     inspections = _inspect_all(cfg, discovery, use_ray, remote)
-    later = _measured_later(inspections)
-    readiness = build_report(discovery, _readiness_view(inspections, later), pp)
+    later = files_measured_later(inspections)
+    readiness = build_report(discovery, readiness_view(inspections, later), pp)
     report_path = write_report(readiness, output_dir)
     print(format_report_text(readiness), end="")
     if readiness["verdict"] == "insufficient":
@@ -495,7 +478,7 @@ def _run_preprocess(cfg: RunConfig, remote: RemoteInputs, output_dir: str, use_r
     if not shards:  # no segment at all: still leave one (empty) shard with the schema
         shards = _empty_shard(segments_dir, pp.rows_per_shard)
 
-    inspections = _merge_measured(inspections, outcomes)
+    inspections = merge_measured(inspections, outcomes)
     final = build_report(discovery, inspections, pp, outcomes)
     if final["verdict"] == "insufficient" and readiness["verdict"] != "insufficient":  # known only now
         _warn_insufficient(pp, output_dir, "measured while processing")
