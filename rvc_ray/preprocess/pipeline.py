@@ -300,7 +300,7 @@ def _run_groups_with_ray(
 
     Not Ray Data: the tasks write their own shards and return small summaries, so there is nothing to
     stream, and Ray Data would add its stats and autoscaling-coordinator actors (a worker process each,
-    ~2.5 CPU-s and ~0.3 GB on 2 cores) and its import in the driver and every worker (docs/benchmarks.md).
+    ~2.5 CPU-s and ~0.25 GB on 2 cores) and its import in the driver and every worker (docs/benchmarks.md).
     """
     import ray
 
