@@ -1,4 +1,4 @@
-"""Preprocessing benchmark: the Ray Data pipeline against a plain single-process loop, same files, same run.
+"""Preprocessing benchmark: the Ray pipeline (Ray tasks) against a plain single-process loop, same files, same run.
 
     .venv/bin/python benchmarks/bench_preprocess.py [--minutes 40] [--repeats 3] [--corpus-dir DIR] [--job rvc_v2_40k]
 
@@ -6,7 +6,7 @@ Generates (once, cached in --corpus-dir) a demo corpus of --minutes minutes (2 s
 a typical RVC dataset, the issue asks for at least 10), then:
 
 1. starts/joins the cluster with ``rvc_ray.cluster.ensure_ray()`` (not timed);
-2. the Ray pipeline on the half corpus (cold: includes starting the Ray Data workers), then warm, and the
+2. the Ray pipeline on the half corpus (cold: includes starting the Ray workers), then warm, and the
    plain loop (``run_preprocess(use_ray=False)``: the same per-file function, one process) on the half
    corpus (its first run also pays this process's imports);
 3. --repeats alternating pairs (Ray, loop) on the full corpus, warm.

@@ -93,8 +93,13 @@ def build_ivf_index(
     seed: int = 1234,
     use_gpu: bool = False,
     shuffle: bool = True,
+    overwrite_input: bool = False,
 ) -> faiss.Index:
     """Build RVC's index from ``features [N, C]`` float32 (pure: no files, no Ray).
+
+    The shuffle is ``features[default_rng(seed).permutation(N)]``, done in place (the same order without a
+    second copy of the vectors): on ``features`` itself when ``overwrite_input`` and it is already a
+    C-contiguous float32 array (its row order is then changed), else on a copy.
 
     With ``use_gpu`` and a GPU faiss (:func:`select_index_device`), k-means, IVF training and the adds run
     on GPU 0 and the index is copied back to the CPU (the file is the same format); otherwise on CPU.
@@ -107,11 +112,13 @@ def build_ivf_index(
     feats = np.asarray(features, dtype=np.float32)
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ValueError(f"build_ivf_index needs a non-empty [N, C] array, got shape {feats.shape}")
-    if not np.isfinite(feats).all():
+    if not all(np.isfinite(feats[i : i + 8192]).all() for i in range(0, len(feats), 8192)):  # no [N, C] mask
         raise ValueError("build_ivf_index: the features contain NaN or inf values")
     on_gpu = select_index_device(faiss, use_gpu) == "gpu"
     if shuffle:
-        feats = feats[np.random.default_rng(seed).permutation(len(feats))]
+        if feats is features and not (overwrite_input and feats.flags.c_contiguous):
+            feats = feats.copy()
+        np.random.default_rng(seed).shuffle(feats)  # in place; the same order as rng.permutation(N)
     dim = feats.shape[1]
     if len(feats) > kmeans_threshold:
         log.info("index: k-means %d vectors -> %d centroids", len(feats), kmeans_centroids)
@@ -136,41 +143,76 @@ def build_ivf_index(
     return index
 
 
-def load_train_features(features_dir: Path) -> np.ndarray:
-    """The 50 Hz content vectors ``[N, C]`` of the train, non-mute rows of ``features_dir/table``."""
-    import pyarrow as pa
+def _train_row_mask(parquet_file: Any) -> tuple[np.ndarray, np.ndarray, set[int]]:
+    """``(keep [R] bool, frames [R] int, content dims of the kept rows)`` of one feature-table file: the
+    train, non-mute rows (a null split or is_mute counts as not train), from its small columns only."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
+
+    meta = parquet_file.read(columns=["split", "is_mute", "num_frames", "content_dim"], use_threads=False)
+    keep = pc.and_(
+        pc.fill_null(pc.equal(meta.column("split"), "train"), False),
+        pc.fill_null(pc.invert(meta.column("is_mute")), False),
+    )
+    keep_np = keep.to_numpy(zero_copy_only=False).astype(bool)
+    frames = meta.column("num_frames").to_numpy(zero_copy_only=False).astype(np.int64)
+    dims = set(meta.column("content_dim").filter(keep).to_pylist())
+    return keep_np, frames, dims
+
+
+def _gather_every_other_frame(content: Any, keep: np.ndarray, frames: np.ndarray, dim: int, out: np.ndarray) -> int:
+    """Write frames 0, 2, 4, ... of the kept rows of ``content`` (a list<float32> array of ``frames[r] * dim``
+    values per row) into ``out [M, dim]``, in row order, with one gather; returns M.
+
+    Raises:
+        InputError: a kept row's length is not ``num_frames * content_dim``.
+    """
+    offsets = content.offsets.to_numpy().astype(np.int64)  # absolute positions in content.values
+    lengths = np.diff(offsets)[keep]
+    if not np.array_equal(lengths, frames[keep] * dim):
+        raise InputError("feature table: a train row's content length is not num_frames * content_dim")
+    base, end = int(offsets[0]), int(offsets[-1])
+    vectors = content.values.to_numpy(zero_copy_only=False)[base:end].reshape(-1, dim)
+    starts = (offsets[:-1][keep] - base) // dim
+    counts = (frames[keep] + 1) // 2  # every other frame undoes the x2 frame doubling; odd lengths keep the last
+    total = int(counts.sum())
+    within = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    np.take(vectors, np.repeat(starts, counts) + 2 * within, axis=0, out=out[:total])
+    return total
+
+
+def load_train_features(features_dir: Path, batch_rows: int = 64) -> np.ndarray:
+    """The 50 Hz content vectors ``[N, C]`` float32 of the train, non-mute rows of ``features_dir/table``.
+
+    The row selection and the output size come from the small columns first; the content column is then
+    read ``batch_rows`` rows at a time and every other frame gathered straight into one preallocated array,
+    so the peak is the output plus one batch (the table holds the content frame-doubled, twice the output).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     table_dir = Path(features_dir) / "table"
     files = sorted(table_dir.glob("part-*.parquet"))
     if not files:
         raise FileNotFoundError(f"{table_dir}: no part-*.parquet feature files; run `rvc-ray extract` first")
-    dataset = pads.dataset([str(f) for f in files], format="parquet")
-    table = dataset.to_table(
-        columns=["content", "content_dim", "num_frames"],
-        filter=(pc.field("split") == "train") & (~pc.field("is_mute")),
-    )
-    if table.num_rows == 0:
+    sources = [pq.ParquetFile(f, buffer_size=1 << 22, pre_buffer=False) for f in files]
+    selections = [_train_row_mask(source) for source in sources]
+    dims = set().union(*(found for _, _, found in selections))
+    if not any(keep.any() for keep, _, _ in selections):
         raise InputError(f"{table_dir}: no train rows (all rows are mute or validation); cannot build an index")
-    dims = set(table.column("content_dim").to_pylist())
     if len(dims) != 1:
         raise InputError(f"{table_dir}: rows disagree on content_dim {sorted(dims)}")
     dim = dims.pop()
-    parts = []
-    for chunk in table.column("content").chunks:
-        flat = chunk.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        if chunk.offset or len(flat) != chunk.offsets[-1].as_py():  # a sliced chunk: offsets are not from 0
-            flat = flat[chunk.offsets[0].as_py() : chunk.offsets[-1].as_py()]
-        row_starts = (chunk.offsets.to_numpy() - chunk.offsets[0].as_py()) // dim
-        # every other frame of every row (undo RVC's x2 frame doubling), gathered in one copy
-        lengths = np.diff(row_starts)
-        first = np.repeat(row_starts[:-1], (lengths + 1) // 2)
-        within = np.arange(len(first)) - np.repeat(np.cumsum((lengths + 1) // 2) - (lengths + 1) // 2, (lengths + 1) // 2)
-        parts.append(flat.reshape(-1, dim)[first + 2 * within])
-    del table
-    features = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-    pa.default_memory_pool().release_unused()  # the decoded table (2x the features) goes back to the OS
+    total = sum(int(((frames[keep] + 1) // 2).sum()) for keep, frames, _ in selections)
+    features = np.empty((total, dim), dtype=np.float32)
+    filled = 0
+    for source, (keep, frames, _) in zip(sources, selections, strict=True):
+        row = 0
+        for batch in source.iter_batches(batch_size=batch_rows, columns=["content"], use_threads=False):
+            rows = slice(row, row + batch.num_rows)
+            row += batch.num_rows
+            if keep[rows].any():
+                filled += _gather_every_other_frame(batch.column(0), keep[rows], frames[rows], dim, features[filled:])
+    pa.default_memory_pool().release_unused()
     return features
 
 
@@ -213,6 +255,7 @@ def _build_and_store(cfg: Any, feats: np.ndarray, index_path: str, scratch: Path
         add_batch_size=cfg.index.add_batch_size,
         seed=cfg.experiment.seed,
         use_gpu=built_on == "gpu",
+        overwrite_input=True,  # feats is this task's own array: shuffled in place, no second copy
     )
     path = scratch / Path(index_path).name if storage.is_remote(index_path) else Path(index_path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``run_preprocess``: raw recordings -> readiness report -> Ray Data pipeline -> Parquet dataset.
+"""``run_preprocess``: raw recordings -> readiness report -> Ray tasks -> Parquet dataset.
 
 Order of work:
 
@@ -8,7 +8,7 @@ Order of work:
 3. the readiness pass over every file (:mod:`.inspection`), written as ``report.json``/``report.txt``
    and printed, before any heavy work; an ``insufficient`` verdict is a loud warning, not an error;
 4. the per-file function (:func:`.shards.iter_file_tables`) over all good files, in groups of
-   :data:`FILES_PER_GROUP` consecutive files, as a Ray Data ``map_batches`` over every CPU of the cluster
+   :data:`FILES_PER_GROUP` consecutive files, as Ray tasks over every CPU of the cluster
    (``use_ray=True``) or as a plain loop (``use_ray=False``, same function, used by the benchmark and fast
    tests), a few groups per task (:func:`groups_per_task`). Each group's worker writes its own fixed-size shards ``part-<group>-<n>.parquet``
    (:class:`.shards.ShardWriter`), so audio never travels through the driver, and only small outcome
@@ -22,13 +22,14 @@ Order of work:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,13 @@ from rvc_ray.audio.io import AudioDecodeError, probe_audio
 from rvc_ray.config import PreprocessConfig, RunConfig
 from rvc_ray.errors import InputError
 from rvc_ray.preprocess.discovery import InputDiscovery, SourceFile, discover_inputs
-from rvc_ray.preprocess.inspection import FileInspection, inspect_file
+from rvc_ray.preprocess.inspection import (
+    FileInspection,
+    files_measured_later,
+    inspect_file,
+    merge_measured,
+    readiness_view,
+)
 from rvc_ray.preprocess.remote_inputs import RemoteInputs, localize_source, mirror_inputs
 from rvc_ray.preprocess.report import build_report, format_report_text, write_report
 from rvc_ray.preprocess.shards import ShardInfo, ShardWriter, iter_file_tables
@@ -150,12 +157,14 @@ def process_file_group(
     cfg: RunConfig,
     segments_dir: str | Path,
     source_uris: dict[int, str] | None = None,
+    measured: Collection[int] = (),
 ) -> tuple[dict[int, dict], list[ShardInfo]]:
     """Process ``files`` in order and write their segments to ``part-<group_index>-NNNNN.parquet`` shards.
 
     Runs in a Ray worker (or in the driver's loop), so the audio is written where it is computed: straight
     into a local ``segments_dir``, or through a local temporary folder uploaded to a remote one. Files whose
-    ``source_index`` is in ``source_uris`` are read from that URI (and recorded under it).
+    ``source_index`` is in ``source_uris`` are read from that URI (and recorded under it); those in
+    ``measured`` also get their readiness figures measured on the way (``outcome["readiness"]``).
     Returns the per-file outcome summaries (by source index) and the shards written.
     """
     import tempfile
@@ -170,7 +179,8 @@ def process_file_group(
         for given in files:
             uri = uris.get(given.source_index)
             with localize_source(given, uri) as source:
-                for table in iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate):
+                measure = given.source_index in measured
+                for table in iter_file_tables(source, cfg.preprocess, cfg.audio.sample_rate, measure=measure):
                     if uri is not None:  # record where the file is, not the worker's temporary copy
                         column = table.schema.get_field_index("source_path")
                         values = [None if v is None else uri for v in table.column(column).to_pylist()]
@@ -192,12 +202,11 @@ MAX_GROUPS_PER_TASK = 4
 
 
 def groups_per_task(num_groups: int, slots: int) -> int:
-    """How many file groups one Ray Data task processes: about 4 tasks per slot, 1 to ``MAX_GROUPS_PER_TASK``.
+    """How many file groups one Ray task processes: about 4 tasks per slot, 1 to ``MAX_GROUPS_PER_TASK``.
 
-    Ray Data notices a finished task only on its next scheduling step (``ray.wait`` with a 0.1 s
-    timeout), so every task leaves its slot idle for 0.1-0.2 s; a task of a few groups pays that once.
-    Four tasks per slot keep the tail short (no slot waits long for the last, larger task). Groups stay
-    the unit of shard naming, so the output bytes do not depend on this number.
+    A task of a few groups pays the per-task costs (scheduling, the result's round trip, the config's
+    validation) once; four tasks per slot keep the tail short (no slot waits long for the last, larger
+    task). Groups stay the unit of shard naming, so the output bytes do not depend on this number.
     """
     if num_groups < 1 or slots < 1:
         raise ValueError(f"need at least one group and one slot, got {num_groups} groups, {slots} slots")
@@ -211,7 +220,7 @@ def task_resources(
 ) -> dict[str, float | int]:
     """``num_cpus``/``memory`` of one preprocessing task, checked against the largest node, alive or addable.
 
-    A request no node can hold would leave Ray Data waiting forever; this fails at once instead. A request
+    A request no node can hold would leave the tasks waiting forever; this fails at once instead. A request
     that only a node type of the autoscaler can hold (a 0-CPU head with autoscaling CPU workers) is kept:
     Ray waits while the autoscaler adds that node. Node types that do not declare ``memory`` are assumed
     to hold the memory request.
@@ -264,31 +273,40 @@ def _cpu_slots(cfg: RunConfig, num_items: int) -> int:
     return _task_slots(cfg, min(cluster_capacity().cpus_max, num_items * cfg.preprocess.cpus_per_task))
 
 
-def _process_group_batch(batch: Any, raw_config: dict[str, Any], segments_dir: str) -> Any:
-    """Ray Data UDF: rows (one group of files each) -> one row per group with its outcomes and shards as JSON."""
-    import pyarrow as pa
+GroupResult = tuple[int, dict[int, dict], list[ShardInfo]]  # (group index, outcomes by source index, shards)
 
+
+def _process_groups(rows: Sequence[dict[str, Any]], raw_config: dict[str, Any], segments_dir: str) -> list[GroupResult]:
+    """Ray task body: rows (one group of files each) -> ``(group_index, outcomes, shards)`` per group."""
     cfg = RunConfig.model_validate(raw_config)
-    rows = []
-    for row in batch.to_pylist():
+    results = []
+    for row in rows:
         files = [SourceFile(Path(f["path"]), f["speaker_id"], f["speaker_name"], f["source_index"]) for f in row["files"]]
         uris = {f["source_index"]: f["uri"] for f in row["files"] if f["uri"]}
-        outcomes, shards = process_file_group(row["group_index"], files, cfg, segments_dir, uris)
-        result = {"outcomes": outcomes, "shards": [vars(s) for s in shards]}
-        rows.append({"group_index": row["group_index"], "result": json.dumps(result)})
-    return pa.Table.from_pylist(rows)
+        measured = {f["source_index"] for f in row["files"] if f["measure"]}
+        outcomes, shards = process_file_group(row["group_index"], files, cfg, segments_dir, uris, measured)
+        results.append((row["group_index"], outcomes, shards))
+    return results
 
 
 def _run_groups_with_ray(
-    cfg: RunConfig, groups: Sequence[Sequence[SourceFile]], segments_dir: str, remote: RemoteInputs
+    cfg: RunConfig,
+    groups: Sequence[Sequence[SourceFile]],
+    segments_dir: str,
+    remote: RemoteInputs,
+    measured: Collection[int],
 ) -> list[tuple[dict[int, dict], list[ShardInfo]]]:
-    import ray
-    import ray.data
+    """Run the groups as plain Ray tasks, at most one per CPU slot in flight, the next submitted as one ends.
 
-    from rvc_ray.cluster import cluster_capacity, shorten_ray_data_limits_refresh
+    Not Ray Data: the tasks write their own shards and return small summaries, so there is nothing to
+    stream, and Ray Data would add its stats and autoscaling-coordinator actors (a worker process each,
+    ~2.5 CPU-s and ~0.25 GB on 2 cores) and its import in the driver and every worker (docs/benchmarks.md).
+    """
+    import ray
+
+    from rvc_ray.cluster import cluster_capacity
 
     _start_ray()
-    shorten_ray_data_limits_refresh()
     slots = _cpu_slots(cfg, len(groups))
     resources = task_resources(cfg, ray.nodes(), cluster_capacity().node_types)
     per_task = groups_per_task(len(groups), slots)
@@ -297,30 +315,26 @@ def _run_groups_with_ray(
             "group_index": index,
             "files": [
                 {"path": str(f.path), "speaker_id": f.speaker_id, "speaker_name": f.speaker_name,
-                 "source_index": f.source_index, "uri": remote.uri_of.get(str(f.path), "")}
+                 "source_index": f.source_index, "uri": remote.uri_of.get(str(f.path), ""),
+                 "measure": f.source_index in measured}
                 for f in group
             ],
         }
         for index, group in enumerate(groups)
     ]
-    num_tasks = -(-len(items) // per_task)
-    ds = ray.data.from_items(items, override_num_blocks=num_tasks).map_batches(
-        _process_group_batch,
-        batch_size=per_task,
-        batch_format="pyarrow",
-        fn_kwargs={"raw_config": cfg.model_dump(mode="json"), "segments_dir": str(segments_dir)},
-        compute=ray.data.TaskPoolStrategy(size=max(1, min(num_tasks, slots))),
-        **resources,
-    )
-    results = []
-    rows = sorted(ds.take_all(), key=lambda r: r["group_index"])
-    if [r["group_index"] for r in rows] != list(range(len(groups))):
-        raise RuntimeError(f"preprocess: Ray Data returned {len(rows)} group results for {len(groups)} groups")
-    for row in rows:
-        payload = json.loads(row["result"])
-        outcomes = {int(k): v for k, v in payload["outcomes"].items()}
-        results.append((outcomes, [ShardInfo(**s) for s in payload["shards"]]))
-    return results
+    task = ray.remote(_process_groups).options(**resources)
+    args = (ray.put(cfg.model_dump(mode="json")), str(segments_dir))
+    batches = iter([items[i : i + per_task] for i in range(0, len(items), per_task)])
+    in_flight = [task.remote(batch, *args) for batch in itertools.islice(batches, slots)]
+    by_group: dict[int, tuple[dict[int, dict], list[ShardInfo]]] = {}
+    while in_flight:
+        done, in_flight = ray.wait(in_flight, num_returns=1)
+        for group_index, outcomes, shards in ray.get(done[0]):
+            by_group[group_index] = (outcomes, shards)
+        in_flight += [task.remote(batch, *args) for batch in itertools.islice(batches, 1)]
+    if sorted(by_group) != list(range(len(groups))):
+        raise RuntimeError(f"preprocess: the tasks returned {len(by_group)} group results for {len(groups)} groups")
+    return [by_group[index] for index in range(len(groups))]
 
 
 def _prepare_segments_dir(output_dir: str) -> str:
@@ -336,15 +350,17 @@ def _prepare_segments_dir(output_dir: str) -> str:
 def _inspect_files(
     files: Sequence[SourceFile], raw_preprocess: dict[str, Any], uris: dict[int, str] | None = None
 ) -> list[FileInspection]:
-    """Inspect ``files`` (those in ``uris`` are read from there and reported under their URI)."""
-    from dataclasses import replace
+    """Inspect ``files`` (those in ``uris`` are read from there and reported under their URI).
 
+    Files whose figures the main pass can measure (:func:`.inspection.measurable_while_processing`: integer
+    PCM WAV) get the header checks only, so they are decoded once, not twice.
+    """
     pp = PreprocessConfig.model_validate(raw_preprocess)
     found = []
     for given in files:
         uri = (uris or {}).get(given.source_index)
         with localize_source(given, uri) as source:
-            inspection = inspect_file(source, pp)
+            inspection = inspect_file(source, pp, header_only_if_measurable=True)
         found.append(replace(inspection, path=uri) if uri is not None else inspection)
     return found
 
@@ -416,7 +432,7 @@ def run_preprocess(
             paths or URIs (``s3://bucket/recordings``).
         output_dir: the dataset location (``RunLayout.dataset_location``), a local path or a URI:
             ``segments/part-*.parquet``, ``manifest.json``, ``report.json``, ``report.txt``.
-        use_ray: run the per-file work as a Ray Data pipeline on the cluster (``ensure_ray()``); ``False``
+        use_ray: run the per-file work as Ray tasks on the cluster (``ensure_ray()``); ``False``
             runs the same per-file function in a plain loop in this process.
         force: redo the work even when the manifest says the dataset is current.
 
@@ -440,32 +456,32 @@ def _run_preprocess(cfg: RunConfig, remote: RemoteInputs, output_dir: str, use_r
             return reused
 
     inspections = _inspect_all(cfg, discovery, use_ray, remote)
-    readiness = build_report(discovery, inspections, pp)
+    later = files_measured_later(inspections)
+    readiness = build_report(discovery, readiness_view(inspections, later), pp)
     report_path = write_report(readiness, output_dir)
     print(format_report_text(readiness), end="")
     if readiness["verdict"] == "insufficient":
-        message = (
-            f"WARNING: not enough usable audio for a good voice (verdict 'insufficient'; need at least "
-            f"{pp.min_usable_minutes} min per speaker); continuing anyway. See "
-            f"{storage.join(output_dir, 'report.txt')}"
-        )
-        logger.warning(message)
-        print(message)
+        _warn_insufficient(pp, output_dir, "continuing anyway")
 
     segments_dir = _prepare_segments_dir(output_dir)
     good = [f for f, i in zip(discovery.files, inspections, strict=True) if not i.is_bad]
     groups = file_groups(good)
     uris = {f.source_index: remote.uri_of[str(f.path)] for f in good if str(f.path) in remote.uri_of}
     if use_ray and groups:
-        results = _run_groups_with_ray(cfg, groups, segments_dir, remote)
+        results = _run_groups_with_ray(cfg, groups, segments_dir, remote, later)
     else:
-        results = [process_file_group(index, group, cfg, segments_dir, uris) for index, group in enumerate(groups)]
+        results = [
+            process_file_group(index, group, cfg, segments_dir, uris, later) for index, group in enumerate(groups)
+        ]
     outcomes = {index: summary for group_outcomes, _ in results for index, summary in group_outcomes.items()}
     shards = [shard for _, group_shards in results for shard in group_shards]
     if not shards:  # no segment at all: still leave one (empty) shard with the schema
         shards = _empty_shard(segments_dir, pp.rows_per_shard)
 
+    inspections = merge_measured(inspections, outcomes)
     final = build_report(discovery, inspections, pp, outcomes)
+    if final["verdict"] == "insufficient" and readiness["verdict"] != "insufficient":  # known only now
+        _warn_insufficient(pp, output_dir, "measured while processing")
     report_path = write_report(final, output_dir)
     wall = time.perf_counter() - started
     audio_in = sum(float(o["audio_seconds"]) for o in outcomes.values())
@@ -518,6 +534,15 @@ def _run_preprocess(cfg: RunConfig, remote: RemoteInputs, output_dir: str, use_r
         manifest_path=storage.as_local_or_uri(manifest_path),
         num_shards=len(shards),
     )
+
+
+def _warn_insufficient(pp: PreprocessConfig, output_dir: str, when: str) -> None:
+    message = (
+        f"WARNING: not enough usable audio for a good voice (verdict 'insufficient'; need at least "
+        f"{pp.min_usable_minutes} min per speaker); {when}. See {storage.join(output_dir, 'report.txt')}"
+    )
+    logger.warning(message)
+    print(message)
 
 
 def _empty_shard(segments_dir: str, rows_per_shard: int) -> list[ShardInfo]:

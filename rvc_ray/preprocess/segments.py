@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from rvc_ray.audio.filters import apply_highpass, normalize_segment, segment_pea
 from rvc_ray.audio.io import downmix_to_mono, iter_audio_blocks, probe_audio, resample
 from rvc_ray.audio.slicing import SlicerParams, compute_segment_bounds, compute_slice_bounds
 from rvc_ray.config import PreprocessConfig
+
+if TYPE_CHECKING:
+    from rvc_ray.preprocess.inspection import ReadinessMeter
 
 __all__ = ["FileOutcome", "GUARD_S", "HIGHPASS_CONTEXT_S", "ProcessedSegment", "iter_file_segments"]
 
@@ -148,7 +152,11 @@ def _final_chunk_count(chunks: list[tuple[int, int]], limit: int) -> int:
 
 
 def iter_file_segments(
-    path: Path, pp: PreprocessConfig, target_rate: int, outcome: FileOutcome | None = None
+    path: Path,
+    pp: PreprocessConfig,
+    target_rate: int,
+    outcome: FileOutcome | None = None,
+    meter: ReadinessMeter | None = None,
 ) -> Iterator[ProcessedSegment]:
     """Yield the training segments of one audio file in order, reading it block by block.
 
@@ -157,6 +165,7 @@ def iter_file_segments(
         pp: the preprocessing settings.
         target_rate: ``audio.sample_rate`` of the model; segments are also resampled to 16 kHz.
         outcome: filled with counts (segments, dropped by reason, chunks, seconds) as the generator runs.
+        meter: given every decoded block ``[T, C]`` as read (the readiness figures without a second decode).
     """
     outcome = outcome if outcome is not None else FileOutcome()
     info = probe_audio(Path(path))
@@ -179,6 +188,8 @@ def iter_file_segments(
     finished = False
     while not finished:
         block = next(blocks, None)
+        if meter is not None and block is not None:
+            meter.update(block)
         new = _mono_float32(block) if block is not None else np.zeros(0, dtype=np.float32)
         frames_read += new.shape[0]
         finished = block is None or block.shape[0] < block_frames or frames_read >= info.num_frames

@@ -21,8 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rvc_ray.audio.io import probe_audio
 from rvc_ray.config import PreprocessConfig
 from rvc_ray.preprocess.discovery import SourceFile
+from rvc_ray.preprocess.inspection import ReadinessMeter
 from rvc_ray.preprocess.segments import FileOutcome, ProcessedSegment, iter_file_segments
 
 __all__ = [
@@ -94,8 +96,8 @@ def _segments_table(source: SourceFile, segments: list[ProcessedSegment], target
     return pa.table(columns, schema=STREAM_SCHEMA)
 
 
-def _outcome_table(source: SourceFile, outcome: FileOutcome, target_rate: int) -> pa.Table:
-    summary = {
+def _outcome_table(source: SourceFile, outcome: FileOutcome, readiness: dict | None) -> pa.Table:
+    summary: dict = {
         "source_index": source.source_index,
         "num_segments": outcome.num_segments,
         "num_chunks": outcome.num_chunks,
@@ -106,21 +108,30 @@ def _outcome_table(source: SourceFile, outcome: FileOutcome, target_rate: int) -
         "error": outcome.error,
         "zero_segment_reason": outcome.zero_segment_reason,
     }
+    if readiness is not None:  # popped by the pipeline into the file's readiness figures
+        summary["readiness"] = {k: list(v) if isinstance(v, tuple) else v for k, v in readiness.items()}
     row: dict[str, list] = {name: [None] for name in STREAM_SCHEMA.names}
     row.update({"segment_id": [""], "speaker_id": [source.speaker_id], "source_index": [source.source_index]})
     row.update({"wav": [[]], "wav_16k": [[]], "file_outcome": [json.dumps(summary, sort_keys=True)]})
     return pa.table(row, schema=STREAM_SCHEMA)
 
 
-def iter_file_tables(source: SourceFile, pp: PreprocessConfig, target_rate: int) -> Iterator[pa.Table]:
+def iter_file_tables(
+    source: SourceFile, pp: PreprocessConfig, target_rate: int, *, measure: bool = False
+) -> Iterator[pa.Table]:
     """Process one file into Arrow tables of up to ``ROWS_PER_TABLE`` segments, then its outcome row.
 
     Never raises for a bad file: an error while processing is recorded in the outcome (and the report).
+    With ``measure`` the outcome also holds the file's readiness figures (``"readiness"``, the
+    :class:`.inspection.ReadinessMeter` fields), measured on the blocks as they are processed.
     """
     outcome = FileOutcome()
+    meter = None
     pending: list[ProcessedSegment] = []
     try:
-        for segment in iter_file_segments(Path(source.path), pp, target_rate, outcome):
+        if measure:
+            meter = ReadinessMeter(probe_audio(Path(source.path)).sample_rate, pp)
+        for segment in iter_file_segments(Path(source.path), pp, target_rate, outcome, meter):
             pending.append(segment)
             if len(pending) == ROWS_PER_TABLE:
                 yield _segments_table(source, pending, target_rate)
@@ -129,7 +140,8 @@ def iter_file_tables(source: SourceFile, pp: PreprocessConfig, target_rate: int)
         outcome.error = f"processing failed: {type(exc).__name__}: {exc}"
     if pending:
         yield _segments_table(source, pending, target_rate)
-    yield _outcome_table(source, outcome, target_rate)
+    readiness = meter.figures() if meter is not None and meter.frames_read and not outcome.error else None
+    yield _outcome_table(source, outcome, readiness)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The Ray Data preprocessing pipeline end to end: demo corpus + hand-made bad files -> Parquet dataset."""
+"""The Ray preprocessing pipeline end to end: demo corpus + hand-made bad files -> Parquet dataset."""
 
 from __future__ import annotations
 

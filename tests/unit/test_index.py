@@ -108,3 +108,19 @@ def test_index_device_selection_and_the_cpu_fallback(caplog: pytest.LogCaptureFi
     cpu = build_ivf_index(feats, use_gpu=False)
     assert fallback.ntotal == cpu.ntotal == 400
     np.testing.assert_array_equal(fallback.search(feats[:5], 3)[1], cpu.search(feats[:5], 3)[1])
+
+
+def test_the_shuffle_is_the_seeded_permutation_in_place_only_when_allowed() -> None:
+    """The index stores ``feats[default_rng(seed).permutation(N)]`` whether the shuffle copies or works in
+    place; the caller's array changes only with ``overwrite_input``."""
+    feats = _features(1500, 16)
+    original = feats.copy()
+    reference = build_ivf_index(feats[np.random.default_rng(99).permutation(len(feats))], seed=99, shuffle=False)
+    copied = build_ivf_index(feats, seed=99)
+    np.testing.assert_array_equal(feats, original)
+    in_place = build_ivf_index(feats, seed=99, overwrite_input=True)
+    np.testing.assert_array_equal(feats, original[np.random.default_rng(99).permutation(len(feats))])
+    expected = reference.reconstruct_n(0, reference.ntotal)
+    np.testing.assert_array_equal(copied.reconstruct_n(0, copied.ntotal), expected)
+    np.testing.assert_array_equal(in_place.reconstruct_n(0, in_place.ntotal), expected)
+    np.testing.assert_array_equal(copied.search(original[:20], 4)[1], reference.search(original[:20], 4)[1])
