@@ -14,7 +14,7 @@ import torch
 from rvc_ray.config import load_run_config
 from rvc_ray.model.build import build_discriminator, build_generator
 from rvc_ray.train.steps import StepSettings, build_grad_scaler, build_optimizers, generator_forward, train_step
-from tests.unit.test_steps import D_DIVISOR, make_batch
+from tests.unit.train.test_steps import D_DIVISOR, make_batch
 
 pytestmark = pytest.mark.gpu
 

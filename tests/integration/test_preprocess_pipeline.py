@@ -11,7 +11,7 @@ import pytest
 
 from rvc_ray.config import RunConfig
 from rvc_ray.preprocess import SEGMENT_SCHEMA, run_preprocess
-from tests.unit.test_preprocess_report import make_bad_and_odd_files
+from tests.unit.preprocess.test_preprocess_report import make_bad_and_odd_files
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -17,6 +17,6 @@ def test_every_generator_term_has_a_loss_weight_of_the_same_name() -> None:
 def test_reported_scalars_are_reduced_every_step_and_documented() -> None:
     assert set(names.SCALAR_NAMES) <= set(names.TRAIN_METRIC_KEYS)
     assert len(set(names.TRAIN_METRIC_KEYS)) == len(names.TRAIN_METRIC_KEYS)
-    docs = (Path(__file__).parents[2] / "docs" / "training.md").read_text()
+    docs = (Path(__file__).parents[3] / "docs" / "training.md").read_text()
     documented = [*names.TRAIN_METRIC_KEYS, names.VAL_MEL_L1, names.VAL_MCD, names.BEST_VAL_MEL_L1, names.BEST_EPOCH]
     assert [name for name in documented if f"`{name}`" not in docs] == []

@@ -16,7 +16,7 @@ from rvc_ray.model.weights import (
     load_rvc_checkpoint,
     save_rvc_checkpoint,
 )
-from tests.unit.test_model_keys import expected_discriminator_manifest, expected_generator_manifest
+from tests.unit.model.test_model_keys import expected_discriminator_manifest, expected_generator_manifest
 
 
 @pytest.fixture(scope="module")

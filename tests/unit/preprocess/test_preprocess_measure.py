@@ -15,7 +15,7 @@ from rvc_ray.preprocess import run_preprocess
 from rvc_ray.preprocess.discovery import SourceFile
 from rvc_ray.preprocess.inspection import inspect_file, inspect_header, measurable_while_processing
 from rvc_ray.preprocess.shards import iter_file_tables
-from tests.unit.test_preprocess_report import phrase
+from tests.unit.preprocess.test_preprocess_report import phrase
 
 
 def _measured_in_main_pass(source: SourceFile, cfg: RunConfig) -> dict:

@@ -127,7 +127,7 @@ def test_cluster_yaml_is_a_valid_launcher_config() -> None:
     import yaml
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     raw = yaml.safe_load((root / "cluster.yaml").read_text())
     prepared = prepare_config(copy.deepcopy(raw))
     validate_config(prepared)

@@ -17,7 +17,7 @@ from rvc_ray.train.steps import (
     g_step,
     generator_forward,
 )
-from tests.unit.test_steps import _assert_same, _snapshot, make_batch, make_models
+from tests.unit.train.test_steps import _assert_same, _snapshot, make_batch, make_models
 
 
 @pytest.fixture(scope="module")
