@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from rvc_ray.errors import InputError
 
@@ -153,14 +153,6 @@ def autoscaler_node_types() -> tuple[tuple[Mapping[str, float], int], ...]:
     return tuple((dict(group.resources), int(group.max_count)) for group in config.node_group_configs)
 
 
-def capacity_from_nodes(nodes: Sequence[Mapping[str, Any]]) -> ClusterCapacity:
-    """A :class:`ClusterCapacity` from ``ray.nodes()`` rows (plus the autoscaler's node types when connected)."""
-    import ray
-
-    alive = tuple(dict(n.get("Resources", {})) for n in nodes if n.get("Alive", True))
-    return ClusterCapacity(alive, autoscaler_node_types() if ray.is_initialized() else ())
-
-
 @dataclass(frozen=True)
 class StagePlan:
     """CPUs of each extraction actor and of each small Ray Data task (read, skip) that feeds them."""
@@ -246,106 +238,6 @@ def cluster_in_use() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
-LISTING_NAMES = 32  # a local folder's view is its first names, sorted: enough to tell two disks apart
-
-
-def _local_view(location: str) -> list[str] | int:
-    """What is at a local ``location``: a folder's first :data:`LISTING_NAMES` names (without the probe files
-    of checks running now), or a file's size."""
-    if os.path.isdir(location):
-        return sorted(n for n in os.listdir(location) if not n.startswith(".rvc-ray-"))[:LISTING_NAMES]
-    return os.path.getsize(location)
-
-
-def _probe_on_node(checks: Sequence[tuple[str, bool, object]]) -> list[str | None]:
-    """Ray task body: for each ``(location, write, seen)``, ``None`` when this node sees ``location`` as the
-    driver does, else the one-line reason. ``seen`` is the token of the driver's probe file (a local write)
-    or :func:`_local_view` (a local read); a URI is written (write) or looked up (read) from here."""
-    from rvc_ray import storage
-
-    reasons: list[str | None] = []
-    for location, write, seen in checks:
-        try:
-            if storage.is_remote(location):
-                if write:
-                    storage.check_writable(location)
-                found = write or storage.exists(location) or storage.is_dir(location)
-                reasons.append(None if found else "not found from this node")
-            elif write:
-                probe = storage.join(location, f".rvc-ray-visible-{seen}")
-                visible = storage.exists(probe) and storage.read_text(probe) == seen
-                reasons.append(None if visible else "the folder is not there (a node-local path?)")
-            else:
-                same = os.path.exists(location) and _local_view(location) == seen
-                reasons.append(None if same else "not there, or holds other files (a node-local path?)")
-        except Exception as exc:  # noqa: BLE001 - reported as the node's one-line reason
-            reasons.append(" ".join(str(exc).split())[:300] or type(exc).__name__)
-    return reasons
-
-
-def _seen_by_driver(location: str, setting: str, write: bool) -> object:
-    """Check ``location`` from this process; returns what the nodes must see (see :func:`_probe_on_node`)."""
-    import uuid
-
-    from rvc_ray import storage
-
-    if write:
-        refuse_ephemeral_location(location, setting)
-        storage.check_writable(location)
-        token = uuid.uuid4().hex
-        if not storage.is_remote(location):
-            storage.write_text(storage.join(location, f".rvc-ray-visible-{token}"), token)
-        return token
-    if not (storage.exists(location) or (storage.is_remote(location) and storage.is_dir(location))):
-        advice = f"; {_REMOTE_ADVICE}" if storage.is_remote(location) else ""
-        raise storage.StorageError(f"{setting} {location} does not exist{advice}")
-    return None if storage.is_remote(location) else _local_view(location)
-
-
-_REMOTE_ADVICE = (
-    "check that the bucket exists and set AWS_ENDPOINT_URL/AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/"
-    "AWS_DEFAULT_REGION in the environment of `ray start` on every node"
-)
-PROBE_TIMEOUT_S = 120.0
-
-
-def _probe_other_nodes(checks: Sequence[tuple[str, str, bool, object]]) -> None:
-    """Run ``(setting, location, write, seen)`` checks in one 0-CPU task pinned to each other alive node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from rvc_ray import storage
-
-    here = ray.get_runtime_context().get_node_id()
-    others = [n for n in ray.nodes() if n.get("Alive", True) and n["NodeID"] != here]
-    if not others:
-        for setting, location, _, _ in checks:
-            if not storage.is_remote(location) and autoscaler_node_types():
-                logger.warning(
-                    "%s %s is a local path on an autoscaling cluster: it must be shared storage", setting, location
-                )
-        return
-    task = ray.remote(num_cpus=0, max_retries=0)(_probe_on_node)
-    jobs = [(location, write, seen) for _, location, write, seen in checks]
-    refs = {
-        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": task.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(jobs)
-        for n in others
-    }
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
-    for node, ref in refs.items():
-        reasons = ray.get(ref) if ref in ready else [f"no answer within {PROBE_TIMEOUT_S:.0f} s"] * len(checks)
-        for (setting, location, _, _), reason in zip(checks, reasons, strict=True):
-            if reason is not None:
-                advice = (
-                    _REMOTE_ADVICE
-                    if storage.is_remote(location)
-                    else ("use a folder every node mounts (NFS) or a URI such as s3://<bucket>/runs")
-                )
-                raise storage.StorageError(f"{setting} {location} cannot be used from node {node}: {reason}; {advice}")
-
-
 def check_locations_on_cluster(
     *, reads: Sequence[tuple[str, str]] = (), writes: Sequence[tuple[str, str]] = ()
 ) -> None:
@@ -364,21 +256,25 @@ def check_locations_on_cluster(
         StorageError: one line naming the setting, the location, the node and what to do.
     """
     from rvc_ray import storage
+    from rvc_ray._node_probes import outermost_missing, probe_other_nodes, remove_empty_folders, seen_by_driver
 
     for group, write in ((reads, False), (writes, True)):
-        if not group:
-            continue
         checks: list[tuple[str, str, bool, object]] = []
+        created: list[tuple[Path, Path]] = []  # (local output, its outermost folder the check creates)
         try:
             for setting, location in group:
-                checks.append((setting, location, write, _seen_by_driver(location, setting, write)))
-            if cluster_in_use():
+                if write and not storage.is_remote(location):
+                    created.extend((Path(location), top) for top in outermost_missing(Path(location)))
+                checks.append((setting, location, write, seen_by_driver(location, setting, write)))
+            if checks and cluster_in_use():
                 ensure_ray()
-                _probe_other_nodes(checks)
+                probe_other_nodes(checks)
         finally:
             for _, location, _, seen in checks:
                 if write and not storage.is_remote(location):
                     storage.remove(storage.join(location, f".rvc-ray-visible-{seen}"))
+            for folder, top in created:  # the stage creates its outputs itself, when it runs
+                remove_empty_folders(folder, top)
 
 
 def check_location_on_cluster(location: str, setting: str) -> None:

@@ -39,19 +39,23 @@ def test_a_stage_location_is_checked_from_this_process_and_nothing_is_left(tmp_p
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     (dataset / "manifest.json").write_text("{}")
-    features = tmp_path / "features"
+    features = tmp_path / "out" / "features"
     check_locations_on_cluster(reads=[("dataset", str(dataset))], writes=[("features", str(features))])
-    assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json"] and list(features.iterdir()) == []
+    # nothing left behind: no probe file, and not the folders the check created (the stage creates its own)
+    assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json"] and not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    check_locations_on_cluster(writes=[("features", str(features))])
+    assert (tmp_path / "out").is_dir() and not features.exists()  # a folder that was there stays
     with pytest.raises(StorageError, match=rf"^dataset {tmp_path / 'nowhere'} does not exist$"):
         check_locations_on_cluster(reads=[("dataset", str(tmp_path / "nowhere"))])
     job_copy = str(tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_x" / "runs")
     with pytest.raises(StorageError, match=r"^index resolves to .*inside Ray's temporary copy"):
         check_locations_on_cluster(writes=[("features", str(features)), ("index", job_copy)])
-    assert list(features.iterdir()) == []  # the first output's probe file is removed when the second is refused
+    assert list((tmp_path / "out").iterdir()) == []  # the first output's probe is removed when the second is refused
 
 
 def test_a_node_reports_a_folder_that_differs_from_the_drivers_view(tmp_path) -> None:
-    from rvc_ray.cluster import _local_view, _probe_on_node
+    from rvc_ray._node_probes import _local_view, _probe_on_node
 
     folder = tmp_path / "features"
     folder.mkdir()
