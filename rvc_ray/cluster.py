@@ -2,13 +2,16 @@
 
 :func:`cluster_capacity` reads what the cluster has now (``ray.nodes()``) and what it can grow to: the
 node types the autoscaler publishes in the GCS (its ``ClusterConfig``: each node group's resources and
-``max_count``, written by the autoscaler of a ``ray up cluster.yaml`` cluster). A stage's request that
-fits a node type the autoscaler can add is kept (Ray waits while the autoscaler adds the node); one that
-fits neither the nodes nor any node type fails at once with a one-line :class:`~rvc_ray.errors.InputError`.
+``max_count``). Ray 2.60's autoscaler (v1, what ``ray up cluster.yaml`` runs) publishes no ``ClusterConfig``,
+only its status record: then the cluster counts one node type of unknown size (:data:`UNKNOWN_NODE_TYPE`).
+A stage's request that fits a node type the autoscaler can add is kept (Ray waits while the autoscaler
+adds the node); one that fits neither the nodes nor any node type fails at once with a one-line
+:class:`~rvc_ray.errors.InputError`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -23,7 +26,9 @@ __all__ = [
     "ClusterCapacity",
     "RAY_DATA_LIMITS_REFRESH_S",
     "StagePlan",
+    "UNKNOWN_NODE_TYPE",
     "autoscaler_node_types",
+    "autoscaler_v1_running",
     "check_location_on_cluster",
     "check_locations_on_cluster",
     "check_run_locations",
@@ -102,7 +107,8 @@ class ClusterCapacity:
 
     Attributes:
         node_resources: ``Resources`` of every alive node.
-        node_types: ``(resources, max_count)`` of every autoscaler node group (``max_count`` -1: unbounded).
+        node_types: ``(resources, max_count)`` of every autoscaler node group (``max_count`` -1: unbounded;
+            no resources at all: a node type of unknown size, :data:`UNKNOWN_NODE_TYPE`).
     """
 
     node_resources: tuple[Mapping[str, float], ...]
@@ -117,7 +123,7 @@ class ClusterCapacity:
         """CPUs the cluster can reach: the alive nodes, or every node group at its ``max_count`` if more."""
         grown = 0.0
         for resources, count in self.node_types:
-            cpus = float(resources.get("CPU", 0.0))
+            cpus = float(resources.get("CPU", 0.0)) if resources else math.inf
             if cpus and count < 0:
                 return math.inf
             grown += cpus * max(count, 0)
@@ -127,7 +133,7 @@ class ClusterCapacity:
         """The largest amount of ``resource`` on one node, alive or addable (``unknown_in_types`` when a
         node type does not say, as autoscaler node types usually leave ``memory`` out)."""
         alive = [float(r.get(resource, 0.0)) for r in self.node_resources]
-        addable = [float(r.get(resource, unknown_in_types)) for r, count in self.node_types if count != 0]
+        addable = [float(r.get(resource, unknown_in_types)) if r else math.inf for r, count in self.node_types if count]
         return max(alive + addable, default=0.0)
 
 
@@ -139,18 +145,45 @@ def cluster_capacity() -> ClusterCapacity:
     return ClusterCapacity(nodes, autoscaler_node_types())
 
 
+UNKNOWN_NODE_TYPE: tuple[Mapping[str, float], int] = ({}, -1)
+"""An autoscaler runs but does not say what it can add: any request may fit, so none is refused."""
+AUTOSCALING_STATUS_KEY = "__autoscaling_status"  # the monitor's record in the GCS (what `ray status` shows)
+
+
 def autoscaler_node_types() -> tuple[tuple[Mapping[str, float], int], ...]:
-    """The autoscaler's node groups from the GCS; empty without an autoscaler (or on a Ray that moved it)."""
+    """The autoscaler's node groups from the GCS: its ``ClusterConfig`` (Ray's autoscaler v2 writes it), or
+    ``(UNKNOWN_NODE_TYPE,)`` when only the v1 autoscaler's status record is there (Ray 2.60's ``ray up``);
+    empty without an autoscaler (or on a Ray that moved both)."""
     try:
         from ray._private.state import state
 
         config = state.get_cluster_config()
     except Exception:  # noqa: BLE001 - a private Ray API: no autoscaler information is not an error
         logger.debug("no autoscaler cluster config readable", exc_info=True)
-        return ()
-    if config is None:
-        return ()
-    return tuple((dict(group.resources), int(group.max_count)) for group in config.node_group_configs)
+        config = None
+    if config is not None and config.node_group_configs:
+        return tuple((dict(group.resources), int(group.max_count)) for group in config.node_group_configs)
+    return (UNKNOWN_NODE_TYPE,) if autoscaler_v1_running(_autoscaling_status()) else ()
+
+
+def _autoscaling_status() -> bytes | None:
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+        return _internal_kv_get(AUTOSCALING_STATUS_KEY) if _internal_kv_initialized() else None
+    except Exception:  # noqa: BLE001 - a private Ray API, as above
+        logger.debug("no autoscaler status readable", exc_info=True)
+        return None
+
+
+def autoscaler_v1_running(status: bytes | str | None) -> bool:
+    """Does the monitor's status record carry an ``autoscaler_report``? The monitor runs on every head, but
+    only one started with an autoscaling config (``ray up``, ``ray start --autoscaling-config``) reports."""
+    try:
+        record = json.loads(status) if status else None
+    except (TypeError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("autoscaler_report"), dict)
 
 
 @dataclass(frozen=True)
