@@ -177,13 +177,20 @@ def _autoscaling_status() -> bytes | None:
 
 
 def autoscaler_v1_running(status: bytes | str | None) -> bool:
-    """Does the monitor's status record carry an ``autoscaler_report``? The monitor runs on every head, but
-    only one started with an autoscaling config (``ray up``, ``ray start --autoscaling-config``) reports."""
+    """Does the monitor's status record come from an autoscaler that can add nodes? The monitor runs on
+    every head and always reports; on a head started without an autoscaling config its provider is Ray's
+    read-only one, whose node types are the alive nodes themselves (``node_<node id>``, Ray's
+    ``format_readonly_node_type``). Any other node type name comes from an autoscaling config."""
     try:
         record = json.loads(status) if status else None
     except (TypeError, ValueError):
         return False
-    return isinstance(record, dict) and isinstance(record.get("autoscaler_report"), dict)
+    report = record.get("autoscaler_report") if isinstance(record, dict) else None
+    if not isinstance(report, dict):
+        return False
+    mapping = report.get("node_type_mapping") or {}
+    names = set(mapping.values()) | set(report.get("active_nodes") or {})
+    return bool(names - {f"node_{node_id}" for node_id in mapping})
 
 
 @dataclass(frozen=True)

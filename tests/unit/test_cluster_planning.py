@@ -106,6 +106,10 @@ V1_STATUS = (
     '"node_type_mapping": {"ff00000": "ray.head.default"}, "legacy": true}, '
     '"load_metrics_report": {"usage": {"memory": [0.0, 20666073088.0]}, "resource_demand": []}}'
 )
+READONLY_STATUS = (
+    '{"autoscaler_report": {"active_nodes": {"node_0d99d7": 1, "node_5841fe": 1}, "pending_nodes": [], '
+    '"node_type_mapping": {"0d99d7": "node_0d99d7", "5841fe": "node_5841fe"}, "legacy": true}}'
+)
 
 
 def test_a_v1_autoscaler_that_publishes_no_node_types_counts_as_an_unknown_node_type(monkeypatch) -> None:
@@ -115,7 +119,9 @@ def test_a_v1_autoscaler_that_publishes_no_node_types_counts_as_an_unknown_node_
     from rvc_ray.cluster import UNKNOWN_NODE_TYPE, autoscaler_node_types, autoscaler_v1_running
 
     assert autoscaler_v1_running(V1_STATUS) and autoscaler_v1_running(V1_STATUS.encode())
-    # a head without an autoscaling config: the monitor's record has no autoscaler_report
+    # a head started without an autoscaling config reports too, from Ray's read-only provider: one node type
+    # per alive node, named after it (recorded on the multinode_cluster fixture's cluster)
+    assert not autoscaler_v1_running(READONLY_STATUS)
     assert not autoscaler_v1_running('{"load_metrics_report": {}}') and not autoscaler_v1_running(None)
     assert not autoscaler_v1_running("not json")
 
