@@ -2,19 +2,23 @@
 
 :func:`cluster_capacity` reads what the cluster has now (``ray.nodes()``) and what it can grow to: the
 node types the autoscaler publishes in the GCS (its ``ClusterConfig``: each node group's resources and
-``max_count``, written by the autoscaler of a ``ray up cluster.yaml`` cluster). A stage's request that
-fits a node type the autoscaler can add is kept (Ray waits while the autoscaler adds the node); one that
-fits neither the nodes nor any node type fails at once with a one-line :class:`~rvc_ray.errors.InputError`.
+``max_count``). Ray 2.60's autoscaler (v1, what ``ray up cluster.yaml`` runs) publishes no ``ClusterConfig``,
+only its status record: then the cluster counts one node type of unknown size (:data:`UNKNOWN_NODE_TYPE`).
+A stage's request that fits a node type the autoscaler can add is kept (Ray waits while the autoscaler
+adds the node); one that fits neither the nodes nor any node type fails at once with a one-line
+:class:`~rvc_ray.errors.InputError`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from rvc_ray.errors import InputError
 
@@ -22,8 +26,14 @@ __all__ = [
     "ClusterCapacity",
     "RAY_DATA_LIMITS_REFRESH_S",
     "StagePlan",
+    "UNKNOWN_NODE_TYPE",
     "autoscaler_node_types",
+    "autoscaler_v1_running",
+    "check_location_on_cluster",
+    "check_locations_on_cluster",
+    "check_run_locations",
     "cluster_capacity",
+    "cluster_in_use",
     "ensure_ray",
     "extraction_plan",
     "plan_extraction",
@@ -97,7 +107,8 @@ class ClusterCapacity:
 
     Attributes:
         node_resources: ``Resources`` of every alive node.
-        node_types: ``(resources, max_count)`` of every autoscaler node group (``max_count`` -1: unbounded).
+        node_types: ``(resources, max_count)`` of every autoscaler node group (``max_count`` -1: unbounded;
+            no resources at all: a node type of unknown size, :data:`UNKNOWN_NODE_TYPE`).
     """
 
     node_resources: tuple[Mapping[str, float], ...]
@@ -112,7 +123,7 @@ class ClusterCapacity:
         """CPUs the cluster can reach: the alive nodes, or every node group at its ``max_count`` if more."""
         grown = 0.0
         for resources, count in self.node_types:
-            cpus = float(resources.get("CPU", 0.0))
+            cpus = float(resources.get("CPU", 0.0)) if resources else math.inf
             if cpus and count < 0:
                 return math.inf
             grown += cpus * max(count, 0)
@@ -122,7 +133,7 @@ class ClusterCapacity:
         """The largest amount of ``resource`` on one node, alive or addable (``unknown_in_types`` when a
         node type does not say, as autoscaler node types usually leave ``memory`` out)."""
         alive = [float(r.get(resource, 0.0)) for r in self.node_resources]
-        addable = [float(r.get(resource, unknown_in_types)) for r, count in self.node_types if count != 0]
+        addable = [float(r.get(resource, unknown_in_types)) if r else math.inf for r, count in self.node_types if count]
         return max(alive + addable, default=0.0)
 
 
@@ -134,26 +145,52 @@ def cluster_capacity() -> ClusterCapacity:
     return ClusterCapacity(nodes, autoscaler_node_types())
 
 
+UNKNOWN_NODE_TYPE: tuple[Mapping[str, float], int] = ({}, -1)
+"""An autoscaler runs but does not say what it can add: any request may fit, so none is refused."""
+AUTOSCALING_STATUS_KEY = "__autoscaling_status"  # the monitor's record in the GCS (what `ray status` shows)
+
+
 def autoscaler_node_types() -> tuple[tuple[Mapping[str, float], int], ...]:
-    """The autoscaler's node groups from the GCS; empty without an autoscaler (or on a Ray that moved it)."""
+    """The autoscaler's node groups from the GCS: its ``ClusterConfig`` (Ray's autoscaler v2 writes it), or
+    ``(UNKNOWN_NODE_TYPE,)`` when only the v1 autoscaler's status record is there (Ray 2.60's ``ray up``);
+    empty without an autoscaler (or on a Ray that moved both)."""
     try:
         from ray._private.state import state
 
         config = state.get_cluster_config()
     except Exception:  # noqa: BLE001 - a private Ray API: no autoscaler information is not an error
         logger.debug("no autoscaler cluster config readable", exc_info=True)
-        return ()
-    if config is None:
-        return ()
-    return tuple((dict(group.resources), int(group.max_count)) for group in config.node_group_configs)
+        config = None
+    if config is not None and config.node_group_configs:
+        return tuple((dict(group.resources), int(group.max_count)) for group in config.node_group_configs)
+    return (UNKNOWN_NODE_TYPE,) if autoscaler_v1_running(_autoscaling_status()) else ()
 
 
-def capacity_from_nodes(nodes: Sequence[Mapping[str, Any]]) -> ClusterCapacity:
-    """A :class:`ClusterCapacity` from ``ray.nodes()`` rows (plus the autoscaler's node types when connected)."""
-    import ray
+def _autoscaling_status() -> bytes | None:
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
 
-    alive = tuple(dict(n.get("Resources", {})) for n in nodes if n.get("Alive", True))
-    return ClusterCapacity(alive, autoscaler_node_types() if ray.is_initialized() else ())
+        return _internal_kv_get(AUTOSCALING_STATUS_KEY) if _internal_kv_initialized() else None
+    except Exception:  # noqa: BLE001 - a private Ray API, as above
+        logger.debug("no autoscaler status readable", exc_info=True)
+        return None
+
+
+def autoscaler_v1_running(status: bytes | str | None) -> bool:
+    """Does the monitor's status record come from an autoscaler that can add nodes? The monitor runs on
+    every head and always reports; on a head started without an autoscaling config its provider is Ray's
+    read-only one, whose node types are the alive nodes themselves (``node_<node id>``, Ray's
+    ``format_readonly_node_type``). Any other node type name comes from an autoscaling config."""
+    try:
+        record = json.loads(status) if status else None
+    except (TypeError, ValueError):
+        return False
+    report = record.get("autoscaler_report") if isinstance(record, dict) else None
+    if not isinstance(report, dict):
+        return False
+    mapping = report.get("node_type_mapping") or {}
+    names = set(mapping.values()) | set(report.get("active_nodes") or {})
+    return bool(names - {f"node_{node_id}" for node_id in mapping})
 
 
 @dataclass(frozen=True)
@@ -233,78 +270,56 @@ def refuse_ephemeral_location(location: str, setting: str) -> None:
         )
 
 
-def _probe_on_node(location: str, token: str) -> str | None:
-    """Ray task body: ``None`` when this node can use ``location`` (see :func:`check_location_on_cluster`)."""
+def cluster_in_use() -> bool:
+    """Is this process connected to a Ray cluster, or told to join one (``RAY_ADDRESS``)?"""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def check_locations_on_cluster(
+    *, reads: Sequence[tuple[str, str]] = (), writes: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Prove that every alive node can read each ``(setting, location)`` of ``reads`` and write each of
+    ``writes``, before a stage does any work.
+
+    This process checks first: an input must exist (a missing bucket, refused credentials or an endpoint
+    that does not answer fail here), an output must take a file (:func:`rvc_ray.storage.check_writable`).
+    When this process is connected to a cluster (or ``RAY_ADDRESS`` names one: it connects), a 0-CPU task
+    pinned to each other alive node checks the same from there: a URI is looked up (read) or written and
+    deleted (write), so a node without the ``AWS_*`` variables fails; a local folder must hold the same
+    names as here (read) or the probe file this process wrote (write), so a node-local disk fails. Inputs
+    are checked on every node before any output is touched. Nothing is left behind.
+
+    Raises:
+        StorageError: one line naming the setting, the location, the node and what to do.
+    """
     from rvc_ray import storage
+    from rvc_ray._node_probes import outermost_missing, probe_other_nodes, remove_empty_folders, seen_by_driver
 
-    try:
-        if storage.is_remote(location):
-            storage.check_writable(location)
-            return None
-        probe = storage.join(location, f".rvc-ray-visible-{token}")
-        if not storage.exists(probe) or storage.read_text(probe) != token:
-            return "the folder is not there (a node-local path?)"
-        return None
-    except Exception as exc:  # noqa: BLE001 - reported as the node's one-line reason
-        return " ".join(str(exc).split())[:300] or type(exc).__name__
-
-
-PROBE_TIMEOUT_S = 120.0
+    for group, write in ((reads, False), (writes, True)):
+        checks: list[tuple[str, str, bool, object]] = []
+        created: list[tuple[Path, Path]] = []  # (local output, its outermost folder the check creates)
+        try:
+            for setting, location in group:
+                if write and not storage.is_remote(location):
+                    created.extend((Path(location), top) for top in outermost_missing(Path(location)))
+                checks.append((setting, location, write, seen_by_driver(location, setting, write)))
+            if checks and cluster_in_use():
+                ensure_ray()
+                probe_other_nodes(checks)
+        finally:
+            for _, location, _, seen in checks:
+                if write and not storage.is_remote(location):
+                    storage.remove(storage.join(location, f".rvc-ray-visible-{seen}"))
+            for folder, top in created:  # the stage creates its outputs itself, when it runs
+                remove_empty_folders(folder, top)
 
 
 def check_location_on_cluster(location: str, setting: str) -> None:
-    """Prove that every alive node of the connected cluster can use ``location``, before any work starts.
-
-    The driver first checks it can write there (a missing bucket, refused credentials or an endpoint that
-    does not answer fail here, :func:`rvc_ray.storage.check_writable`). Then a 0-CPU task pinned to each
-    other alive node checks the same from that node: for a URI it writes and deletes a probe object (a node
-    without the ``AWS_*`` variables fails); for a local path it reads a probe file the driver wrote (a
-    node-local disk fails). Nothing is left behind.
-
-    Raises:
-        StorageError: one line naming ``setting``, ``location``, the node and what to do.
-    """
-    import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from rvc_ray import storage
-
-    refuse_ephemeral_location(location, setting)
-    storage.check_writable(location)
-    here = ray.get_runtime_context().get_node_id()
-    others = [n for n in ray.nodes() if n.get("Alive", True) and n["NodeID"] != here]
-    if not others:
-        if not storage.is_remote(location) and autoscaler_node_types():
-            logger.warning("%s=%s is a local path on an autoscaling cluster: it must be shared storage", setting, location)
-        return
-    token = uuid.uuid4().hex
-    probe = storage.join(location, f".rvc-ray-visible-{token}")
-    if not storage.is_remote(location):
-        storage.write_text(probe, token)
-    try:
-        task = ray.remote(num_cpus=0, max_retries=0)(_probe_on_node)
-        refs = {
-            n["NodeManagerAddress"] + " (" + n["NodeID"][:8] + ")": task.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(location, token)
-            for n in others
-        }
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
-        for node, ref in refs.items():
-            reason = ray.get(ref) if ref in ready else f"no answer within {PROBE_TIMEOUT_S:.0f} s"
-            if reason is not None:
-                advice = (
-                    "set AWS_ENDPOINT_URL/AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_DEFAULT_REGION in the "
-                    "environment of `ray start` on every node"
-                    if storage.is_remote(location)
-                    else "use a folder every node mounts (NFS) or a URI such as s3://<bucket>/runs"
-                )
-                raise storage.StorageError(f"{setting}={location} cannot be used from node {node}: {reason}; {advice}")
-    finally:
-        if not storage.is_remote(location):
-            storage.remove(probe)
+    """:func:`check_locations_on_cluster` for one output ``location`` (``setting`` names it)."""
+    check_locations_on_cluster(writes=[(setting, location)])
 
 
 def check_run_locations(experiment_root: str, storage_path: str | None) -> None:

@@ -115,6 +115,8 @@ def run_pipeline(
     stages = [stage.value for stage in StopAfter]
     if stop_after is not None and stop_after not in stages:
         raise ValueError(f"stop_after must be one of {', '.join(stages)} or None, got {stop_after!r}")
+    from rvc_ray import storage
+    from rvc_ray.cluster import check_locations_on_cluster
     from rvc_ray.preprocess import run_preprocess
 
     started = time.perf_counter()
@@ -122,9 +124,11 @@ def run_pipeline(
     layout = RunLayout.from_config(cfg)
     if not locations_checked:
         prepare_run(cfg)
+    # prepare_run checked the run's locations (every stage's output is under them); the inputs are elsewhere
+    check_locations_on_cluster(reads=[("input folder", storage.normalize_location(str(i))) for i in inputs])
 
     _say(f"preprocess {len(inputs)} input folder(s) -> {layout.dataset_location}")
-    pre = run_preprocess(cfg, list(inputs), layout.dataset_location)
+    pre = run_preprocess(cfg, list(inputs), layout.dataset_location, locations_checked=True)
     if pre.num_segments == 0:
         raise InputError(f"preprocessing produced no segments; see the readiness report {pre.report_path}")
     extract = index = train = None
@@ -132,12 +136,12 @@ def run_pipeline(
         from rvc_ray.features.extract import run_extract
 
         _say(f"extract pitch ({cfg.features.f0_method}) and content features -> {layout.features_location}")
-        extract = run_extract(cfg, layout.dataset_location, layout.features_location)
+        extract = run_extract(cfg, layout.dataset_location, layout.features_location, locations_checked=True)
     if stop_after not in ("preprocess", "extract"):
         from rvc_ray.features.index import run_index
 
         _say(f"build the retrieval index -> {layout.index_location}")
-        index = run_index(cfg, layout.features_location, layout.index_location)
+        index = run_index(cfg, layout.features_location, layout.index_location, locations_checked=True)
     if stop_after is None:
         from rvc_ray.train.launch import fit
 
@@ -145,7 +149,7 @@ def run_pipeline(
             f"train on {cfg.scaling.num_workers} worker(s) ({'GPU' if cfg.scaling.use_gpu else 'CPU'}), "
             f"global batch {cfg.train.batch_size} = {cfg.per_worker_batch_size} per worker, {cfg.train.epochs} epochs"
         )
-        train = fit(cfg, layout.features_location, index_path=layout.index_location)
+        train = fit(cfg, layout.features_location, index_path=layout.index_location, locations_checked=True)
     wall = time.perf_counter() - started
     _say(f"done in {wall:.1f} s")
     _say(f"readiness report: {pre.report_path}")

@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["MultiNodeCluster", "NodeProcess", "driver_connected_to", "free_port", "start_local_test_ray"]
+__all__ = [
+    "MultiNodeCluster",
+    "NodeProcess",
+    "driver_connected_to",
+    "free_port",
+    "start_local_test_ray",
+]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 90.0
@@ -90,6 +96,7 @@ class MultiNodeCluster:
     gcs_address: str = ""
     dashboard_url: str = ""
     temp_dir: Path | None = None
+    autoscaling_config: dict[str, object] | None = None  # the head runs an autoscaler: tests/fake_autoscaler.py
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -130,6 +137,13 @@ class MultiNodeCluster:
         gcs_port, dashboard_port = free_port(), free_port()
         self.gcs_address = f"127.0.0.1:{gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        autoscaling: list[str] = []
+        if self.autoscaling_config is not None:
+            config_path = self.temp_dir / "autoscaling.json"
+            provider = {**self.autoscaling_config["provider"], "gcs_address": self.gcs_address}  # type: ignore[dict-item]
+            config_path.write_text(json.dumps({**self.autoscaling_config, "provider": provider}))
+            autoscaling = [f"--autoscaling-config={config_path}"]
+            self.env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
         self.head = self._spawn(
             "head",
             self.head_cpus,
@@ -145,6 +159,7 @@ class MultiNodeCluster:
                 # tune_driver slots as the shipped cluster.yaml's head has: Tune trial drivers hold no worker CPU
                 "--resources=" + json.dumps({"head": 1, "tune_driver": 8}),
                 *_node_ports(),
+                *autoscaling,
             ],
         )
         self._wait_for_dashboard()

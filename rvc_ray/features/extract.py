@@ -357,21 +357,27 @@ def _write_manifest(output_dir: str, payload: dict[str, Any]) -> None:
     storage.write_text(storage.join(output_dir, "manifest.json"), json.dumps(payload, indent=2, default=str))
 
 
-def run_extract(cfg: RunConfig, dataset_dir: Path | str, output_dir: Path | str) -> ExtractResult:
+def run_extract(
+    cfg: RunConfig, dataset_dir: Path | str, output_dir: Path | str, *, locations_checked: bool = False
+) -> ExtractResult:
     """Extract F0 and content features for every segment of ``dataset_dir`` into ``output_dir``.
 
     Both are locations (local paths or URIs, :mod:`rvc_ray.storage`): Ray Data reads the segments from
-    there and the feature shards are written there.
+    there and the feature shards are written there. Unless ``locations_checked``, every node of the cluster
+    must first prove it can read the one and write the other (:func:`rvc_ray.cluster.check_locations_on_cluster`).
 
     Raises:
         FileNotFoundError: no segments, or configured weights missing (named).
+        StorageError: a node cannot read ``dataset_dir`` or write ``output_dir`` (before any work).
     """
-    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.cluster import check_locations_on_cluster, ensure_ray
     from rvc_ray.features.content import describe_content_encoder
 
     start = time.perf_counter()
     dataset_dir = storage.normalize_location(str(dataset_dir))
     output_dir = storage.normalize_location(str(output_dir))
+    if not locations_checked:
+        check_locations_on_cluster(reads=[("dataset", dataset_dir)], writes=[("features", output_dir)])
     table_dir = storage.join(output_dir, "table")
     files = _segment_files(dataset_dir)
     segments = _read_segment_index(files)

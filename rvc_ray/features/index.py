@@ -285,7 +285,9 @@ def _cluster_in_use() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
-def run_index(cfg: RunConfig, features_dir: Path | str, index_path: Path | str) -> IndexResult:
+def run_index(
+    cfg: RunConfig, features_dir: Path | str, index_path: Path | str, *, locations_checked: bool = False
+) -> IndexResult:
     """Build ``index_path`` from ``features_dir`` in one Ray task (``index.num_cpus`` CPUs, ``index.memory_gb``).
 
     Both are locations (local paths or URIs, :mod:`rvc_ray.storage`): the task reads the feature table from
@@ -293,15 +295,19 @@ def run_index(cfg: RunConfig, features_dir: Path | str, index_path: Path | str) 
     cluster a local ``index_path`` must be on shared storage. Without a cluster (no ``RAY_ADDRESS`` and Ray
     not started in this process, e.g. a stand-alone ``rvc-ray index``) the same function runs in this process
     with the same thread cap: starting a local Ray cluster for one task would cost 3-6 s and buy nothing
-    (docs/benchmarks.md).
+    (docs/benchmarks.md). Unless ``locations_checked``, every node of the cluster must first prove it can read
+    ``features_dir`` and write the index's folder (:func:`rvc_ray.cluster.check_locations_on_cluster`).
     """
     from rvc_ray import storage
+    from rvc_ray.cluster import check_locations_on_cluster
 
     args = (
         cfg.model_dump(mode="json"),
         storage.normalize_location(str(features_dir)),
         storage.normalize_location(str(index_path)),
     )
+    if not locations_checked:
+        check_locations_on_cluster(reads=[("features", args[1])], writes=[("index", args[2].rsplit("/", 1)[0])])
     if not _cluster_in_use() and not cfg.index.use_gpu:
         raw = _build_and_write(*args)
     else:

@@ -423,6 +423,7 @@ def run_preprocess(
     *,
     use_ray: bool = True,
     force: bool = False,
+    locations_checked: bool = False,
 ) -> PreprocessResult:
     """Turn raw recordings into the Parquet segment dataset of the shared contract (docs/dataset.md).
 
@@ -435,11 +436,20 @@ def run_preprocess(
         use_ray: run the per-file work as Ray tasks on the cluster (``ensure_ray()``); ``False``
             runs the same per-file function in a plain loop in this process.
         force: redo the work even when the manifest says the dataset is current.
+        locations_checked: the caller already checked ``inputs`` and ``output_dir`` on every node.
 
     Raises:
         FileNotFoundError / NotADirectoryError / ValueError: an input folder is missing or given twice.
+        StorageError: with ``use_ray``, a node of the cluster cannot read an input or write ``output_dir``.
     """
     with mirror_inputs(inputs) as remote:
+        if use_ray and not locations_checked:
+            from rvc_ray.cluster import check_locations_on_cluster
+
+            check_locations_on_cluster(
+                reads=[("input folder", storage.normalize_location(str(i))) for i in inputs],
+                writes=[("dataset", storage.normalize_location(str(output_dir)))],
+            )
         return _run_preprocess(cfg, remote, storage.normalize_location(str(output_dir)), use_ray, force)
 
 

@@ -280,22 +280,32 @@ def fit(
     index_path: Path | str | None = None,
     *,
     failure_injection: FailureInjection | None = None,
+    locations_checked: bool = False,
 ) -> TrainResult:
     """Train (or resume) the voice of ``cfg`` on the cluster; outputs go to the run's :class:`RunLayout`.
 
     Resuming: run it again with the same ``experiment`` (name and work dir): it continues at the epoch
-    after the last saved one. ``failure_injection`` is a test hook (:mod:`rvc_ray.train.fault_injection`).
+    after the last saved one. ``failure_injection`` is a test hook (:mod:`rvc_ray.train.fault_injection`). Unless
+    ``locations_checked``, every node must first prove it can read the features (and the index, if there is
+    one) and write ``experiment.work_dir`` and ``scaling.storage_path`` (:mod:`rvc_ray.cluster`).
     """
-    from rvc_ray.cluster import ensure_ray
+    from rvc_ray.cluster import check_locations_on_cluster, ensure_ray
     from rvc_ray.layout import RunLayout
 
     layout = RunLayout.from_config(cfg)
     checkpoints = storage.normalize_location(cfg.scaling.storage_path or layout.train_location)
     index = storage.normalize_location(str(index_path)) if index_path is not None else None
+    index = index if index is not None and storage.exists(index) else None
+    if not locations_checked:
+        reads = [("features", storage.normalize_location(str(features_dir)))] + ([("index", index)] if index else [])
+        writes = [("experiment.work_dir", layout.root_location)]
+        if cfg.scaling.storage_path is not None:
+            writes.append(("scaling.storage_path", checkpoints))
+        check_locations_on_cluster(reads=reads, writes=writes)
     trainer = build_torch_trainer(
         cfg,
         features_dir,
-        index if index is not None and storage.exists(index) else None,
+        index,
         run_name=cfg.experiment.name,
         storage_path=checkpoints,
         tensorboard_dir=layout.tensorboard_location,

@@ -4,12 +4,17 @@
   every output lands in the bucket, the two training workers run on two different nodes;
 * a worker node stopped mid-training: the run resumes from its last checkpoint in the bucket on the
   remaining nodes (one of them a spare) and loses at most one checkpoint interval;
-* a work_dir that no node can use (a missing bucket) is refused before any work, exit 2.
+* a work_dir that no node can use (a missing bucket) is refused before any work, exit 2;
+* every single-stage command (``rvc-ray preprocess|extract|index|train --features``) refuses a location only
+  the driver's machine has (a tmpfs mounted in the driver's own mount namespace) and a missing bucket,
+  naming the location, the setting and the node, exit 2, nothing written.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -209,3 +214,71 @@ def test_a_worker_node_stopped_mid_training_resumes_from_the_bucket_on_the_other
     # run on the spare, which is then the one stopped)
     alive = {w.label for w in multinode_cluster.workers if w.alive}
     assert stopped["label"] not in alive and len(alive & {"w0", "w1", spare.label}) == 2
+
+
+def _driver_only(cluster: Any, node_local: Path, seed: Path | None, *rvc_ray_args: str) -> subprocess.CompletedProcess[str]:
+    """``rvc-ray <args>`` as a driver of ``cluster``, in its own mount namespace where ``node_local`` is a tmpfs
+    (a copy of ``seed``) that only this driver sees: a disk of the driver's machine that no other node has."""
+    fill = f"cp -r {seed}/. {node_local}/ && " if seed is not None else ""
+    script = f"mount -t tmpfs rvc-node-local {node_local} && {fill}exec {Path(sys.executable).with_name('rvc-ray')} \"$@\""
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    return subprocess.run(
+        ["unshare", "--mount", *user, "sh", "-c", script, "sh", *rvc_ray_args],
+        capture_output=True, text=True, timeout=240, cwd=node_local.parent,
+        env={**cluster._environment(), "PYTHONPATH": str(REPO)},
+    )
+
+
+def _refused(done: subprocess.CompletedProcess[str], setting: str, location: Path, node_ids: set[str]) -> str:
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {setting} {location} cannot be used from node "), line
+    assert line.split("(", 1)[1][:8] in node_ids and "a node-local path?" in line, line  # the node: "<ip> (<id>)"
+    assert "use a folder every node mounts (NFS) or a URI" in line
+    return line
+
+
+@pytest.mark.timeout(300)
+def test_every_stage_refuses_a_driver_only_folder_and_a_missing_bucket(
+    multinode_cluster, demo_corpus_dir: Path, tmp_path: Path
+) -> None:
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"]).returncode != 0:
+        pytest.skip("needs unshare(1) with mount namespaces to give the driver a disk no other node sees")
+    node_ids = {str(n["node_id"])[:8] for n in multinode_cluster.alive_nodes()}
+    node_local = tmp_path / "node_local"  # the other nodes see this empty folder; the driver, its own tmpfs
+    node_local.mkdir()
+    shared = tmp_path / "shared"  # what every node sees (the same disk on this one machine)
+    work = ["-c", "tiny_cpu", "-s", f"experiment.work_dir={shared / 'runs'}"]
+
+    # inputs only the driver has: the recordings, the features (index and train read them)
+    pre = _driver_only(multinode_cluster, node_local, demo_corpus_dir, "preprocess", "-i", str(node_local), *work)
+    _refused(pre, "input folder", node_local, node_ids)
+    features = tmp_path / "features_seed"
+    (features / "table").mkdir(parents=True)
+    (features / "table" / "part-00000.parquet").write_bytes(b"only the driver has this")
+    index = _driver_only(multinode_cluster, node_local, features, "index", "--features", str(node_local), *work)
+    _refused(index, "features", node_local, node_ids)
+    train = _driver_only(multinode_cluster, node_local, features, "train", "--features", str(node_local), *work)
+    _refused(train, "features", node_local, node_ids)
+    # an output only the driver has: refused after the driver wrote (and removed) its probe there
+    dataset = tmp_path / "dataset_seed"
+    dataset.mkdir()
+    (dataset / "manifest.json").write_text("{}")
+    extract = _driver_only(
+        multinode_cluster, node_local, None, "extract", "--dataset", str(dataset), "-o", str(node_local), *work
+    )
+    _refused(extract, "features", node_local, node_ids)
+    assert not shared.exists() and not list(node_local.iterdir())  # nothing written where any node looks
+
+    # a bucket that does not exist: refused by the driver, before Ray is asked for anything
+    missing = ["-c", "tiny_cpu", "-s", "experiment.work_dir=s3://no-such-bucket-rvc/x"]
+    for stage in ("extract", "index"):
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("rvc-ray")), stage, *missing],
+            capture_output=True, text=True, timeout=240, cwd=tmp_path,
+            env={**multinode_cluster._environment(), "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == 2, done.stderr[-3000:]
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: ") and "s3://no-such-bucket-rvc/x/demo/" in line, line
+        assert "check that the bucket exists" in line, line

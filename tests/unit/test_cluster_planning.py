@@ -96,3 +96,55 @@ def test_a_relative_work_dir_under_a_ray_job_is_refused_when_the_config_loads(tm
     with pytest.raises(StorageError, match=r"scaling.storage_path resolves to"):
         load_run_config("tiny_cpu", ["experiment.work_dir=s3://bucket/runs", "scaling.storage_path=ckpt"])
     assert load_run_config("tiny_cpu", ["experiment.work_dir=s3://bucket/runs"]).experiment.work_dir == "s3://bucket/runs"
+
+
+# the record Ray 2.60's autoscaler monitor wrote (`__autoscaling_status`) on a 0-CPU head started with an
+# autoscaling config (tests/integration/test_cluster_autoscaler.py), trimmed to the keys read here
+V1_STATUS = (
+    '{"time": 1796071671.77, "monitor_pid": 31850, "autoscaler_report": {"active_nodes": {"ray.head.default": 1}, '
+    '"idle_nodes": null, "pending_nodes": [], "pending_launches": {}, "failed_nodes": [], '
+    '"node_type_mapping": {"ff00000": "ray.head.default"}, "legacy": true}, '
+    '"load_metrics_report": {"usage": {"memory": [0.0, 20666073088.0]}, "resource_demand": []}}'
+)
+READONLY_STATUS = (
+    '{"autoscaler_report": {"active_nodes": {"node_0d99d7": 1, "node_5841fe": 1}, "pending_nodes": [], '
+    '"node_type_mapping": {"0d99d7": "node_0d99d7", "5841fe": "node_5841fe"}, "legacy": true}}'
+)
+
+
+def test_a_v1_autoscaler_that_publishes_no_node_types_counts_as_an_unknown_node_type(monkeypatch) -> None:
+    from ray._private.state import state
+
+    from rvc_ray import cluster
+    from rvc_ray.cluster import UNKNOWN_NODE_TYPE, autoscaler_node_types, autoscaler_v1_running
+
+    assert autoscaler_v1_running(V1_STATUS) and autoscaler_v1_running(V1_STATUS.encode())
+    # a head started without an autoscaling config reports too, from Ray's read-only provider: one node type
+    # per alive node, named after it (recorded on the multinode_cluster fixture's cluster)
+    assert not autoscaler_v1_running(READONLY_STATUS)
+    assert not autoscaler_v1_running('{"load_metrics_report": {}}') and not autoscaler_v1_running(None)
+    assert not autoscaler_v1_running("not json")
+
+    monkeypatch.setattr(state, "get_cluster_config", lambda: None)  # what Ray 2.60 returns under its v1 autoscaler
+    monkeypatch.setattr(cluster, "_autoscaling_status", lambda: V1_STATUS.encode())
+    assert autoscaler_node_types() == (UNKNOWN_NODE_TYPE,)
+    head_only = ClusterCapacity(ZERO_CPU_HEAD, autoscaler_node_types())
+    assert head_only.cpus_max == float("inf") and head_only.largest("CPU") == float("inf")
+    assert plan_extraction(head_only, num_actors=2, cpus_per_actor=2.0, stages=2).cpus_per_actor == 2.0
+    monkeypatch.setattr(cluster, "_autoscaling_status", lambda: None)
+    assert autoscaler_node_types() == ()
+
+
+def test_node_types_are_read_from_rays_cluster_config_message(monkeypatch) -> None:
+    """The private API against the installed Ray's own protobuf (autoscaler v2 writes this message)."""
+    from ray._private.state import state
+    from ray.core.generated import autoscaler_pb2
+
+    from rvc_ray.cluster import autoscaler_node_types
+
+    config = autoscaler_pb2.ClusterConfig()
+    group = config.node_group_configs.add()
+    group.name, group.max_count = "gpu", 4
+    group.resources["CPU"], group.resources["GPU"] = 8, 1
+    monkeypatch.setattr(state, "get_cluster_config", lambda: config)
+    assert autoscaler_node_types() == (({"CPU": 8.0, "GPU": 1.0}, 4),)
