@@ -169,6 +169,6 @@ class _NotATensor:
 
 def test_a_pickled_object_is_refused_with_its_name(tmp_path) -> None:
     torch.save({"weight": _NotATensor()}, tmp_path / "obj.pth")
-    with pytest.raises(PretrainedMismatchError, match=r"Unsupported global: GLOBAL tests\.unit\.test_weights\._NotATensor\)") as err:
+    with pytest.raises(PretrainedMismatchError, match=r"Unsupported global: GLOBAL tests\.unit\.model\.test_weights\._NotATensor\)") as err:
         load_rvc_checkpoint(tmp_path / "obj.pth")
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
