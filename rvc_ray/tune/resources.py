@@ -74,9 +74,9 @@ def growth_from_autoscaler_status(
 
     Args:
         status: the autoscaler monitor's status record (``__autoscaling_status``, what ``ray status`` shows).
-            The monitor runs on every head, but only a head started with an autoscaling config (``ray up``,
-            ``ray start --autoscaling-config``) runs an autoscaler, and only then does the record carry an
-            ``autoscaler_report``.
+            The monitor runs and reports on every head; on a head started without an autoscaling config its
+            node types are Ray's read-only ones, the alive nodes themselves
+            (:func:`rvc_ray.cluster.autoscaler_v1_running`), and it cannot add any.
         autoscaler_v2: autoscaler v2 (KubeRay) is enabled; it only runs with an autoscaler.
         node_types: the autoscaler's node groups ``(resources, max_count)`` from the GCS cluster config
             (:func:`rvc_ray.cluster.autoscaler_node_types`); ``max_count`` -1 = unbounded.
@@ -98,6 +98,10 @@ def growth_from_autoscaler_status(
     report = record.get("autoscaler_report") if isinstance(record, dict) else None
     if not isinstance(report, dict):
         return ClusterGrowth(False, "no autoscaler (the head was started without an autoscaling config)")
+    from rvc_ray.cluster import autoscaler_v1_running
+
+    if not autoscaler_v1_running(status):
+        return ClusterGrowth(False, "no autoscaler (the head was started without an autoscaling config: Ray's read-only provider)")
     names = sorted(set((report.get("node_type_mapping") or {}).values()) | set(report.get("active_nodes") or {}))
     return ClusterGrowth(True, "an autoscaler is running" + (f" (node types now: {', '.join(names)})" if names else ""))
 

@@ -65,6 +65,13 @@ def test_a_growing_cluster_runs_the_configured_number_of_trials(tiny_cfg: RunCon
             True,
             "an autoscaler is running (node types now: gpu, head)",
         ),
+        (
+            json.dumps(
+                {"autoscaler_report": {"active_nodes": {"node_ab12": 1}, "node_type_mapping": {"ab12": "node_ab12"}}}
+            ),
+            False,
+            "read-only provider",
+        ),
         (b"{not json", False, "unreadable"),
     ],
 )
