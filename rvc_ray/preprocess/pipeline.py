@@ -443,6 +443,8 @@ def run_preprocess(
         StorageError: with ``use_ray``, a node of the cluster cannot read an input or write ``output_dir``.
     """
     with mirror_inputs(inputs) as remote:
+        # a missing or repeated input folder is named before anything touches the cluster
+        discovery = remote.with_uris(discover_inputs(list(remote.roots), cfg.preprocess.extensions))
         if use_ray and not locations_checked:
             from rvc_ray.cluster import check_locations_on_cluster
 
@@ -450,13 +452,14 @@ def run_preprocess(
                 reads=[("input folder", storage.normalize_location(str(i))) for i in inputs],
                 writes=[("dataset", storage.normalize_location(str(output_dir)))],
             )
-        return _run_preprocess(cfg, remote, storage.normalize_location(str(output_dir)), use_ray, force)
+        return _run_preprocess(cfg, remote, discovery, storage.normalize_location(str(output_dir)), use_ray, force)
 
 
-def _run_preprocess(cfg: RunConfig, remote: RemoteInputs, output_dir: str, use_ray: bool, force: bool) -> PreprocessResult:
+def _run_preprocess(
+    cfg: RunConfig, remote: RemoteInputs, discovery: InputDiscovery, output_dir: str, use_ray: bool, force: bool
+) -> PreprocessResult:
     started = time.perf_counter()
     pp = cfg.preprocess
-    discovery = remote.with_uris(discover_inputs(list(remote.roots), pp.extensions))
     config_hash = _digest(_config_section(cfg))
     fingerprints = _fingerprints(discovery, remote)
     inputs_hash = _digest({"files": fingerprints, "skipped": [remote.display(s.path) for s in discovery.skipped]})

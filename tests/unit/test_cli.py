@@ -24,13 +24,15 @@ runner = CliRunner()
 
 @pytest.fixture
 def ray_must_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test if a command connects to Ray before it has checked its inputs."""
+    """Fail the test if a command connects to Ray before it has checked its inputs, also when this process is
+    told to join a cluster (``RAY_ADDRESS``: the per-node location checks would run then)."""
     import rvc_ray.cluster
 
     def refuse() -> None:
         raise AssertionError("Ray must not be started before the inputs are checked")
 
     monkeypatch.setattr(rvc_ray.cluster, "ensure_ray", refuse)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
 
 
 def test_help_lists_every_stage() -> None:
