@@ -143,7 +143,14 @@ class MultiNodeCluster:
             provider = {**self.autoscaling_config["provider"], "gcs_address": self.gcs_address}  # type: ignore[dict-item]
             config_path.write_text(json.dumps({**self.autoscaling_config, "provider": provider}))
             autoscaling = [f"--autoscaling-config={config_path}"]
-            self.env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+            # the head's monitor imports the provider from tests/fake_autoscaler.py: the repository must be on
+            # its path, whether or not this process got it from PYTHONPATH (`python -m pytest` puts it on
+            # sys.path only)
+            repo = str(Path(__file__).resolve().parents[1])
+            python_path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+            self.env = {
+                **self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "PYTHONPATH": python_path
+            }
         self.head = self._spawn(
             "head",
             self.head_cpus,
