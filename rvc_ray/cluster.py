@@ -129,6 +129,19 @@ class ClusterCapacity:
             grown += cpus * max(count, 0)
         return max(self.cpus_now, grown)
 
+    @property
+    def cpus_for_held_work(self) -> float:
+        """CPUs a stage that holds all its CPUs at once (the extraction actor pools) may plan on.
+
+        :attr:`cpus_max`, except under an autoscaler that does not say what it can add
+        (:data:`UNKNOWN_NODE_TYPE`): it may be unable to add anything more, and actors that wait for CPUs
+        that never come wait forever. Then what is alive, or one CPU (the smallest node it can add, which the
+        request then waits for) while no node has a CPU.
+        """
+        if any(not resources for resources, count in self.node_types if count):
+            return self.cpus_now if self.cpus_now > 0 else 1.0
+        return self.cpus_max
+
     def largest(self, resource: str, *, unknown_in_types: float = 0.0) -> float:
         """The largest amount of ``resource`` on one node, alive or addable (``unknown_in_types`` when a
         node type does not say, as autoscaler node types usually leave ``memory`` out)."""
@@ -210,13 +223,14 @@ def plan_extraction(capacity: ClusterCapacity, num_actors: int, cpus_per_actor: 
 
     The pitch and content actors hold their CPUs for the whole stage, and Ray Data's read tasks need CPUs
     too: on a 2-CPU cluster, two 1-CPU actors leave the read waiting forever. When the actors (at
-    ``features.cpus_per_actor``) and two tasks do not fit in what the cluster has or can grow to, each
-    actor gets an equal share of what remains (CPUs are logical in Ray; the actor still runs).
+    ``features.cpus_per_actor``) and two tasks do not fit in what the cluster has or can grow to
+    (:attr:`ClusterCapacity.cpus_for_held_work`), each actor gets an equal share of what remains (CPUs are
+    logical in Ray; the actor still runs with ``features.cpus_per_actor`` threads).
 
     Raises:
         InputError: not even :data:`MIN_ACTOR_CPUS` per actor fits, or one actor fits on no node.
     """
-    total = capacity.cpus_max
+    total = capacity.cpus_for_held_work
     actors = stages * num_actors
     needed = actors * cpus_per_actor + 2 * TASK_CPUS
     per_actor = cpus_per_actor

@@ -130,7 +130,13 @@ def test_a_v1_autoscaler_that_publishes_no_node_types_counts_as_an_unknown_node_
     assert autoscaler_node_types() == (UNKNOWN_NODE_TYPE,)
     head_only = ClusterCapacity(ZERO_CPU_HEAD, autoscaler_node_types())
     assert head_only.cpus_max == float("inf") and head_only.largest("CPU") == float("inf")
-    assert plan_extraction(head_only, num_actors=2, cpus_per_actor=2.0, stages=2).cpus_per_actor == 2.0
+    # the actor pools hold their CPUs together: planned on one CPU, the smallest node it could add, while none
+    # is alive, and on what is alive once a node is (such an autoscaler may be unable to add more)
+    assert head_only.cpus_for_held_work == 1.0
+    assert plan_extraction(head_only, num_actors=2, cpus_per_actor=2.0, stages=2).cpus_per_actor == 0.1
+    one_node = ClusterCapacity((*ZERO_CPU_HEAD, {"CPU": 1.0}), autoscaler_node_types())
+    assert one_node.cpus_for_held_work == 1.0
+    assert plan_extraction(one_node, num_actors=1, cpus_per_actor=1.0, stages=2).cpus_per_actor == 0.25
     monkeypatch.setattr(cluster, "_autoscaling_status", lambda: None)
     assert autoscaler_node_types() == ()
 
