@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from rvc_ray.train.gan_state import GANState
 
 __all__ = [
+    "META_FILE",
     "STATE_FILE",
     "TrainState",
     "capture_rng_state",
@@ -47,6 +48,7 @@ __all__ = [
     "restore_initial_state",
     "restore_rng_state",
     "local_feature_table",
+    "newest_stored_checkpoint",
     "save_train_state",
 ]
 
@@ -260,6 +262,32 @@ def checkpoint_directory(ray_checkpoint: Any) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=f"rvc-restore-{os.getpid()}-") as scratch:
         yield Path(ray_checkpoint.to_directory(scratch))
+
+
+_EPOCH_DIR = re.compile(r"^epoch_(\d{5})/" + re.escape(META_FILE) + "$")
+
+
+def newest_stored_checkpoint(run_dir: str) -> Any | None:
+    """The newest ``epoch_NNNNN`` checkpoint directly under ``run_dir`` (the run's Ray Train storage) that
+    holds ``meta.json`` and ``state.pt``, as a Ray Train ``Checkpoint``; None when there is none.
+
+    For a worker group that Ray restarted without a checkpoint: Ray registers a reported checkpoint only
+    once every worker has reported it, so a node lost right after rank 0 uploaded one leaves it in storage
+    but unregistered, and the restart would begin again at epoch 1 (docs/cluster.md, "A node lost").
+    """
+    import ray.train
+
+    from rvc_ray import storage
+
+    epochs: dict[int, str] = {}
+    for found in storage.list_files(run_dir, suffix=META_FILE, recursive=True):
+        match = _EPOCH_DIR.match(storage.relative_path(found, run_dir).replace(os.sep, "/"))
+        if match and storage.exists(storage.join(run_dir, f"epoch_{match.group(1)}", STATE_FILE)):
+            epochs[int(match.group(1))] = storage.join(run_dir, f"epoch_{match.group(1)}")
+    if not epochs:
+        return None
+    filesystem, path = storage.filesystem_and_path(epochs[max(epochs)])
+    return ray.train.Checkpoint(path=path, filesystem=filesystem)
 
 
 def restore_initial_state(cfg: RunConfig, gan: GANState, ray_checkpoint: Any) -> RestoredState:

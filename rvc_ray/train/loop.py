@@ -142,6 +142,21 @@ def _recording_health_failures(paths: WorkerPaths, rank: int) -> Iterator[None]:
         raise
 
 
+def _resume_checkpoint(paths: WorkerPaths, rank: int) -> Any | None:
+    """Ray Train's checkpoint of this run, else (a restarted group Ray gave none) the newest one in storage:
+    rank 0 uploaded it, but a worker was lost before Ray registered it (:func:`newest_stored_checkpoint`)."""
+    import ray.train
+
+    from rvc_ray.train.checkpoint import newest_stored_checkpoint
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and paths.run_dir and paths.checkpoint_root is None:
+        checkpoint = newest_stored_checkpoint(paths.run_dir)
+        if checkpoint is not None:
+            log.warning("rank %d: Ray Train holds no checkpoint; resuming from the newest in storage, %s", rank, checkpoint.path)
+    return checkpoint
+
+
 def _start_worker(config: dict[str, Any]) -> _Worker:
     """Re-validate the config, read the feature table, resolve the batch, build and restore the GAN, wrap it in
     DDP, and write the start record (rank 0)."""
@@ -170,9 +185,10 @@ def _start_worker(config: dict[str, Any]) -> _Worker:
     device = get_device()
     train_items, val_items = _load_items(cfg, local_feature_table(paths.features_dir))
     settings = StepSettings.from_config(cfg, device)
+    checkpoint = _resume_checkpoint(paths, rank)
     with _recording_health_failures(paths, rank):  # not even one clip fits: a restart would not help
         cfg, batch_source = resolve_run_batch_size(
-            cfg, train_items, settings, world, ray.train.get_checkpoint(), min_frames=usable_min_frames(cfg)
+            cfg, train_items, settings, world, checkpoint, min_frames=usable_min_frames(cfg)
         )
     sampler = DistributedBucketSampler(
         train_items.lengths,
@@ -185,7 +201,7 @@ def _start_worker(config: dict[str, Any]) -> _Worker:
     )
     torch.manual_seed(cfg.experiment.seed)
     gan = build_gan_state(cfg, settings, device)
-    restored = restore_initial_state(cfg, gan, ray.train.get_checkpoint())
+    restored = restore_initial_state(cfg, gan, checkpoint)
     fingerprint = state_fingerprint(gan.generator.model.state_dict())
     gan.generator.wrapped, gan.adversary.wrapped = wrap_models(
         gan.generator.model, gan.adversary.model, always=cfg.train.use_ddp_for_one_worker
