@@ -27,6 +27,7 @@ __all__ = [
     "RAY_DATA_LIMITS_REFRESH_S",
     "StagePlan",
     "UNKNOWN_NODE_TYPE",
+    "addable_node_types",
     "autoscaler_node_types",
     "autoscaler_v1_running",
     "check_location_on_cluster",
@@ -199,11 +200,17 @@ def autoscaler_v1_running(status: bytes | str | None) -> bool:
     except (TypeError, ValueError):
         return False
     report = record.get("autoscaler_report") if isinstance(record, dict) else None
-    if not isinstance(report, dict):
-        return False
-    mapping = report.get("node_type_mapping") or {}
-    names = set(mapping.values()) | set(report.get("active_nodes") or {})
-    return bool(names - {f"node_{node_id}" for node_id in mapping})
+    return isinstance(report, dict) and bool(addable_node_types(report))
+
+
+def addable_node_types(report: Mapping[str, object]) -> set[str]:
+    """The node type names of a v1 ``autoscaler_report`` that an autoscaling config defines: all of them but
+    Ray's read-only provider's ``node_<node id>`` (see :func:`autoscaler_v1_running`)."""
+    mapping, active = report.get("node_type_mapping"), report.get("active_nodes")
+    mapping = mapping if isinstance(mapping, dict) else {}
+    active = active if isinstance(active, dict) else {}
+    names = {str(name) for name in mapping.values()} | {str(name) for name in active}
+    return names - {f"node_{node_id}" for node_id in mapping}
 
 
 @dataclass(frozen=True)

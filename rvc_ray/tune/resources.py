@@ -98,12 +98,12 @@ def growth_from_autoscaler_status(
     report = record.get("autoscaler_report") if isinstance(record, dict) else None
     if not isinstance(report, dict):
         return ClusterGrowth(False, "no autoscaler (the head was started without an autoscaling config)")
-    from rvc_ray.cluster import autoscaler_v1_running
+    from rvc_ray.cluster import addable_node_types
 
-    if not autoscaler_v1_running(status):
+    names = sorted(addable_node_types(report))
+    if not names:
         return ClusterGrowth(False, "no autoscaler (the head was started without an autoscaling config: Ray's read-only provider)")
-    names = sorted(set((report.get("node_type_mapping") or {}).values()) | set(report.get("active_nodes") or {}))
-    return ClusterGrowth(True, "an autoscaler is running" + (f" (node types now: {', '.join(names)})" if names else ""))
+    return ClusterGrowth(True, f"an autoscaler is running (node types now: {', '.join(names)})")
 
 
 def detect_cluster_growth() -> ClusterGrowth:
