@@ -19,15 +19,13 @@ Every line carries the load average (other processes on the machine disturb timi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from statistics import mean, median
 
@@ -35,32 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.multinode import MultiNodeCluster  # noqa: E402  (the test suite's cluster helper)
+from tests.object_store import running_moto_server  # noqa: E402  (and its S3 server)
 
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def _start_s3() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
-    )
-    return proc, endpoint
 
 
 def _demo_wall(cluster: MultiNodeCluster, work_dir: str, demo_seconds: float, epochs: int) -> float:
@@ -109,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_DATA_DISABLE_PROGRESS_BARS="1",
                       RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0")
-    s3, _ = _start_s3()
+    s3 = contextlib.ExitStack()
+    endpoint = s3.enter_context(running_moto_server())
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
     import boto3
 
     boto3.client("s3").create_bucket(Bucket="rvc-bench")
@@ -147,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                           "one_node_samples_per_s": [round(o, 2) for _, o in pairs],
                           "target": ">= 0.95", "loadavg": _load()}), flush=True)
     finally:
-        s3.terminate()
+        s3.close()
         import shutil
 
         shutil.rmtree(scratch, ignore_errors=True)

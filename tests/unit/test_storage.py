@@ -66,3 +66,16 @@ def test_s3_unreachable_endpoint_is_one_clear_error(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(StorageError, match="cannot write to s3://bucket/x"):
         storage.check_writable("s3://bucket/x")
+
+
+@pytest.mark.slow
+def test_s3_refused_credentials_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.object_store import running_moto_server
+
+    with running_moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:  # moto checks keys, as S3 does
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAKNOWNKEY0000")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        with pytest.raises(StorageError, match=r"^cannot write to s3://some-bucket/runs: .*INVALID_ACCESS_KEY_ID.*AWS_SECRET_ACCESS_KEY"):
+            storage.check_writable("s3://some-bucket/runs")
