@@ -4,6 +4,9 @@
 node types the autoscaler publishes in the GCS (its ``ClusterConfig``: each node group's resources and
 ``max_count``). Ray 2.60's autoscaler (v1, what ``ray up cluster.yaml`` runs) publishes no ``ClusterConfig``,
 only its status record: then the cluster counts one node type of unknown size (:data:`UNKNOWN_NODE_TYPE`).
+That record has no autoscaler report for the first seconds after the head starts (the monitor waits for
+the raylets' first load report, then updates every 5 s): a reading that would refuse a request, one with
+no CPU alive, waits for the first full report (:data:`MONITOR_FIRST_REPORT_WAIT_S`) before it answers.
 A stage's request that fits a node type the autoscaler can add is kept (Ray waits while the autoscaler
 adds the node); one that fits neither the nodes nor any node type fails at once with a one-line
 :class:`~rvc_ray.errors.InputError`.
@@ -16,14 +19,17 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rvc_ray.errors import InputError
 
 __all__ = [
     "ClusterCapacity",
+    "MONITOR_FIRST_REPORT_WAIT_S",
     "RAY_DATA_LIMITS_REFRESH_S",
     "StagePlan",
     "UNKNOWN_NODE_TYPE",
@@ -37,6 +43,7 @@ __all__ = [
     "cluster_in_use",
     "ensure_ray",
     "extraction_plan",
+    "monitor_reported",
     "plan_extraction",
     "shorten_ray_data_limits_refresh",
 ]
@@ -152,32 +159,51 @@ class ClusterCapacity:
 
 
 def cluster_capacity() -> ClusterCapacity:
-    """What the connected cluster has and can grow to (see the module docstring)."""
+    """What the connected cluster has and can grow to (see the module docstring). With no CPU alive (a
+    0-CPU head), the autoscaler is waited for until its monitor has reported once."""
     import ray
 
     nodes = tuple(dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive", True))
-    return ClusterCapacity(nodes, autoscaler_node_types())
+    no_cpu_alive = not any(float(r.get("CPU", 0.0)) for r in nodes)
+    return ClusterCapacity(nodes, autoscaler_node_types(wait_s=MONITOR_FIRST_REPORT_WAIT_S if no_cpu_alive else 0.0))
 
 
 UNKNOWN_NODE_TYPE: tuple[Mapping[str, float], int] = ({}, -1)
 """An autoscaler runs but does not say what it can add: any request may fit, so none is refused."""
 AUTOSCALING_STATUS_KEY = "__autoscaling_status"  # the monitor's record in the GCS (what `ray status` shows)
+MONITOR_FIRST_REPORT_WAIT_S = 20.0
+"""How long a reading that would refuse waits for the monitor's first report: it comes ~3-8 s after the head
+starts (measured on Ray 2.60: the record after 2.7 s, its autoscaler report after 5.7 s)."""
 
 
-def autoscaler_node_types() -> tuple[tuple[Mapping[str, float], int], ...]:
+def autoscaler_node_types(*, wait_s: float = 0.0) -> tuple[tuple[Mapping[str, float], int], ...]:
     """The autoscaler's node groups from the GCS: its ``ClusterConfig`` (Ray's autoscaler v2 writes it), or
     ``(UNKNOWN_NODE_TYPE,)`` when only the v1 autoscaler's status record is there (Ray 2.60's ``ray up``);
-    empty without an autoscaler (or on a Ray that moved both)."""
+    empty without an autoscaler (or on a Ray that moved both).
+
+    Args:
+        wait_s: while neither is there yet, nor an autoscaler report in the status record (the monitor's
+            first seconds), read again for up to this long before answering.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        config = _cluster_config()
+        if config is not None and config.node_group_configs:
+            return tuple((dict(group.resources), int(group.max_count)) for group in config.node_group_configs)
+        status = _autoscaling_status()
+        if monitor_reported(status) or time.monotonic() >= deadline:
+            return (UNKNOWN_NODE_TYPE,) if autoscaler_v1_running(status) else ()
+        time.sleep(0.5)
+
+
+def _cluster_config() -> Any:
     try:
         from ray._private.state import state
 
-        config = state.get_cluster_config()
+        return state.get_cluster_config()
     except Exception:  # noqa: BLE001 - a private Ray API: no autoscaler information is not an error
         logger.debug("no autoscaler cluster config readable", exc_info=True)
-        config = None
-    if config is not None and config.node_group_configs:
-        return tuple((dict(group.resources), int(group.max_count)) for group in config.node_group_configs)
-    return (UNKNOWN_NODE_TYPE,) if autoscaler_v1_running(_autoscaling_status()) else ()
+        return None
 
 
 def _autoscaling_status() -> bytes | None:
@@ -190,16 +216,26 @@ def _autoscaling_status() -> bytes | None:
         return None
 
 
+def _autoscaler_report(status: bytes | str | None) -> object:
+    try:
+        record = json.loads(status) if status else None
+    except (TypeError, ValueError):
+        return None
+    return record.get("autoscaler_report") if isinstance(record, dict) else None
+
+
+def monitor_reported(status: bytes | str | None) -> bool:
+    """Does the monitor's status record hold an autoscaler report? Not in its first rounds after the head
+    starts (it waits for the raylets' load reports), so a record without one says nothing yet."""
+    return isinstance(_autoscaler_report(status), dict)
+
+
 def autoscaler_v1_running(status: bytes | str | None) -> bool:
     """Does the monitor's status record come from an autoscaler that can add nodes? The monitor runs on
     every head and always reports; on a head started without an autoscaling config its provider is Ray's
     read-only one, whose node types are the alive nodes themselves (``node_<node id>``, Ray's
     ``format_readonly_node_type``). Any other node type name comes from an autoscaling config."""
-    try:
-        record = json.loads(status) if status else None
-    except (TypeError, ValueError):
-        return False
-    report = record.get("autoscaler_report") if isinstance(record, dict) else None
+    report = _autoscaler_report(status)
     return isinstance(report, dict) and bool(addable_node_types(report))
 
 

@@ -254,6 +254,22 @@ def task_resources(
     return {"num_cpus": pp.cpus_per_task, "memory": memory}
 
 
+def _task_resources_on_cluster(cfg: RunConfig) -> dict[str, float | int]:
+    """:func:`task_resources` on the connected cluster. A request the alive nodes refuse is read again once
+    the autoscaler's monitor has reported (it reports nothing for its first seconds after the head starts)."""
+    import ray
+
+    from rvc_ray.cluster import MONITOR_FIRST_REPORT_WAIT_S, autoscaler_node_types, cluster_capacity
+
+    node_types = cluster_capacity().node_types
+    try:
+        return task_resources(cfg, ray.nodes(), node_types)
+    except InputError:
+        if node_types:
+            raise
+        return task_resources(cfg, ray.nodes(), autoscaler_node_types(wait_s=MONITOR_FIRST_REPORT_WAIT_S))
+
+
 def _task_slots(cfg: RunConfig, cluster_cpus: float) -> int:
     """Concurrent preprocessing tasks on ``cluster_cpus`` CPUs: the CPUs over ``preprocess.cpus_per_task``.
 
@@ -304,11 +320,9 @@ def _run_groups_with_ray(
     """
     import ray
 
-    from rvc_ray.cluster import cluster_capacity
-
     _start_ray()
     slots = _cpu_slots(cfg, len(groups))
-    resources = task_resources(cfg, ray.nodes(), cluster_capacity().node_types)
+    resources = _task_resources_on_cluster(cfg)
     per_task = groups_per_task(len(groups), slots)
     items = [
         {
@@ -405,10 +419,8 @@ def _inspect_all(
             return inspections.result()
     import ray
 
-    from rvc_ray.cluster import autoscaler_node_types
-
     _start_ray()
-    resources = task_resources(cfg, ray.nodes(), autoscaler_node_types())
+    resources = _task_resources_on_cluster(cfg)
     slots = _cpu_slots(cfg, len(files))
     groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
     task = ray.remote(**resources)(_inspect_files)

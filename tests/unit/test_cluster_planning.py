@@ -154,3 +154,48 @@ def test_node_types_are_read_from_rays_cluster_config_message(monkeypatch) -> No
     group.resources["CPU"], group.resources["GPU"] = 8, 1
     monkeypatch.setattr(state, "get_cluster_config", lambda: config)
     assert autoscaler_node_types() == (({"CPU": 8.0, "GPU": 1.0}, 4),)
+
+
+def test_a_refused_request_waits_for_the_monitors_first_report_before_it_is_refused(tiny_cfg, monkeypatch) -> None:
+    """For its first seconds after the head starts, the monitor's record has no autoscaler report (it waits
+    for the raylets' load reports): a 0-CPU head then looks like a cluster that can never run a task."""
+    import ray
+    from ray._private.state import state
+
+    from rvc_ray import cluster
+    from rvc_ray.cluster import UNKNOWN_NODE_TYPE, autoscaler_node_types, monitor_reported
+    from rvc_ray.preprocess import pipeline
+
+    before_first_update = '{"time": 1796071669.0, "monitor_pid": 31850, "load_metrics_report": {"usage": {}}}'
+    assert not monitor_reported(before_first_update) and not monitor_reported(None)
+    assert monitor_reported(V1_STATUS) and monitor_reported(READONLY_STATUS)
+
+    monkeypatch.setattr(state, "get_cluster_config", lambda: None)
+    records = iter([None, before_first_update, before_first_update, V1_STATUS])
+    reads: list[bytes | None] = []
+
+    def next_record() -> bytes | None:
+        record = next(records, V1_STATUS)
+        reads.append(record)
+        return record.encode() if record else None
+
+    monkeypatch.setattr(cluster, "_autoscaling_status", next_record)
+    monkeypatch.setattr(cluster.time, "sleep", lambda _s: None)
+    assert autoscaler_node_types() == ()  # no wait asked for: what is there now
+    assert autoscaler_node_types(wait_s=60.0) == (UNKNOWN_NODE_TYPE,)
+    assert reads == [None, before_first_update, before_first_update, V1_STATUS]
+
+    # preprocessing on a 0-CPU head whose monitor has not reported yet: kept, once the report says an
+    # autoscaler can add nodes (cluster_capacity waits while no CPU is alive)
+    records = iter([before_first_update, V1_STATUS])
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": dict(ZERO_CPU_HEAD[0])}])
+    assert pipeline._task_resources_on_cluster(tiny_cfg) == {"num_cpus": 1.0, "memory": 2**30}
+    # a request too big for the alive nodes is read again once the monitor reports, then refused
+    two_cpus = [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 8 * 2**30}}]
+    monkeypatch.setattr(ray, "nodes", lambda: two_cpus)
+    records = iter([before_first_update, READONLY_STATUS])
+    reads.clear()
+    big = tiny_cfg.model_copy(update={"preprocess": tiny_cfg.preprocess.model_copy(update={"cpus_per_task": 4.0})})
+    with pytest.raises(InputError, match="cpus_per_task=4.0 is more than the largest node has"):
+        pipeline._task_resources_on_cluster(big)
+    assert reads == [before_first_update, READONLY_STATUS]
