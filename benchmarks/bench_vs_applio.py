@@ -54,6 +54,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,8 +279,9 @@ def run_measured(label: str, cmd: list[str], *, cwd: Path, env: dict[str, str], 
 class Sides:
     """Builds the commands of both sides and the scratch trees they need."""
 
-    def __init__(self, applio: Path, applio_python: str, work: Path) -> None:
+    def __init__(self, applio: Path, applio_python: str, work: Path, rvc_sets: Sequence[str] = ()) -> None:
         self.applio, self.applio_python, self.work = applio, applio_python, work
+        self.rvc_sets = [arg for setting in rvc_sets for arg in ("--set", setting)]  # added to rvc-ray's commands
         self.applio_run = work / "applio_run"
         self.stubs = work / "applio_stubs"
         self.encoder = work / "hubert_base_random"
@@ -347,7 +349,7 @@ class Sides:
                "--output", str(out), "--set", "preprocess.segment_s=3.0"]
         if workers is not None:
             cmd += ["--set", f"preprocess.cpus_per_task={(os.cpu_count() or 1) / workers:g}"]
-        return cmd
+        return cmd + self.rvc_sets
 
     # extraction
     def applio_extract(self, exp: Path) -> list[str]:
@@ -360,7 +362,8 @@ class Sides:
         shutil.rmtree(out, ignore_errors=True)
         return [sys.executable, "-m", "rvc_ray.cli", "extract", "--config", "rvc_v2_40k", "--dataset", str(dataset),
                 "--output", str(out), "--set", "features.f0_method=fcpe",
-                "--set", f"features.content_encoder_path={self.encoder}", "--set", "features.content_encoder_format=hf"]
+                "--set", f"features.content_encoder_path={self.encoder}", "--set", "features.content_encoder_format=hf",
+                *self.rvc_sets]
 
     # index
     def applio_index(self, exp: Path) -> list[str]:
@@ -562,6 +565,8 @@ def main() -> None:
     parser.add_argument("--stages", default="preprocess,scale,extract,index", help=f"Comma list of {sorted(STAGES)}.")
     parser.add_argument("--extract-minutes", type=float, default=5.0, help="Corpus size of the extraction stage.")
     parser.add_argument("--index-frames", type=int, nargs="+", default=[50_000, 200_000])
+    parser.add_argument("--rvc-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="A setting added to rvc-ray's preprocess and extract commands (repeatable).")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/rvc_ray_vs_applio"), help="Scratch (corpora cached).")
     parser.add_argument(
         "--wait-idle",
@@ -583,10 +588,10 @@ def main() -> None:
     if not Path(applio_python).exists():
         parser.error(f"no Python for Applio at {applio_python}; pass --applio-python or set RVC_RAY_APPLIO_PYTHON")
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    sides = Sides(applio, applio_python, args.work_dir.resolve())
+    sides = Sides(applio, applio_python, args.work_dir.resolve(), args.rvc_set)
     sides.prepare(need_extract="extract" in stages)
     emit({"event": "start", "cpus": os.cpu_count(), "load1": round(load1(), 2), "applio": str(applio),
-          "applio_python": applio_python, "stages": stages})
+          "applio_python": applio_python, "stages": stages, "rvc_set": args.rvc_set})
     for stage in stages:
         STAGES[stage](sides, args)
 

@@ -39,6 +39,7 @@ __all__ = [
     "check_location_on_cluster",
     "check_locations_on_cluster",
     "check_run_locations",
+    "cores_for_cpu_bound_work",
     "cluster_capacity",
     "cluster_in_use",
     "ensure_ray",
@@ -251,8 +252,10 @@ def addable_node_types(report: Mapping[str, object]) -> set[str]:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """CPUs of each extraction actor and of each small Ray Data task (read, skip) that feeds them."""
+    """How many actors each extraction pool runs, the CPUs each reserves, and those of each small Ray Data
+    task (read, skip) that feeds them."""
 
+    num_actors: int
     cpus_per_actor: float
     cpus_per_task: float
 
@@ -261,11 +264,31 @@ TASK_CPUS = 0.25  # a Parquet read or the skip-done filter: light work, never a 
 MIN_ACTOR_CPUS = 0.1
 
 
-def plan_extraction(capacity: ClusterCapacity, num_actors: int, cpus_per_actor: float, *, stages: int) -> StagePlan:
-    """Fit ``stages`` actor pools of ``num_actors`` actors, plus two feeding tasks, into the cluster's CPUs.
+def cores_for_cpu_bound_work(cluster_cpus: float) -> float:
+    """CPUs worth one CPU-bound worker each: ``cluster_cpus``, or at most this machine's cores on the local
+    cluster :func:`ensure_ray` starts (no ``RAY_ADDRESS``), which declares more logical CPUs than the machine
+    has cores; a worker per logical CPU there would only add processes (start-up, memory), not throughput."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return min(cluster_cpus, float(os.cpu_count() or 1))
+    return cluster_cpus
 
-    The pitch and content actors hold their CPUs for the whole stage, and Ray Data's read tasks need CPUs
-    too: on a 2-CPU cluster, two 1-CPU actors leave the read waiting forever. When the actors (at
+
+def plan_extraction(
+    capacity: ClusterCapacity,
+    num_actors: int | None,
+    cpus_per_actor: float,
+    *,
+    stages: int,
+    max_actors: int | None = None,
+) -> StagePlan:
+    """Fit ``stages`` actor pools, plus two feeding tasks, into the cluster's CPUs.
+
+    ``num_actors`` actors per pool, or with ``None`` (``features.num_actors`` unset): one per pool when there
+    are two pools, and for one fused pool as many as there are CPUs for them (at ``cpus_per_actor`` each, on
+    the cores :func:`cores_for_cpu_bound_work` counts), at most ``max_actors`` (the batches there are).
+
+    The actors hold their CPUs for the whole stage, and Ray Data's read tasks need CPUs too: on a 2-CPU
+    cluster, two 1-CPU actors leave the read waiting forever. When the actors (at
     ``features.cpus_per_actor``) and two tasks do not fit in what the cluster has or can grow to
     (:attr:`ClusterCapacity.cpus_for_held_work`), each actor gets an equal share of what remains (CPUs are
     logical in Ray; the actor still runs with ``features.cpus_per_actor`` threads).
@@ -274,6 +297,13 @@ def plan_extraction(capacity: ClusterCapacity, num_actors: int, cpus_per_actor: 
         InputError: not even :data:`MIN_ACTOR_CPUS` per actor fits, or one actor fits on no node.
     """
     total = capacity.cpus_for_held_work
+    if num_actors is None:
+        num_actors = 1
+        if stages == 1:
+            cores = cores_for_cpu_bound_work(total if math.isfinite(total) else capacity.cpus_now)
+            num_actors = max(1, int(cores // cpus_per_actor))
+        if max_actors is not None:
+            num_actors = max(1, min(num_actors, max_actors))
     actors = stages * num_actors
     needed = actors * cpus_per_actor + 2 * TASK_CPUS
     per_actor = cpus_per_actor
@@ -281,7 +311,7 @@ def plan_extraction(capacity: ClusterCapacity, num_actors: int, cpus_per_actor: 
         per_actor = math.floor((total - 2 * TASK_CPUS) / actors * 20) / 20  # multiples of 0.05 CPU
         if per_actor < MIN_ACTOR_CPUS:
             raise InputError(
-                f"feature extraction needs {actors} actors (features.num_actors={num_actors} x {stages} stages) plus "
+                f"feature extraction needs {actors} actors ({num_actors} per pool x {stages} pools) plus "
                 f"its read tasks, but the cluster has {capacity.cpus_now:g} CPUs and can grow to {total:g}; "
                 "lower features.num_actors or add CPU nodes"
             )
@@ -296,12 +326,14 @@ def plan_extraction(capacity: ClusterCapacity, num_actors: int, cpus_per_actor: 
     if per_actor > largest:  # an actor runs on one node
         logger.warning("extract: an actor cannot hold %g CPUs; the largest node has %g", per_actor, largest)
         per_actor = largest
-    return StagePlan(cpus_per_actor=per_actor, cpus_per_task=TASK_CPUS)
+    return StagePlan(num_actors=num_actors, cpus_per_actor=per_actor, cpus_per_task=TASK_CPUS)
 
 
-def extraction_plan(num_actors: int, cpus_per_actor: float, *, stages: int) -> StagePlan:
+def extraction_plan(
+    num_actors: int | None, cpus_per_actor: float, *, stages: int, max_actors: int | None = None
+) -> StagePlan:
     """:func:`plan_extraction` on the connected cluster."""
-    return plan_extraction(cluster_capacity(), num_actors, cpus_per_actor, stages=stages)
+    return plan_extraction(cluster_capacity(), num_actors, cpus_per_actor, stages=stages, max_actors=max_actors)
 
 
 # --------------------------------------------------------------------------- storage every node can use

@@ -173,7 +173,11 @@ class FeatureConfig(_Node):
     pitch_gpus_per_actor: float | None = Field(None, gt=0, le=1.0)
     content_gpus_per_actor: float | None = Field(None, gt=0, le=1.0)
     cpus_per_actor: float = Field(1.0, gt=0)
-    num_actors: int = Field(1, ge=1)
+    # "fused": one actor pool whose actors compute pitch, then content, of each batch; "separate": a pitch pool
+    # feeding a content pool (each with its own GPU share); "auto": fused on CPU, separate with use_gpu.
+    stages: Literal["auto", "fused", "separate"] = "auto"
+    # actors per pool; unset: one per pool when separate, one per CPU (of cpus_per_actor) when fused
+    num_actors: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     mute_rows_per_speaker: int = Field(2, ge=0, le=10)
@@ -183,6 +187,11 @@ class FeatureConfig(_Node):
         if self.f0_min_hz >= self.f0_max_hz:
             raise ValueError("features.f0_min_hz must be below features.f0_max_hz")
         return self
+
+    @property
+    def fused_stages(self) -> bool:
+        """Do pitch and content run in one actor (``features.stages``; ``auto``: without ``use_gpu``)?"""
+        return self.stages == "fused" or (self.stages == "auto" and not self.use_gpu)
 
 
 class IndexConfig(_Node):

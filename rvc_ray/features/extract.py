@@ -7,7 +7,9 @@ Stages (class UDFs on ``ActorPoolStrategy`` actors, models loaded once per actor
 1. read the segments (only ``segment_id, speaker_id, wav, wav_16k``), drop the ones already done, add
    ``features.mute_rows_per_speaker`` mute rows per speaker (3 s of zeros, docs/rvc-reference.md §4.2);
 2. :class:`~rvc_ray.features.stages.PitchStage`: F0 from ``wav_16k`` (mute rows: 0 Hz throughout);
-3. :class:`~rvc_ray.features.stages.ContentStage`: content features, x2 frame doubling, alignment;
+3. :class:`~rvc_ray.features.stages.ContentStage`: content features, x2 frame doubling, alignment
+   (``features.stages`` fused, the CPU default: 2 and 3 in one pool of
+   :class:`~rvc_ray.features.stages.PitchAndContentStage` actors, one per CPU, :func:`rvc_ray.cluster.plan_extraction`);
 4. the driver streams the results (``iter_batches``) and writes shards of ``ROWS_PER_SHARD`` rows,
    so a crashed run keeps every shard already written.
 
@@ -40,6 +42,7 @@ from rvc_ray.features.split import assign_splits, mute_segment_id
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from rvc_ray.cluster import StagePlan
     from rvc_ray.config import RunConfig
     from rvc_ray.features.content import ContentEncoderInfo
 
@@ -203,22 +206,21 @@ def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     )
 
 
-def _build_dataset(cfg: RunConfig, files: list[str], done: set[str], mute: pa.Table):
+def _build_dataset(cfg: RunConfig, files: list[str], done: set[str], mute: pa.Table, plan: StagePlan):
     import ray
 
-    from rvc_ray.cluster import extraction_plan, shorten_ray_data_limits_refresh
-    from rvc_ray.features.stages import ContentStage, PitchStage, stage_actor_resources
+    from rvc_ray.cluster import shorten_ray_data_limits_refresh
+    from rvc_ray.features.stages import ContentStage, PitchAndContentStage, PitchStage, stage_actor_resources
 
     shorten_ray_data_limits_refresh()
 
     f = cfg.features
     raw = cfg.model_dump(mode="json")
     device = "cuda" if f.use_gpu else "cpu"
-    plan = extraction_plan(f.num_actors, f.cpus_per_actor, stages=2)
-    # CPUs as planned against the cluster (actors shrink to leave room for the read tasks); GPU shares per stage
-    pitch_actor, content_actor = (
-        {**stage_actor_resources(f, stage), "num_cpus": plan.cpus_per_actor} for stage in ("pitch", "content")
-    )
+
+    def actor(stage: str) -> dict[str, float]:
+        """CPUs as planned against the cluster (actors shrink to leave room for the read tasks); GPU shares per stage"""
+        return {**stage_actor_resources(f, stage), "num_cpus": plan.cpus_per_actor}
     # Parquet is read by our own light task, not ray.data.read_parquet: its file-listing step asks for a whole
     # CPU, which on a 2-CPU cluster whose actors hold 1.5 CPUs never gets one (the stage would wait forever)
     ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files)).map_batches(
@@ -234,12 +236,12 @@ def _build_dataset(cfg: RunConfig, files: list[str], done: set[str], mute: pa.Ta
     common = {
         "batch_format": "pyarrow",
         "batch_size": f.batch_size,
-        "compute": ray.data.ActorPoolStrategy(size=f.num_actors),
+        "compute": ray.data.ActorPoolStrategy(size=plan.num_actors),
+        "fn_constructor_kwargs": {"raw_cfg": raw, "device": device},
     }
-    ds = ds.map_batches(PitchStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **pitch_actor)
-    return ds.map_batches(
-        ContentStage, fn_constructor_kwargs={"raw_cfg": raw, "device": device}, **common, **content_actor
-    )
+    if f.fused_stages:
+        return ds.map_batches(PitchAndContentStage, **common, **actor("fused"))
+    return ds.map_batches(PitchStage, **common, **actor("pitch")).map_batches(ContentStage, **common, **actor("content"))
 
 
 def _write_shard(table: pa.Table, table_dir: str, run_tag: str, index: int) -> str:
@@ -370,7 +372,7 @@ def run_extract(
         FileNotFoundError: no segments, or configured weights missing (named).
         StorageError: a node cannot read ``dataset_dir`` or write ``output_dir`` (before any work).
     """
-    from rvc_ray.cluster import check_locations_on_cluster, ensure_ray
+    from rvc_ray.cluster import check_locations_on_cluster, ensure_ray, extraction_plan
     from rvc_ray.features.content import describe_content_encoder
 
     start = time.perf_counter()
@@ -410,19 +412,26 @@ def run_extract(
     mute = _mute_table(cfg, speakers, done)
     todo = len([s for s, _ in segments if s not in done]) + mute.num_rows
     stats = {"failures": [], "written": 0, "audio_s": 0.0, "pitch_s": 0.0, "content_s": 0.0}
+    actors = 0
     if todo:
         ensure_ray()
+        f = cfg.features
+        plan = extraction_plan(
+            f.num_actors, f.cpus_per_actor, stages=1 if f.fused_stages else 2, max_actors=-(-todo // f.batch_size)
+        )
+        actors = plan.num_actors
         log.info(
-            "extract: %d rows to compute, %d reused (f0=%s, encoder=%s)",
+            "extract: %d rows to compute, %d reused (f0=%s, encoder=%s; %d %s actors)",
             todo,
             len(done),
-            cfg.features.f0_method,
+            f.f0_method,
             encoder.description,
+            actors,
+            "pitch+content" if f.fused_stages else "pitch and content",
         )
-        stats = _stream_and_write(_build_dataset(cfg, files, done, mute), table_dir, splits, todo)
+        stats = _stream_and_write(_build_dataset(cfg, files, done, mute, plan), table_dir, splits, todo)
     counts = _reconcile_table(table_dir, cfg.features.validation_fraction, expected)
     wall = time.perf_counter() - start
-    actors = cfg.features.num_actors
     throughput = {
         "pitch": stats["audio_s"] / max(stats["pitch_s"] / actors, 1e-9) if stats["pitch_s"] else 0.0,
         "content": stats["audio_s"] / max(stats["content_s"] / actors, 1e-9) if stats["content_s"] else 0.0,

@@ -25,7 +25,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -271,15 +270,11 @@ def _task_resources_on_cluster(cfg: RunConfig) -> dict[str, float | int]:
 
 
 def _task_slots(cfg: RunConfig, cluster_cpus: float) -> int:
-    """Concurrent preprocessing tasks on ``cluster_cpus`` CPUs: the CPUs over ``preprocess.cpus_per_task``.
+    """Concurrent preprocessing tasks on ``cluster_cpus`` CPUs: the CPUs over ``preprocess.cpus_per_task``
+    (this machine's cores on the local cluster: :func:`rvc_ray.cluster.cores_for_cpu_bound_work`)."""
+    from rvc_ray.cluster import cores_for_cpu_bound_work
 
-    On the local cluster :func:`rvc_ray.cluster.ensure_ray` starts (no ``RAY_ADDRESS``), which declares more
-    logical CPUs than the machine has cores, the CPUs counted are the cores: a CPU-bound task per logical
-    CPU would only add worker processes (start-up and memory) without adding throughput.
-    """
-    if not os.environ.get("RAY_ADDRESS"):
-        cluster_cpus = min(cluster_cpus, float(os.cpu_count() or 1))
-    return max(1, int(cluster_cpus // cfg.preprocess.cpus_per_task))
+    return max(1, int(cores_for_cpu_bound_work(cluster_cpus) // cfg.preprocess.cpus_per_task))
 
 
 def _cpu_slots(cfg: RunConfig, num_items: int) -> int:

@@ -108,6 +108,23 @@ def test_extract_then_resume_then_index(ray_cluster, tmp_path: Path) -> None:
     voiced = np.asarray(seg0["f0_hz"])[np.asarray(seg0["f0_hz"]) > 0]
     assert abs(np.median(voiced) - 120.0) < 6.0
 
+    # the CPU default runs pitch and content in one actor pool; the two pools of the GPU layout write the same
+    # table (same features, same hash: the layout is not part of what the features depend on)
+    assert cfg.features.fused_stages
+    separate = run_extract(cfg.model_copy(update={"features": cfg.features.model_copy(update={"stages": "separate"})}),
+                           tmp_path / "dataset", tmp_path / "features_separate")  # fmt: skip
+    assert separate.config_hash == result.config_hash and separate.failures == result.failures
+    separate_table = pa.concat_tables(
+        pq.read_table(p) for p in sorted((tmp_path / "features_separate" / "table").glob("part-*.parquet"))
+    )
+    by_id = {r["segment_id"]: r for r in separate_table.to_pylist()}
+    assert set(by_id) == {r["segment_id"] for r in table.to_pylist()}
+    for row in table.to_pylist():
+        other = by_id[row["segment_id"]]
+        for column in ("num_frames", "split", "f0_hz", "pitch_bins", "wav", "wav_16k"):
+            assert other[column] == row[column], column
+        np.testing.assert_allclose(other["content"], row["content"], rtol=0, atol=1e-6)
+
     # the training side reads it (data/dataset.py's own length checks)
     assert len(load_feature_table(out, "train", hop_length=cfg.audio.hop_length)) == result.num_train
 

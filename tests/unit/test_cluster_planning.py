@@ -29,6 +29,23 @@ def test_extraction_keeps_its_request_when_it_fits() -> None:
     assert plan_extraction(roomy, num_actors=2, cpus_per_actor=1.5, stages=2).cpus_per_actor == 1.5
 
 
+def test_fused_extraction_runs_one_actor_per_core_and_no_more_than_there_are_batches(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    local = ClusterCapacity(({"CPU": 4.0},))  # ensure_ray's local cluster on 2 cores: 4 logical CPUs
+    plan = plan_extraction(local, None, 1.0, stages=1)
+    assert (plan.num_actors, plan.cpus_per_actor) == (2, 1.0)  # the cores, not the logical CPUs
+    assert plan_extraction(local, None, 1.0, stages=1, max_actors=1).num_actors == 1  # one batch: one actor
+    assert plan_extraction(local, None, 1.0, stages=2).num_actors == 1  # separate pools: one actor each
+    assert plan_extraction(local, 3, 1.0, stages=1, max_actors=1).num_actors == 3  # the user's count stands
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a real cluster: its CPUs are what Ray says
+    two_workers = plan_extraction(TWO_ONE_CPU_WORKERS, None, 1.0, stages=1)
+    assert two_workers.num_actors == 2 and 2 * two_workers.cpus_per_actor + 2 * two_workers.cpus_per_task <= 2.0
+    grown = plan_extraction(ClusterCapacity(ZERO_CPU_HEAD, (GPU_NODE_TYPE,)), None, 2.0, stages=1)
+    assert grown.num_actors == 16  # what the autoscaler can add: 4 nodes x 8 CPUs at 2 CPUs an actor
+
+
 def test_zero_cpu_head_plans_against_the_autoscaler_node_types() -> None:
     head_only = ClusterCapacity(ZERO_CPU_HEAD, (GPU_NODE_TYPE,))
     assert head_only.cpus_now == 0 and head_only.cpus_max == 32
