@@ -154,7 +154,7 @@ def _applio_runner(applio: Path, voice_path: Path, reference, seconds: float, op
     The same voice file, input, F0 method (fcpe, torchfcpe's bundled weights, which is what Applio's
     ``fcpe.pt`` holds) and settings (transpose 0, no index, protect 0.33, volume envelope = rms_mix_rate
     0.25); the content encoder is the same network object rvc-ray uses (Applio's ``HubertModelWithFinalProj``
-    is the same HuBERT-base architecture).
+    is the same HuBERT-base architecture), its output handed over by name as transformers returns it.
     """
     from types import SimpleNamespace
 
@@ -180,7 +180,17 @@ def _applio_runner(applio: Path, voice_path: Path, reference, seconds: float, op
     del net_g.enc_q
     net_g.load_state_dict(cpt["weight"], strict=False)
     net_g = net_g.float().eval()
-    encoder = reference.analysis.content_encoder(reference.encoder_spec, "bench").network
+    network = reference.analysis.content_encoder(reference.encoder_spec, "bench").network
+
+    class EncoderAsTransformersReturnsIt(torch.nn.Module):  # Applio reads model(wav)["last_hidden_state"]
+        def __init__(self) -> None:
+            super().__init__()
+            self.network, self.final_proj = network, network.final_proj
+
+        def forward(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"last_hidden_state": self.network(wav)}
+
+    encoder = EncoderAsTransformersReturnsIt().eval()
     config = SimpleNamespace(x_pad=1, x_query=6, x_center=38, x_max=41, device="cpu")
     vc = Pipeline(int(cpt["config"][-1]), config)
     audio = _tone(seconds)

@@ -89,8 +89,8 @@ def ensure_ray(num_cpus: int | None = None, *, tune_driver_slots: int = 4, dashb
     2-core machine, Ray Data stages and 2 Train workers must fit at once (see docs/ray-pitfalls.md §1, Data +
     Train deadlock). It also gets a custom ``tune_driver`` resource so Tune trial drivers never hold
     a CPU that their own Train workers need. The dashboard stays on: Train V2 needs it to clean up
-    placement groups. ``dashboard=False`` is for the stand-alone data stages (``rvc-ray preprocess`` and
-    ``rvc-ray index``, which never run Ray Train in their process): starting the dashboard costs
+    placement groups. ``dashboard=False`` is for the stand-alone data stages (``rvc-ray preprocess``,
+    ``extract`` and ``index``, which never run Ray Train in their process): starting the dashboard costs
     1-2.5 s of a local cluster's start-up on 2 cores (docs/benchmarks.md).
     """
     import ray

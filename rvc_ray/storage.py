@@ -43,7 +43,9 @@ __all__ = [
     "list_files",
     "makedirs",
     "normalize_location",
+    "parquet_row_group_rows",
     "read_parquet",
+    "read_parquet_row_group",
     "read_bytes",
     "read_text",
     "relative_path",
@@ -264,6 +266,25 @@ def read_parquet(location: str, columns: list[str] | None = None) -> pyarrow.Tab
 
     fs, path = filesystem_and_path(location)
     return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def read_parquet_row_group(location: str, row_group: int, columns: list[str] | None = None) -> pyarrow.Table:
+    """Row group ``row_group`` of the Parquet file at ``location`` (from an object store, only its byte ranges)."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem_and_path(location)
+    with fs.open_input_file(path) as handle:
+        return pq.ParquetFile(handle).read_row_group(row_group, columns=columns)
+
+
+def parquet_row_group_rows(location: str) -> list[int]:
+    """The row count of every row group of the Parquet file at ``location``, in order (its footer only)."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem_and_path(location)
+    with fs.open_input_file(path) as handle:
+        metadata = pq.ParquetFile(handle).metadata
+        return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
 
 
 def write_parquet(table: pyarrow.Table, location: str) -> None:

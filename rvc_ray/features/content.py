@@ -1,6 +1,8 @@
-"""Content features: HuBERT-base / ContentVec through transformers' ``HubertModel`` (docs/rvc-reference.md §3).
+"""Content features: HuBERT-base / ContentVec (docs/rvc-reference.md §3).
 
-Three ways to get an encoder, all the same architecture (``HubertModel`` + ``final_proj``):
+The network is :class:`~rvc_ray.features.hubert.HubertNetwork`: transformers' ``HubertModel`` + ``final_proj``
+computed in plain torch under the same parameter names (transformers itself is imported only to build the
+random encoder). Three ways to get an encoder:
 
 * a Hugging Face directory (Applio / RVC-WebUI HEAD): ``config.json`` + ``pytorch_model.bin`` or
   ``model.safetensors``;
@@ -11,7 +13,7 @@ Three ways to get an encoder, all the same architecture (``HubertModel`` + ``fin
   voice trained on them cannot convert real speech. Its ``description`` says so, and so must every
   log line, manifest and export that uses it.
 
-Output: v2 = last layer (``last_hidden_state``), v1 = ``final_proj(hidden_states[9])``.
+Output: v2 = last layer, v1 = ``final_proj`` of layer 9's output (transformers' ``hidden_states[9]``).
 Shapes: ``wav_16k [N]`` -> ``[T50, C]`` float32 with ``T50 = (N - 400) // 320 + 1`` (50 frames/s).
 
 Only load checkpoints you trust: fairseq files are Python pickles (see :func:`load_fairseq_state`).
@@ -23,7 +25,7 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from rvc_ray.config import FeatureConfig, ModelConfig
+    from rvc_ray.features.hubert import HubertNetwork, HubertShape
 
 __all__ = [
     "RANDOM_ENCODER_SEED",
@@ -160,10 +163,19 @@ def _build_random_network(size: str, hidden_size: int, proj_size: int, seed: int
     return net.eval()
 
 
-class HubertContentEncoder:
-    """A :class:`ContentEncoder` around a ``HubertWithFinalProj`` network."""
+def network_from_hf_model(hf_model: torch.nn.Module) -> HubertNetwork:
+    """The same weights in a :class:`HubertNetwork` (from a transformers ``HubertModel`` + ``final_proj``)."""
+    from rvc_ray.features.hubert import HubertNetwork, HubertShape
 
-    def __init__(self, network: torch.nn.Module, *, version: str, info: ContentEncoderInfo, device: str = "cpu"):
+    net = HubertNetwork(HubertShape.from_hf_config(hf_model.config.to_dict()))
+    net.load_state_dict(hf_model.state_dict(), strict=True)
+    return net.eval()
+
+
+class HubertContentEncoder:
+    """A :class:`ContentEncoder` around a :class:`~rvc_ray.features.hubert.HubertNetwork`."""
+
+    def __init__(self, network: HubertNetwork, *, version: str, info: ContentEncoderInfo, device: str = "cpu"):
         self.network = network.to(device).eval()
         self.device = device
         self.version = version
@@ -183,11 +195,10 @@ class HubertContentEncoder:
         x = torch.tensor(wav, device=self.device)[None]
         with torch.inference_mode():
             if self.version == "v1":
-                out = self.network(x, output_hidden_states=True)
-                layer = min(V1_OUTPUT_LAYER, len(out.hidden_states) - 1)
-                feats = self.network.final_proj(out.hidden_states[layer])
+                layer = min(V1_OUTPUT_LAYER, self.network.num_layers)
+                feats = self.network.final_proj(self.network(x, through_layer=layer))
             else:
-                feats = self.network(x).last_hidden_state
+                feats = self.network(x)
         return feats[0].float().cpu().numpy()
 
 
@@ -330,9 +341,9 @@ def _fairseq_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
     return dict(model_cfg) if isinstance(model_cfg, dict) else {}
 
 
-def _config_from_fairseq(state: dict[str, Any], hparams: dict[str, Any], source: Path):
-    """A HubertConfig for a fairseq state dict: cfg values first, shapes for the rest."""
-    from transformers import HubertConfig
+def _shape_from_fairseq(state: dict[str, Any], hparams: dict[str, Any], source: Path) -> HubertShape:
+    """The :class:`HubertShape` of a fairseq state dict: cfg values first, tensor shapes for the rest."""
+    from rvc_ray.features.hubert import HubertShape
 
     try:
         embed = state["post_extract_proj.weight"].shape[0]
@@ -348,7 +359,7 @@ def _config_from_fairseq(state: dict[str, Any], hparams: dict[str, Any], source:
     else:
         conv = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
     mode = hparams.get("extractor_mode", "default")
-    return HubertConfig(
+    return HubertShape(
         hidden_size=embed,
         num_hidden_layers=int(hparams.get("encoder_layers", layers)),
         num_attention_heads=int(hparams.get("encoder_attention_heads", max(1, embed // 64))),
@@ -362,6 +373,7 @@ def _config_from_fairseq(state: dict[str, Any], hparams: dict[str, Any], source:
         num_conv_pos_embeddings=int(hparams.get("conv_pos", pos_v.shape[-1])),
         num_conv_pos_embedding_groups=int(hparams.get("conv_pos_groups", embed // pos_v.shape[1])),
         classifier_proj_size=proj,
+        masked_spec_embed="mask_emb" in state,
     )
 
 
@@ -390,24 +402,27 @@ def _read_hf_weights(directory: Path) -> tuple[dict[str, Any], Path]:
     raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin in this HF encoder directory")
 
 
-def load_hf_encoder(directory: Path):
-    """Load an HF-format encoder directory into ``HubertWithFinalProj`` (strict; clear errors)."""
-    from transformers import HubertConfig
+def load_hf_encoder(directory: Path) -> HubertNetwork:
+    """Load an HF-format encoder directory into a :class:`HubertNetwork` (strict; clear errors)."""
+    from rvc_ray.features.hubert import HubertNetwork, HubertShape
 
     directory = Path(directory)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory}: an HF encoder directory needs config.json (not found)")
     try:
-        config = HubertConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"a JSON object is expected, found {type(config).__name__}")
+        shape = HubertShape.from_hf_config(config)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"{config_file}: not a valid HuBERT config.json ({exc})") from exc
     state, weights_file = _read_hf_weights(directory)
     state = {k.removeprefix("hubert."): v for k, v in state.items()}
     state = {_HF_LEGACY_WEIGHT_NORM.get(k, k): v for k, v in state.items()}
     if "final_proj.weight" in state:
-        config.classifier_proj_size = int(state["final_proj.weight"].shape[0])
-    net = _hubert_with_final_proj_class()(config)
+        shape = replace(shape, classifier_proj_size=int(state["final_proj.weight"].shape[0]))
+    net = HubertNetwork(shape)
     if "final_proj.weight" not in state:  # plain HubertModel: v2 never uses final_proj
         state = {**state, **{f"final_proj.{k}": v for k, v in net.final_proj.state_dict().items()}}
         log.warning("%s has no final_proj weights: fine for v2 (last layer), wrong for v1", weights_file)
@@ -415,12 +430,13 @@ def load_hf_encoder(directory: Path):
     return net.eval()
 
 
-def load_fairseq_encoder(path: Path):
-    """Load a fairseq ``hubert_base.pt``-style checkpoint into ``HubertWithFinalProj`` (strict)."""
+def load_fairseq_encoder(path: Path) -> HubertNetwork:
+    """Load a fairseq ``hubert_base.pt``-style checkpoint into a :class:`HubertNetwork` (strict)."""
+    from rvc_ray.features.hubert import HubertNetwork
+
     path = Path(path)
     state, hparams = load_fairseq_state(path)
-    config = _config_from_fairseq(state, hparams, path)
-    net = _hubert_with_final_proj_class()(config)
+    net = HubertNetwork(_shape_from_fairseq(state, hparams, path))
     _load_strict(net, convert_fairseq_to_hf_state(state, str(path)), path)
     return net.eval()
 
@@ -498,12 +514,12 @@ def build_content_encoder(features: FeatureConfig, model: ModelConfig, device: s
                 f"features.random_encoder_size=base gives 768-d v2 features but model.content_dim is "
                 f"{model.content_dim}; use random_encoder_size=tiny (hidden = content_dim) or content_dim=768"
             )
-        net = _build_random_network(features.random_encoder_size, hidden, proj)
+        net = network_from_hf_model(_build_random_network(features.random_encoder_size, hidden, proj))
         log.warning("content encoder: %s", info.description)
     else:
         path = Path(info.path)
         net = load_hf_encoder(path) if info.kind == "hf" else load_fairseq_encoder(path)
-        out_dim = net.config.hidden_size if model.version == "v2" else net.config.classifier_proj_size
+        out_dim = net.shape.hidden_size if model.version == "v2" else net.shape.classifier_proj_size
         if out_dim != model.content_dim:
             raise ValueError(
                 f"{path}: this encoder gives {out_dim}-d {model.version} features "

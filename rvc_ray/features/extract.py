@@ -125,16 +125,55 @@ def _segment_files(dataset_dir: str) -> list[str]:
     return files
 
 
-def _read_segment_index(files: list[str]) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class SegmentFile:
+    """One ``part-*.parquet`` segment file: its location, its segment ids in order and its row group sizes."""
+
+    location: str
+    segment_ids: tuple[str, ...]
+    row_group_rows: tuple[int, ...]
+
+
+def _read_segment_index(files: list[str]) -> tuple[list[tuple[str, int]], list[SegmentFile]]:
+    """``(segment_id, speaker_id)`` of every segment, in file order, and each file's :class:`SegmentFile`."""
     rows: list[tuple[str, int]] = []
+    index: list[SegmentFile] = []
     for file in files:
         table = storage.read_parquet(file, columns=["segment_id", "speaker_id"])
-        rows.extend(zip(table.column("segment_id").to_pylist(), table.column("speaker_id").to_pylist(), strict=True))
+        ids = table.column("segment_id").to_pylist()
+        rows.extend(zip(ids, table.column("speaker_id").to_pylist(), strict=True))
+        index.append(SegmentFile(file, tuple(ids), tuple(storage.parquet_row_group_rows(file))))
     seen: set[str] = set()
     dupes = [sid for sid, _ in rows if sid in seen or seen.add(sid)]
     if dupes:
         raise InputError(f"dataset segments contain duplicate segment_id values, e.g. {dupes[:5]}")
-    return rows
+    return rows, index
+
+
+def rows_per_read(rows: int, actors: int, batch_size: int) -> int:
+    """Rows of one read block: about four blocks per actor, in whole batches.
+
+    Ray Data hands a block to one actor (which then runs it batch by batch), so a 52-row file read as one
+    block keeps one actor busy and the others idle; larger corpora have row groups enough for everyone.
+    """
+    per_block = -(-rows // (4 * max(1, actors)))
+    return max(batch_size, -(-per_block // batch_size) * batch_size)
+
+
+def read_slices(files: list[SegmentFile], done: set[str], max_rows: int) -> list[dict[str, Any]]:
+    """The read tasks' items: ``{"path", "row_group", "start", "stop"}``, at most ``max_rows`` rows each and
+    never across a row group (one row group is read per item); slices whose segments are all done are left out.
+    """
+    items = []
+    for file in files:
+        first = 0
+        for group, group_rows in enumerate(file.row_group_rows):
+            for start in range(0, group_rows, max_rows):
+                stop = min(start + max_rows, group_rows)
+                if not done.issuperset(file.segment_ids[first + start : first + stop]):
+                    items.append({"path": file.location, "row_group": group, "start": start, "stop": stop})
+            first += group_rows
+    return items
 
 
 def _table_parts(table_dir: str) -> list[str]:
@@ -181,10 +220,15 @@ def _mute_table(cfg: RunConfig, speakers: list[int], done: set[str]) -> pa.Table
 
 
 def _read_and_skip(batch: pa.Table, done: frozenset[str]) -> pa.Table:
-    """Map stage: read the segment files named in ``batch["path"]`` (locations), then :func:`_skip_done`."""
+    """Map stage: read the row slices named in ``batch`` (:func:`read_slices`), then :func:`_skip_done`."""
     import pyarrow as pa
 
-    tables = [storage.read_parquet(path, columns=_INPUT_COLUMNS) for path in batch.column("path").to_pylist()]
+    tables = [
+        storage.read_parquet_row_group(item["path"], item["row_group"], _INPUT_COLUMNS).slice(
+            item["start"], item["stop"] - item["start"]
+        )
+        for item in batch.to_pylist()
+    ]
     return _skip_done(pa.concat_tables(tables), done)
 
 
@@ -206,7 +250,7 @@ def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     )
 
 
-def _build_dataset(cfg: RunConfig, files: list[str], done: set[str], mute: pa.Table, plan: StagePlan):
+def _build_dataset(cfg: RunConfig, files: list[SegmentFile], done: set[str], mute: pa.Table, plan: StagePlan):
     import ray
 
     from rvc_ray.cluster import shorten_ray_data_limits_refresh
@@ -223,13 +267,17 @@ def _build_dataset(cfg: RunConfig, files: list[str], done: set[str], mute: pa.Ta
         return {**stage_actor_resources(f, stage), "num_cpus": plan.cpus_per_actor}
     # Parquet is read by our own light task, not ray.data.read_parquet: its file-listing step asks for a whole
     # CPU, which on a 2-CPU cluster whose actors hold 1.5 CPUs never gets one (the stage would wait forever)
-    ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files)).map_batches(
+    todo = sum(1 for file in files for segment_id in file.segment_ids if segment_id not in done)
+    slices = read_slices(files, done, rows_per_read(todo, plan.num_actors, f.batch_size))
+    if not slices:
+        return ray.data.from_arrow(mute)
+    ds = ray.data.from_items(slices, override_num_blocks=len(slices)).map_batches(
         _read_and_skip,
         fn_kwargs={"done": frozenset(done)},
         batch_format="pyarrow",
         num_cpus=plan.cpus_per_task,
         batch_size=1,
-        compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(files)))),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(2, len(slices)))),
     )
     if mute.num_rows:
         ds = ds.union(ray.data.from_arrow(mute))
@@ -381,8 +429,7 @@ def run_extract(
     if not locations_checked:
         check_locations_on_cluster(reads=[("dataset", dataset_dir)], writes=[("features", output_dir)])
     table_dir = storage.join(output_dir, "table")
-    files = _segment_files(dataset_dir)
-    segments = _read_segment_index(files)
+    segments, files = _read_segment_index(_segment_files(dataset_dir))
     speakers = sorted({spk for _, spk in segments})
     splits = assign_splits(segments, cfg.features.validation_fraction)
     expected = {sid for sid, _ in segments} | {
@@ -414,7 +461,7 @@ def run_extract(
     stats = {"failures": [], "written": 0, "audio_s": 0.0, "pitch_s": 0.0, "content_s": 0.0}
     actors = 0
     if todo:
-        ensure_ray()
+        ensure_ray(dashboard=False)  # this process runs no Ray Train (rvc_ray.pipeline starts Ray itself first)
         f = cfg.features
         plan = extraction_plan(
             f.num_actors, f.cpus_per_actor, stages=1 if f.fused_stages else 2, max_actors=-(-todo // f.batch_size)

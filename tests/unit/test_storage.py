@@ -51,6 +51,23 @@ def test_s3_round_trip_and_dirs(s3_bucket: str, tmp_path: Path) -> None:
     assert storage.list_files(f"{s3_bucket}/run", recursive=True) == []
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_parquet_row_groups_are_read_one_at_a_time(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import pyarrow as pa
+
+    root = request.getfixturevalue("s3_bucket") if where == "s3" else str(tmp_path)
+    table = pa.table({"segment_id": [f"s{i}" for i in range(10)], "wav": [[float(i)] * 3 for i in range(10)]})
+    location = storage.join(root, "part-00000.parquet")
+    fs, path = storage.filesystem_and_path(location)
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, filesystem=fs, row_group_size=4)
+    assert storage.parquet_row_group_rows(location) == [4, 4, 2]
+    last = storage.read_parquet_row_group(location, 2, columns=["segment_id"])
+    assert last.column_names == ["segment_id"] and last.column("segment_id").to_pylist() == ["s8", "s9"]
+    assert storage.read_parquet_row_group(location, 1).equals(table.slice(4, 4))
+
+
 @pytest.mark.slow
 def test_s3_missing_bucket_is_one_clear_error(s3_server: str) -> None:
     with pytest.raises(StorageError, match=r"cannot write to s3://no-such-bucket-rvc/x: .*AWS_ENDPOINT_URL"):

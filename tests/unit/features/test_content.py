@@ -313,3 +313,48 @@ def test_conv_feature_layers_are_parsed_not_evaluated() -> None:
     for bad in ("__import__('os').system('true')", "[(1,2,3)] * 10**9", "[(1, 2)]", "[]", "[(1,2,3)] +"):
         with pytest.raises(ValueError, match="conv_feature_layers"):
             parse_conv_feature_layers(bad)
+
+
+@pytest.mark.parametrize("variant", ["post_norm_group", "stable_layer_norm"])
+def test_plain_torch_network_computes_what_transformers_computes(variant: str) -> None:
+    """rvc-ray's HubertNetwork against transformers' HubertModel with the same weights: the last layer and
+    every intermediate layer (v1 reads layer 9), for both encoder layouts HuBERT checkpoints use."""
+    import torch
+    from transformers import HubertConfig
+
+    from rvc_ray.features.content import _hubert_with_final_proj_class, network_from_hf_model
+
+    stable = variant == "stable_layer_norm"
+    config = HubertConfig(
+        hidden_size=48, num_hidden_layers=10, num_attention_heads=4, intermediate_size=96,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, classifier_proj_size=24,
+        do_stable_layer_norm=stable, feat_extract_norm="layer" if stable else "group", conv_bias=stable,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    reference = _hubert_with_final_proj_class()(config).eval()
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            if name.endswith(".bias") or "layer_norm" in name:
+                param.normal_(0.0, 0.2)  # transformers' init leaves these 0 / 1, which would hide a swapped term
+    ours = network_from_hf_model(reference)
+    wav = torch.from_numpy(_wav(0.6))[None]
+    with torch.inference_mode():
+        expected = reference(wav, output_hidden_states=True)
+        torch.testing.assert_close(ours(wav), expected.last_hidden_state, rtol=0, atol=1e-5)
+        for layer in (1, 9) if not stable else (1,):  # stable: hidden_states are pre-final-norm layer outputs
+            torch.testing.assert_close(ours(wav, through_layer=layer), expected.hidden_states[layer], rtol=0, atol=1e-5)
+
+
+def test_hf_configs_the_plain_network_cannot_compute_are_refused(saved_encoder, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from rvc_ray.features.content import load_hf_encoder
+
+    _, hf_dir, _ = saved_encoder
+    odd = tmp_path / "relu_hubert"
+    shutil.copytree(hf_dir, odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "hidden_act": "relu", "conv_pos_batch_norm": True}))
+    with pytest.raises(ValueError, match=r"config.json.*hidden_act='relu', conv_pos_batch_norm=True"):
+        load_hf_encoder(odd)
