@@ -347,8 +347,9 @@ class Sides:
         shutil.rmtree(out, ignore_errors=True)  # else the second run finds the dataset current and returns at once
         cmd = [sys.executable, "-m", "rvc_ray.cli", "preprocess", "--config", "rvc_v2_40k", "--input", str(corpus),
                "--output", str(out), "--set", "preprocess.segment_s=3.0"]
-        if workers is not None:
-            cmd += ["--set", f"preprocess.cpus_per_task={(os.cpu_count() or 1) / workers:g}"]
+        if workers is not None:  # the scale-out figure: Ray worker processes, as on a cluster
+            cmd += ["--set", f"preprocess.cpus_per_task={(os.cpu_count() or 1) / workers:g}",
+                    "--set", "preprocess.engine=ray"]
         return cmd + self.rvc_sets
 
     # extraction

@@ -135,6 +135,9 @@ class PreprocessConfig(_Node):
     # 48 kHz (60 s: +0.29 GB, 300 s: +1.3 GB, measured); the output does not depend on it (docs/dataset.md)
     block_duration_s: float = Field(60.0, gt=10.0)
     rows_per_shard: int = Field(256, gt=0)
+    # "auto": Ray tasks on the cluster this process is connected to or told to join (RAY_ADDRESS), else worker
+    # processes on this machine (no local Ray cluster to start); "ray": Ray tasks always (docs/dataset.md)
+    engine: Literal["auto", "ray"] = "auto"
     cpus_per_task: float = Field(1.0, gt=0)
     # Ray's logical memory per preprocessing task (decode + filter + resample of one block), so a node never
     # runs more tasks than its RAM holds: Ray cannot see a task's real memory use (docs/rvc-reference.md §A.1)

@@ -21,16 +21,18 @@ Order of work:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
+import os
 import time
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rvc_ray import storage
 from rvc_ray.audio.io import AudioDecodeError, probe_audio
@@ -101,8 +103,12 @@ def _fingerprints(discovery: InputDiscovery, remote: RemoteInputs) -> list[dict[
     for f in discovery.files:
         stat = f.path.stat()  # a remote input's skeleton file has the object's size and mtime
         entries.append(
-            {"path": remote.display(f.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-             "speaker_id": f.speaker_id}
+            {
+                "path": remote.display(f.path),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "speaker_id": f.speaker_id,
+            }
         )
     return entries
 
@@ -292,7 +298,9 @@ def _process_groups(rows: Sequence[dict[str, Any]], raw_config: dict[str, Any], 
     cfg = RunConfig.model_validate(raw_config)
     results = []
     for row in rows:
-        files = [SourceFile(Path(f["path"]), f["speaker_id"], f["speaker_name"], f["source_index"]) for f in row["files"]]
+        files = [
+            SourceFile(Path(f["path"]), f["speaker_id"], f["speaker_name"], f["source_index"]) for f in row["files"]
+        ]
         uris = {f["source_index"]: f["uri"] for f in row["files"] if f["uri"]}
         measured = {f["source_index"] for f in row["files"] if f["measure"]}
         outcomes, shards = process_file_group(row["group_index"], files, cfg, segments_dir, uris, measured)
@@ -319,18 +327,7 @@ def _run_groups_with_ray(
     slots = _cpu_slots(cfg, len(groups))
     resources = _task_resources_on_cluster(cfg)
     per_task = groups_per_task(len(groups), slots)
-    items = [
-        {
-            "group_index": index,
-            "files": [
-                {"path": str(f.path), "speaker_id": f.speaker_id, "speaker_name": f.speaker_name,
-                 "source_index": f.source_index, "uri": remote.uri_of.get(str(f.path), ""),
-                 "measure": f.source_index in measured}
-                for f in group
-            ],
-        }
-        for index, group in enumerate(groups)
-    ]
+    items = _group_items(groups, remote, measured)
     task = ray.remote(_process_groups).options(**resources)
     args = (ray.put(cfg.model_dump(mode="json")), str(segments_dir))
     batches = iter([items[i : i + per_task] for i in range(0, len(items), per_task)])
@@ -341,9 +338,72 @@ def _run_groups_with_ray(
         for group_index, outcomes, shards in ray.get(done[0]):
             by_group[group_index] = (outcomes, shards)
         in_flight += [task.remote(batch, *args) for batch in itertools.islice(batches, 1)]
-    if sorted(by_group) != list(range(len(groups))):
-        raise RuntimeError(f"preprocess: the tasks returned {len(by_group)} group results for {len(groups)} groups")
-    return [by_group[index] for index in range(len(groups))]
+    return _in_group_order(by_group, len(groups))
+
+
+def _group_items(
+    groups: Sequence[Sequence[SourceFile]], remote: RemoteInputs, measured: Collection[int]
+) -> list[dict[str, Any]]:
+    """The task arguments of every file group (plain data: they cross to Ray or worker processes)."""
+    return [
+        {
+            "group_index": index,
+            "files": [
+                {"path": str(f.path), "speaker_id": f.speaker_id, "speaker_name": f.speaker_name,
+                 "source_index": f.source_index, "uri": remote.uri_of.get(str(f.path), ""),
+                 "measure": f.source_index in measured}
+                for f in group
+            ],
+        }
+        for index, group in enumerate(groups)
+    ]  # fmt: skip
+
+
+def _in_group_order(
+    by_group: dict[int, tuple[dict[int, dict], list[ShardInfo]]], num_groups: int
+) -> list[tuple[dict[int, dict], list[ShardInfo]]]:
+    if sorted(by_group) != list(range(num_groups)):
+        raise RuntimeError(f"preprocess: the tasks returned {len(by_group)} group results for {num_groups} groups")
+    return [by_group[index] for index in range(num_groups)]
+
+
+def _run_groups_in_processes(
+    cfg: RunConfig,
+    groups: Sequence[Sequence[SourceFile]],
+    segments_dir: str,
+    remote: RemoteInputs,
+    measured: Collection[int],
+    pool: Executor,
+    slots: int,
+) -> list[tuple[dict[int, dict], list[ShardInfo]]]:
+    """The Ray path's tasks (:func:`_process_groups`, as many groups each) in this machine's worker processes."""
+    items = _group_items(groups, remote, measured)
+    per_task = groups_per_task(len(groups), slots)
+    raw = cfg.model_dump(mode="json")
+    futures = [
+        pool.submit(_process_groups, items[i : i + per_task], raw, segments_dir) for i in range(0, len(items), per_task)
+    ]
+    by_group = {group_index: (outcomes, shards) for f in futures for group_index, outcomes, shards in f.result()}
+    return _in_group_order(by_group, len(groups))
+
+
+Engine = Literal["ray", "processes", "loop"]
+
+
+def choose_engine(pp: PreprocessConfig, use_ray: bool) -> Engine:
+    """Where the per-file work runs: ``loop`` (``use_ray=False``: this process), ``ray`` (tasks on the cluster
+    this process is connected to or told to join, or always with ``preprocess.engine: ray``) or
+    ``processes`` (worker processes on this machine: no cluster in use, so none is started for this stage)."""
+    from rvc_ray.cluster import cluster_in_use
+
+    if not use_ray:
+        return "loop"
+    return "ray" if pp.engine == "ray" or cluster_in_use() else "processes"
+
+
+def _local_slots(cfg: RunConfig) -> int:
+    """Worker processes on this machine: its cores over ``preprocess.cpus_per_task``."""
+    return _task_slots(cfg, float(os.cpu_count() or 1))
 
 
 def _prepare_segments_dir(output_dir: str) -> str:
@@ -398,16 +458,27 @@ def _start_ray() -> None:
 
 
 def _inspect_all(
-    cfg: RunConfig, discovery: InputDiscovery, use_ray: bool, remote: RemoteInputs
+    cfg: RunConfig, discovery: InputDiscovery, engine: Engine, remote: RemoteInputs, pool: Executor | None = None
 ) -> list[FileInspection]:
     """The readiness pass: in a loop (in a thread while Ray starts, for up to :data:`LOCAL_READINESS_MAX_S`
-    of local audio) or in Ray tasks (groups of files, one group per CPU slot, twice over)."""
+    of local audio), or in Ray tasks or the worker ``pool`` (groups of files, one per CPU slot, twice over)."""
     files = list(discovery.files)
     raw = cfg.preprocess.model_dump(mode="json")
     uris = {f.source_index: remote.uri_of[str(f.path)] for f in files if str(f.path) in remote.uri_of}
-    if not use_ray or len(files) < 2:
+    if engine == "loop" or len(files) < 2:
         return _inspect_files(files, raw, uris)
-    if not uris and _header_seconds(files) <= LOCAL_READINESS_MAX_S:
+    short = not uris and _header_seconds(files) <= LOCAL_READINESS_MAX_S
+    if engine == "processes":
+        if short or pool is None:  # the workers are starting meanwhile
+            return _inspect_files(files, raw, uris)
+        slots = _local_slots(cfg)
+        groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
+        found = [
+            inspection for f in [pool.submit(_inspect_files, g, raw, uris) for g in groups] for inspection in f.result()
+        ]
+        by_source = {i.source_index: i for i in found}
+        return [by_source[f.source_index] for f in files]
+    if short:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness") as pool:
             inspections = pool.submit(_inspect_files, files, raw)
             _start_ray()
@@ -452,18 +523,29 @@ def run_preprocess(
     with mirror_inputs(inputs) as remote:
         # a missing or repeated input folder is named before anything touches the cluster
         discovery = remote.with_uris(discover_inputs(list(remote.roots), cfg.preprocess.extensions))
-        if use_ray and not locations_checked:
+        engine = choose_engine(cfg.preprocess, use_ray)
+        if engine == "ray" and not locations_checked:
             from rvc_ray.cluster import check_locations_on_cluster
 
             check_locations_on_cluster(
                 reads=[("input folder", storage.normalize_location(str(i))) for i in inputs],
                 writes=[("dataset", storage.normalize_location(str(output_dir)))],
             )
-        return _run_preprocess(cfg, remote, discovery, storage.normalize_location(str(output_dir)), use_ray, force)
+        output = storage.normalize_location(str(output_dir))
+        if engine != "processes":
+            return _run_preprocess(cfg, remote, discovery, output, engine, force)
+        with contextlib.ExitStack() as pool_scope:
+            return _run_preprocess(cfg, remote, discovery, output, engine, force, pool_scope)
 
 
 def _run_preprocess(
-    cfg: RunConfig, remote: RemoteInputs, discovery: InputDiscovery, output_dir: str, use_ray: bool, force: bool
+    cfg: RunConfig,
+    remote: RemoteInputs,
+    discovery: InputDiscovery,
+    output_dir: str,
+    engine: Engine,
+    force: bool,
+    pool_scope: contextlib.ExitStack | None = None,
 ) -> PreprocessResult:
     started = time.perf_counter()
     pp = cfg.preprocess
@@ -475,7 +557,13 @@ def _run_preprocess(
         if reused is not None:
             return reused
 
-    inspections = _inspect_all(cfg, discovery, use_ray, remote)
+    pool = None
+    if pool_scope is not None:  # processes: started now (a rerun with nothing to do above starts none)
+        from rvc_ray.preprocess.local_processes import local_worker_pool
+
+        threads = max(1, int(cfg.preprocess.cpus_per_task))
+        pool = pool_scope.enter_context(local_worker_pool(_local_slots(cfg), threads))
+    inspections = _inspect_all(cfg, discovery, engine, remote, pool)
     later = files_measured_later(inspections)
     readiness = build_report(discovery, readiness_view(inspections, later), pp)
     report_path = write_report(readiness, output_dir)
@@ -487,8 +575,10 @@ def _run_preprocess(
     good = [f for f, i in zip(discovery.files, inspections, strict=True) if not i.is_bad]
     groups = file_groups(good)
     uris = {f.source_index: remote.uri_of[str(f.path)] for f in good if str(f.path) in remote.uri_of}
-    if use_ray and groups:
+    if engine == "ray" and groups:
         results = _run_groups_with_ray(cfg, groups, segments_dir, remote, later)
+    elif pool is not None and groups:
+        results = _run_groups_in_processes(cfg, groups, segments_dir, remote, later, pool, _local_slots(cfg))
     else:
         results = [
             process_file_group(index, group, cfg, segments_dir, uris, later) for index, group in enumerate(groups)
@@ -515,8 +605,12 @@ def _run_preprocess(
         "config": _config_section(cfg),
         "inputs": [remote.display(Path(p).expanduser().resolve()) for p in remote.roots],
         "speakers": [
-            {"speaker_id": s.speaker_id, "name": s.name, "folders": [remote.display(f) for f in s.folders],
-             "assigned_by": s.assigned_by}
+            {
+                "speaker_id": s.speaker_id,
+                "name": s.name,
+                "folders": [remote.display(f) for f in s.folders],
+                "assigned_by": s.assigned_by,
+            }
             for s in discovery.speakers
         ],
         "files": fingerprints,
@@ -531,7 +625,7 @@ def _run_preprocess(
         },
         "shards": [vars(s) for s in shards],
         "verdict": final["verdict"],
-        "engine": "ray" if use_ray else "local",
+        "engine": engine,
         "wall_seconds": round(wall, 3),
     }
     manifest_path = storage.join(output_dir, "manifest.json")

@@ -92,3 +92,29 @@ def test_ray_pipeline_output_matches_the_golden_digests(
     digest, rows = segments_digest(tmp_path / "ds" / "segments")
     assert rows == result.num_segments
     assert (digest, report_digest(result.report_path)) == (GOLDEN_SEGMENTS, GOLDEN_REPORT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("readiness_in", ["driver", "workers"])
+def test_worker_processes_output_matches_the_golden_digests(
+    readiness_in: str, golden_corpus: Path, tiny_cfg: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Ray cluster in use: the same task functions in worker processes on this machine, the same bytes
+    (the readiness pass in the driver while the workers start, or, for much audio, in the workers)."""
+    import os
+
+    from rvc_ray import cluster
+    from rvc_ray.preprocess import pipeline
+    from rvc_ray.preprocess.local_processes import THREAD_LIMIT_VARIABLES
+
+    monkeypatch.setattr(cluster, "cluster_in_use", lambda: False)
+    if readiness_in == "workers":
+        monkeypatch.setattr(pipeline, "LOCAL_READINESS_MAX_S", 0.0)
+    for name in THREAD_LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    result = run_preprocess(_golden_cfg(tiny_cfg), [golden_corpus], tmp_path / "ds", use_ray=True)
+    digest, rows = segments_digest(tmp_path / "ds" / "segments")
+    assert rows == result.num_segments
+    assert (digest, report_digest(result.report_path)) == (GOLDEN_SEGMENTS, GOLDEN_REPORT)
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["engine"] == "processes"
+    assert not any(name in os.environ for name in THREAD_LIMIT_VARIABLES)  # set for the workers only
