@@ -66,7 +66,7 @@ def preprocess(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Validate, slice, filter, normalise and resample raw recordings into a Parquet dataset (Ray Data)."""
+    """Validate, slice, filter, normalise and resample raw recordings into a Parquet dataset (Ray tasks on the cluster in use, else worker processes here)."""
     cfg = _load(config, set_)
     from rvc_ray.preprocess import run_preprocess
 

@@ -55,11 +55,12 @@ STREAM_SCHEMA = SEGMENT_SCHEMA.append(pa.field("file_outcome", pa.string()))
 SHARD_PATTERN = "{}-{:05d}.parquet"
 ROW_GROUP_ROWS = 32
 ROWS_PER_TABLE = 8
-# Dictionary encoding and min/max statistics only for the scalar columns: on the audio lists they cost half
-# the write time and save nothing.
+# Dictionary encoding, min/max statistics and compression only for the scalar columns: on the audio lists they
+# cost time and save nothing (dictionary and statistics: half the write time; snappy: a fifth of it, for
+# 31.88 MB instead of 31.89 MB on a 56-segment shard of speech).
 _SCALAR_COLUMNS = [name for name in SEGMENT_SCHEMA.names if name not in ("wav", "wav_16k")]
 PARQUET_OPTIONS = {
-    "compression": "snappy",
+    "compression": {**dict.fromkeys(_SCALAR_COLUMNS, "snappy"), "wav": "none", "wav_16k": "none"},
     "use_dictionary": ["segment_id", "speaker_name", "source_path"],
     "write_statistics": _SCALAR_COLUMNS,
 }
