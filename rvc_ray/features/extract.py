@@ -151,12 +151,13 @@ def _read_segment_index(files: list[str]) -> tuple[list[tuple[str, int]], list[S
 
 
 def rows_per_read(rows: int, actors: int, batch_size: int) -> int:
-    """Rows of one read block: about four blocks per actor, in whole batches.
+    """Rows of one read block: about eight blocks per actor, in whole batches.
 
     Ray Data hands a block to one actor (which then runs it batch by batch), so a 52-row file read as one
-    block keeps one actor busy and the others idle; larger corpora have row groups enough for everyone.
+    block keeps one actor busy and the others idle, and the last block is the stage's tail (one actor
+    working, the others done); larger corpora have row groups enough for everyone.
     """
-    per_block = -(-rows // (4 * max(1, actors)))
+    per_block = -(-rows // (8 * max(1, actors)))
     return max(batch_size, -(-per_block // batch_size) * batch_size)
 
 
