@@ -161,20 +161,40 @@ def rows_per_read(rows: int, actors: int, batch_size: int) -> int:
     return max(batch_size, -(-per_block // batch_size) * batch_size)
 
 
-def read_slices(files: list[SegmentFile], done: set[str], max_rows: int) -> list[dict[str, Any]]:
+def read_slices(
+    files: list[SegmentFile], done: set[str], max_rows: int, *, tail_slices: int = 0, tail_rows: int = 1
+) -> list[dict[str, Any]]:
     """The read tasks' items: ``{"path", "row_group", "start", "stop"}``, at most ``max_rows`` rows each and
     never across a row group (one row group is read per item); slices whose segments are all done are left out.
+
+    The last ``tail_slices`` are cut again into ``tail_rows`` rows: they are the stage's tail, run while the
+    other actors may have nothing left (each reads its row group again: a few reads, once per stage).
     """
-    items = []
+    cuts: list[tuple[SegmentFile, int, int, int, int]] = []  # file, row group, its first row, start, stop
     for file in files:
         first = 0
         for group, group_rows in enumerate(file.row_group_rows):
-            for start in range(0, group_rows, max_rows):
-                stop = min(start + max_rows, group_rows)
-                if not done.issuperset(file.segment_ids[first + start : first + stop]):
-                    items.append({"path": file.location, "row_group": group, "start": start, "stop": stop})
+            cuts.extend(
+                (file, group, first, start, min(start + max_rows, group_rows))
+                for start in range(0, group_rows, max_rows)
+            )
             first += group_rows
-    return items
+
+    def pending(cut: tuple[SegmentFile, int, int, int, int]) -> bool:
+        file, _, first, start, stop = cut
+        return not done.issuperset(file.segment_ids[first + start : first + stop])
+
+    cuts = [cut for cut in cuts if pending(cut)]
+    head, tail = (cuts[:-tail_slices], cuts[-tail_slices:]) if tail_slices else (cuts, [])
+    tail = [
+        (file, group, first, start, min(start + tail_rows, stop))
+        for file, group, first, cut_start, stop in tail
+        for start in range(cut_start, stop, tail_rows)
+    ]
+    return [
+        {"path": file.location, "row_group": group, "start": start, "stop": stop}
+        for file, group, first, start, stop in head + [cut for cut in tail if pending(cut)]
+    ]
 
 
 def _table_parts(table_dir: str) -> list[str]:
@@ -266,10 +286,18 @@ def _build_dataset(cfg: RunConfig, files: list[SegmentFile], done: set[str], mut
     def actor(stage: str) -> dict[str, float]:
         """CPUs as planned against the cluster (actors shrink to leave room for the read tasks); GPU shares per stage"""
         return {**stage_actor_resources(f, stage), "num_cpus": plan.cpus_per_actor}
+
     # Parquet is read by our own light task, not ray.data.read_parquet: its file-listing step asks for a whole
     # CPU, which on a 2-CPU cluster whose actors hold 1.5 CPUs never gets one (the stage would wait forever)
     todo = sum(1 for file in files for segment_id in file.segment_ids if segment_id not in done)
-    slices = read_slices(files, done, rows_per_read(todo, plan.num_actors, f.batch_size))
+    # the last two blocks of each actor (Ray Data queues two per actor) in single batches
+    slices = read_slices(
+        files,
+        done,
+        rows_per_read(todo, plan.num_actors, f.batch_size),
+        tail_slices=2 * plan.num_actors,
+        tail_rows=f.batch_size,
+    )
     if not slices:
         return ray.data.from_arrow(mute)
     ds = ray.data.from_items(slices, override_num_blocks=len(slices)).map_batches(
@@ -290,7 +318,9 @@ def _build_dataset(cfg: RunConfig, files: list[SegmentFile], done: set[str], mut
     }
     if f.fused_stages:
         return ds.map_batches(PitchAndContentStage, **common, **actor("fused"))
-    return ds.map_batches(PitchStage, **common, **actor("pitch")).map_batches(ContentStage, **common, **actor("content"))
+    return ds.map_batches(PitchStage, **common, **actor("pitch")).map_batches(
+        ContentStage, **common, **actor("content")
+    )
 
 
 def _write_shard(table: pa.Table, table_dir: str, run_tag: str, index: int) -> str:

@@ -41,3 +41,16 @@ def test_slices_cover_every_row_once_whatever_their_size(max_rows: int) -> None:
     covered = [(s["row_group"], r) for s in slices for r in range(s["start"], s["stop"])]
     assert covered == [(0, r) for r in range(32)] + [(1, r) for r in range(13)]
     assert all(s["stop"] - s["start"] <= max_rows for s in slices)
+
+
+def test_the_last_slices_are_cut_into_single_batches() -> None:
+    ids = tuple(f"s{i:03d}" for i in range(96))
+    files = [SegmentFile("/d/p.parquet", ids, (32, 32, 32))]
+    slices = read_slices(files, done=set(), max_rows=32, tail_slices=2, tail_rows=8)
+    assert [(s["row_group"], s["start"], s["stop"]) for s in slices] == [(0, 0, 32)] + [
+        (group, start, start + 8) for group in (1, 2) for start in range(0, 32, 8)
+    ]
+    # done segments stay out of the cut-again tail as well
+    resumed = read_slices(files, done=set(ids[32:48]), max_rows=32, tail_slices=2, tail_rows=8)
+    assert [(s["row_group"], s["start"]) for s in resumed] == [(0, 0), (1, 16), (1, 24), (2, 0), (2, 8), (2, 16), (2, 24)]
+    assert read_slices(files, done=set(ids), max_rows=32, tail_slices=2, tail_rows=8) == []
