@@ -284,11 +284,9 @@ def _build_dataset(cfg: RunConfig, files: list[SegmentFile], done: set[str], mut
     device = "cuda" if f.use_gpu else "cpu"
 
     def actor(stage: str) -> dict[str, float]:
-        """CPUs as planned against the cluster (actors shrink to leave room for the read tasks); GPU shares per stage"""
+        # CPUs as planned against the cluster (actors shrink to leave room for the read tasks); GPU shares per stage
         return {**stage_actor_resources(f, stage), "num_cpus": plan.cpus_per_actor}
 
-    # Parquet is read by our own light task, not ray.data.read_parquet: its file-listing step asks for a whole
-    # CPU, which on a 2-CPU cluster whose actors hold 1.5 CPUs never gets one (the stage would wait forever)
     todo = sum(1 for file in files for segment_id in file.segment_ids if segment_id not in done)
     # the last two blocks of each actor (Ray Data queues two per actor) in single batches
     slices = read_slices(
@@ -300,6 +298,8 @@ def _build_dataset(cfg: RunConfig, files: list[SegmentFile], done: set[str], mut
     )
     if not slices:
         return ray.data.from_arrow(mute)
+    # Parquet is read by our own light task, not ray.data.read_parquet: its file-listing step asks for a whole
+    # CPU, which on a 2-CPU cluster whose actors hold 1.5 CPUs never gets one (the stage would wait forever)
     ds = ray.data.from_items(slices, override_num_blocks=len(slices)).map_batches(
         _read_and_skip,
         fn_kwargs={"done": frozenset(done)},

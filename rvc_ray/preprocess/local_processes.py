@@ -39,5 +39,9 @@ def local_worker_pool(workers: int, threads_per_worker: int) -> Iterator[Process
     finally:
         for name in limits:
             os.environ.pop(name, None)
-    with pool:
+    try:
         yield pool
+    except BaseException:  # an error or Ctrl-C in the driver: drop the queued tasks, do not run them all first
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

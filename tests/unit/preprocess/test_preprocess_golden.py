@@ -118,3 +118,16 @@ def test_worker_processes_output_matches_the_golden_digests(
     assert (digest, report_digest(result.report_path)) == (GOLDEN_SEGMENTS, GOLDEN_REPORT)
     assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["engine"] == "processes"
     assert not any(name in os.environ for name in THREAD_LIMIT_VARIABLES)  # set for the workers only
+
+
+def test_a_failing_driver_cancels_the_queued_worker_tasks() -> None:
+    import time
+
+    from rvc_ray.preprocess.local_processes import local_worker_pool
+
+    with pytest.raises(RuntimeError, match="driver failed"), local_worker_pool(1, 1) as pool:
+        queued = [pool.submit(time.sleep, 0.5) for _ in range(6)]
+        started = time.perf_counter()
+        raise RuntimeError("driver failed")
+    assert sum(f.cancelled() for f in queued) >= 4  # not run: the pool did not work through its queue
+    assert time.perf_counter() - started < 2.5
