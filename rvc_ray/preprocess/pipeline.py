@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -221,7 +221,7 @@ def groups_per_task(num_groups: int, slots: int) -> int:
 def task_resources(
     cfg: RunConfig,
     nodes: Sequence[dict[str, Any]],
-    node_types: Sequence[tuple[dict[str, float], int]] = (),
+    node_types: Sequence[tuple[Mapping[str, float], int]] = (),
 ) -> dict[str, float | int]:
     """``num_cpus``/``memory`` of one preprocessing task, checked against the largest node, alive or addable.
 
