@@ -471,27 +471,26 @@ def _inspect_all(
     if engine == "processes":
         if short or pool is None:  # the workers are starting meanwhile
             return _inspect_files(files, raw, uris)
-        slots = _local_slots(cfg)
-        groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
-        found = [
-            inspection for f in [pool.submit(_inspect_files, g, raw, uris) for g in groups] for inspection in f.result()
-        ]
-        by_source = {i.source_index: i for i in found}
-        return [by_source[f.source_index] for f in files]
-    if short:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness") as pool:
-            inspections = pool.submit(_inspect_files, files, raw)
-            _start_ray()
-            return inspections.result()
-    import ray
+        groups = _readiness_groups(files, _local_slots(cfg))
+        found = [future.result() for future in [pool.submit(_inspect_files, g, raw, uris) for g in groups]]
+    else:
+        if short:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness") as thread:
+                inspections = thread.submit(_inspect_files, files, raw)
+                _start_ray()
+                return inspections.result()
+        import ray
 
-    _start_ray()
-    resources = _task_resources_on_cluster(cfg)
-    slots = _cpu_slots(cfg, len(files))
-    groups = [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
-    task = ray.remote(**resources)(_inspect_files)
-    by_index = {i.source_index: i for group in ray.get([task.remote(g, raw, uris) for g in groups]) for i in group}
-    return [by_index[f.source_index] for f in files]
+        _start_ray()
+        task = ray.remote(**_task_resources_on_cluster(cfg))(_inspect_files)
+        found = ray.get([task.remote(g, raw, uris) for g in _readiness_groups(files, _cpu_slots(cfg, len(files)))])
+    by_source = {inspection.source_index: inspection for group in found for inspection in group}
+    return [by_source[f.source_index] for f in files]
+
+
+def _readiness_groups(files: list[SourceFile], slots: int) -> list[list[SourceFile]]:
+    """Files dealt into two groups per CPU slot (round robin, so long and short files mix)."""
+    return [files[i :: 2 * slots] for i in range(min(len(files), 2 * slots))]
 
 
 def run_preprocess(

@@ -85,13 +85,24 @@ def test_local_loop_output_matches_the_golden_digests(golden_corpus: Path, tiny_
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.parametrize("readiness_in", ["driver", "tasks"])
 def test_ray_pipeline_output_matches_the_golden_digests(
-    ray_cluster: None, golden_corpus: Path, tiny_cfg: RunConfig, tmp_path: Path
+    readiness_in: str,
+    ray_cluster: None,
+    golden_corpus: Path,
+    tiny_cfg: RunConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from rvc_ray.preprocess import pipeline
+
+    if readiness_in == "tasks":  # as for more than LOCAL_READINESS_MAX_S of audio
+        monkeypatch.setattr(pipeline, "LOCAL_READINESS_MAX_S", 0.0)
     result = run_preprocess(_golden_cfg(tiny_cfg), [golden_corpus], tmp_path / "ds", use_ray=True)
     digest, rows = segments_digest(tmp_path / "ds" / "segments")
     assert rows == result.num_segments
     assert (digest, report_digest(result.report_path)) == (GOLDEN_SEGMENTS, GOLDEN_REPORT)
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["engine"] == "ray"
 
 
 @pytest.mark.slow
