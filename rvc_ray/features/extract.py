@@ -271,7 +271,9 @@ def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     )
 
 
-def _build_dataset(cfg: RunConfig, files: list[SegmentFile], done: set[str], mute: pa.Table, plan: StagePlan):
+def _build_dataset(
+    cfg: RunConfig, files: list[SegmentFile], done: set[str], mute: pa.Table, plan: StagePlan, rows_per_block: int
+):
     import ray
 
     from rvc_ray.cluster import shorten_ray_data_limits_refresh
@@ -287,15 +289,8 @@ def _build_dataset(cfg: RunConfig, files: list[SegmentFile], done: set[str], mut
         # CPUs as planned against the cluster (actors shrink to leave room for the read tasks); GPU shares per stage
         return {**stage_actor_resources(f, stage), "num_cpus": plan.cpus_per_actor}
 
-    todo = sum(1 for file in files for segment_id in file.segment_ids if segment_id not in done)
     # the last two blocks of each actor (Ray Data queues two per actor) in single batches
-    slices = read_slices(
-        files,
-        done,
-        rows_per_read(todo, plan.num_actors, f.batch_size),
-        tail_slices=2 * plan.num_actors,
-        tail_rows=f.batch_size,
-    )
+    slices = read_slices(files, done, rows_per_block, tail_slices=2 * plan.num_actors, tail_rows=f.batch_size)
     if not slices:
         return ray.data.from_arrow(mute)
     # Parquet is read by our own light task, not ray.data.read_parquet: its file-listing step asks for a whole
@@ -488,7 +483,8 @@ def run_extract(
     }
     _write_manifest(output_dir, manifest)
     mute = _mute_table(cfg, speakers, done)
-    todo = len([s for s, _ in segments if s not in done]) + mute.num_rows
+    segments_todo = sum(1 for segment_id, _ in segments if segment_id not in done)
+    todo = segments_todo + mute.num_rows
     stats = {"failures": [], "written": 0, "audio_s": 0.0, "pitch_s": 0.0, "content_s": 0.0}
     actors = 0
     if todo:
@@ -507,7 +503,8 @@ def run_extract(
             actors,
             "pitch+content" if f.fused_stages else "pitch and content",
         )
-        stats = _stream_and_write(_build_dataset(cfg, files, done, mute, plan), table_dir, splits, todo)
+        rows_per_block = rows_per_read(segments_todo, plan.num_actors, f.batch_size)
+        stats = _stream_and_write(_build_dataset(cfg, files, done, mute, plan, rows_per_block), table_dir, splits, todo)
     counts = _reconcile_table(table_dir, cfg.features.validation_fraction, expected)
     wall = time.perf_counter() - start
     throughput = {
