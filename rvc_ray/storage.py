@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rvc_ray.errors import InputError
 
@@ -287,18 +287,19 @@ def parquet_row_group_rows(location: str) -> list[int]:
         return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
 
 
-def write_parquet(table: pyarrow.Table, location: str) -> None:
-    """Write ``table`` as the Parquet file ``location`` (atomic on a local disk; one PUT on an object store)."""
+def write_parquet(table: pyarrow.Table, location: str, **options: Any) -> None:
+    """Write ``table`` as the Parquet file ``location`` (atomic on a local disk; one PUT on an object store);
+    ``options`` go to ``pyarrow.parquet.write_table`` (compression, dictionaries, statistics)."""
     import pyarrow.parquet as pq
 
     fs, path = filesystem_and_path(location)
     if is_remote(location):
-        pq.write_table(table, path, filesystem=fs)
+        pq.write_table(table, path, filesystem=fs, **options)
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    pq.write_table(table, str(tmp))
+    pq.write_table(table, str(tmp), **options)
     os.replace(tmp, target)
 
 
