@@ -289,9 +289,9 @@ def plan_extraction(
 
     The actors hold their CPUs for the whole stage, and Ray Data's read tasks need CPUs too: on a 2-CPU
     cluster, two 1-CPU actors leave the read waiting forever. When the actors (at
-    ``features.cpus_per_actor``) and two tasks do not fit in what the cluster has or can grow to
+    ``features.actor_cpus``) and two tasks do not fit in what the cluster has or can grow to
     (:attr:`ClusterCapacity.cpus_for_held_work`), each actor gets an equal share of what remains (CPUs are
-    logical in Ray; the actor still runs with ``features.cpus_per_actor`` threads).
+    logical in Ray; the actor still runs ``features.actor_cpus`` threads).
 
     Raises:
         InputError: not even :data:`MIN_ACTOR_CPUS` per actor fits, or one actor fits on no node.
@@ -316,7 +316,7 @@ def plan_extraction(
                 "lower features.num_actors or add CPU nodes"
             )
         logger.warning(
-            "extract: %d actors x features.cpus_per_actor=%g do not fit in %g CPUs; each actor reserves %g CPUs",
+            "extract: %d actors x features.actor_cpus=%g do not fit in %g CPUs; each actor reserves %g CPUs",
             actors,
             cpus_per_actor,
             total,

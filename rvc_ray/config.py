@@ -175,7 +175,10 @@ class FeatureConfig(_Node):
     # GPU share of each pitch / content actor with use_gpu (None: gpus_per_actor); fractions pack actors per GPU.
     pitch_gpus_per_actor: float | None = Field(None, gt=0, le=1.0)
     content_gpus_per_actor: float | None = Field(None, gt=0, le=1.0)
-    cpus_per_actor: float = Field(1.0, gt=0)
+    # CPUs each actor reserves and uses. On CPU an actor runs that many rows at once, one thread each, all
+    # sharing one copy of the models; with use_gpu one row at a time on that many torch threads.
+    # Unset (actor_cpus): 2 for the fused CPU pool, 1 otherwise.
+    cpus_per_actor: float | None = Field(None, gt=0)
     # "fused": one actor pool whose actors compute pitch, then content, of each batch; "separate": a pitch pool
     # feeding a content pool (each with its own GPU share); "auto": fused on CPU, separate with use_gpu.
     stages: Literal["auto", "fused", "separate"] = "auto"
@@ -195,6 +198,14 @@ class FeatureConfig(_Node):
     def fused_stages(self) -> bool:
         """Do pitch and content run in one actor (``features.stages``; ``auto``: without ``use_gpu``)?"""
         return self.stages == "fused" or (self.stages == "auto" and not self.use_gpu)
+
+    @property
+    def actor_cpus(self) -> float:
+        """The CPUs of each extraction actor: ``cpus_per_actor``, else 2 for the fused CPU pool (two rows at once
+        share one copy of the models: faster than two 1-CPU actors, docs/benchmarks.md), else 1."""
+        if self.cpus_per_actor is not None:
+            return self.cpus_per_actor
+        return 2.0 if self.fused_stages and not self.use_gpu else 1.0
 
 
 class IndexConfig(_Node):

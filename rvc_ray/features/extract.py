@@ -1,7 +1,7 @@
 """Feature extraction on Ray Data: ``dataset/segments/*.parquet`` -> ``features/table/*.parquet``.
 
 Stages (class UDFs on ``ActorPoolStrategy`` actors, models loaded once per actor in ``__init__``;
-``num_gpus=features.gpus_per_actor`` when ``features.use_gpu``, ``features.cpus_per_actor`` CPUs otherwise;
+``num_gpus=features.gpus_per_actor`` when ``features.use_gpu``, ``features.actor_cpus`` CPUs otherwise;
 ``features.batch_size`` rows per batch):
 
 1. read the segments (only ``segment_id, speaker_id, wav, wav_16k``), drop the ones already done, add
@@ -9,7 +9,8 @@ Stages (class UDFs on ``ActorPoolStrategy`` actors, models loaded once per actor
 2. :class:`~rvc_ray.features.stages.PitchStage`: F0 from ``wav_16k`` (mute rows: 0 Hz throughout);
 3. :class:`~rvc_ray.features.stages.ContentStage`: content features, x2 frame doubling, alignment
    (``features.stages`` fused, the CPU default: 2 and 3 in one pool of
-   :class:`~rvc_ray.features.stages.PitchAndContentStage` actors, one per CPU, :func:`rvc_ray.cluster.plan_extraction`);
+   :class:`~rvc_ray.features.stages.PitchAndContentStage` actors, one per 2 CPUs, each running 2 rows at once,
+   :func:`rvc_ray.features.stages.actor_threads`, :func:`rvc_ray.cluster.plan_extraction`);
 4. the driver streams the results (``iter_batches``) and writes shards of ``ROWS_PER_SHARD`` rows,
    so a crashed run keeps every shard already written.
 
@@ -468,6 +469,7 @@ def run_extract(
     """
     from rvc_ray.cluster import check_locations_on_cluster, ensure_ray, extraction_plan
     from rvc_ray.features.content import describe_content_encoder
+    from rvc_ray.features.stages import actor_threads
 
     start = time.perf_counter()
     dataset_dir = storage.normalize_location(str(dataset_dir))
@@ -511,7 +513,7 @@ def run_extract(
         ensure_ray(dashboard=False)  # this process runs no Ray Train (rvc_ray.pipeline starts Ray itself first)
         f = cfg.features
         plan = extraction_plan(
-            f.num_actors, f.cpus_per_actor, stages=1 if f.fused_stages else 2, max_actors=-(-todo // f.batch_size)
+            f.num_actors, f.actor_cpus, stages=1 if f.fused_stages else 2, max_actors=-(-todo // f.batch_size)
         )
         actors = plan.num_actors
         log.info(
@@ -527,9 +529,10 @@ def run_extract(
         stats = _stream_and_write(_build_dataset(cfg, files, done, mute, plan, rows_per_block), table_dir, splits, todo)
     counts = _reconcile_table(table_dir, cfg.features.validation_fraction, expected)
     wall = time.perf_counter() - start
+    lanes = actors * actor_threads(cfg.features)[0]  # rows computed at once
     throughput = {
-        "pitch": stats["audio_s"] / max(stats["pitch_s"] / actors, 1e-9) if stats["pitch_s"] else 0.0,
-        "content": stats["audio_s"] / max(stats["content_s"] / actors, 1e-9) if stats["content_s"] else 0.0,
+        "pitch": stats["audio_s"] / max(stats["pitch_s"] / lanes, 1e-9) if stats["pitch_s"] else 0.0,
+        "content": stats["audio_s"] / max(stats["content_s"] / lanes, 1e-9) if stats["content_s"] else 0.0,
         "end_to_end": stats["audio_s"] / wall,
     }
     failures = tuple(sorted(stats["failures"]))
