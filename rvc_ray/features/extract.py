@@ -42,9 +42,10 @@ from rvc_ray.features.split import assign_splits, mute_segment_id
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import ray.data
 
     from rvc_ray.cluster import StagePlan
-    from rvc_ray.config import RunConfig
+    from rvc_ray.config import FeatureConfig, RunConfig
     from rvc_ray.features.content import ContentEncoderInfo
 
 __all__ = ["FEATURE_FORMAT_VERSION", "ExtractResult", "compute_feature_config_hash", "run_extract"]
@@ -151,14 +152,14 @@ def _read_segment_index(files: list[str]) -> tuple[list[tuple[str, int]], list[S
     return rows, index
 
 
-def rows_per_read(rows: int, actors: int, batch_size: int) -> int:
-    """Rows of one read block: about eight blocks per actor, in whole batches.
+def rows_per_read(rows: int, lanes: int, batch_size: int) -> int:
+    """Rows of one read block: about eight blocks per lane (a batch an actor runs at once), in whole batches.
 
     Ray Data hands a block to one actor (which then runs it batch by batch), so a 52-row file read as one
     block keeps one actor busy and the others idle, and the last block is the stage's tail (one actor
     working, the others done); larger corpora have row groups enough for everyone.
     """
-    per_block = -(-rows // (8 * max(1, actors)))
+    per_block = -(-rows // (8 * max(1, lanes)))
     return max(batch_size, -(-per_block // batch_size) * batch_size)
 
 
@@ -272,13 +273,35 @@ def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     )
 
 
+def actor_pool(features: FeatureConfig, num_actors: int) -> ray.data.ActorPoolStrategy:
+    """The Ray Data ``ActorPoolStrategy`` of an extraction pool: ``num_actors`` actors, each running as many
+    batches at once as :func:`~rvc_ray.features.stages.actor_threads` says (on CPU, its CPUs), in threads
+    that share the actor's models."""
+    import ray
+
+    from rvc_ray.features.stages import actor_threads
+
+    batches_at_once = actor_threads(features)[0]
+    return ray.data.ActorPoolStrategy(
+        size=num_actors,
+        max_concurrent_calls_per_actor=batches_at_once,
+        enable_true_multi_threading=batches_at_once > 1,
+    )
+
+
 def _build_dataset(
     cfg: RunConfig, files: list[SegmentFile], done: set[str], mute: pa.Table, plan: StagePlan, rows_per_block: int
 ):
     import ray
 
     from rvc_ray.cluster import shorten_ray_data_limits_refresh
-    from rvc_ray.features.stages import ContentStage, PitchAndContentStage, PitchStage, stage_actor_resources
+    from rvc_ray.features.stages import (
+        ContentStage,
+        PitchAndContentStage,
+        PitchStage,
+        actor_threads,
+        stage_actor_resources,
+    )
 
     shorten_ray_data_limits_refresh()
 
@@ -290,8 +313,10 @@ def _build_dataset(
         # CPUs as planned against the cluster (actors shrink to leave room for the read tasks); GPU shares per stage
         return {**stage_actor_resources(f, stage), "num_cpus": plan.cpus_per_actor}
 
-    # the last two blocks of each actor (Ray Data queues two per actor) in single batches
-    slices = read_slices(files, done, rows_per_block, tail_slices=2 * plan.num_actors, tail_rows=f.batch_size)
+    # the last two blocks of each lane (Ray Data queues two per concurrent call of an actor) in single batches
+    batches_at_once = actor_threads(f)[0]
+    lanes = plan.num_actors * batches_at_once
+    slices = read_slices(files, done, rows_per_block, tail_slices=2 * lanes, tail_rows=f.batch_size)
     if not slices:
         return ray.data.from_arrow(mute)
     # Parquet is read by our own light task, not ray.data.read_parquet: its file-listing step asks for a whole
@@ -309,7 +334,7 @@ def _build_dataset(
     common = {
         "batch_format": "pyarrow",
         "batch_size": f.batch_size,
-        "compute": ray.data.ActorPoolStrategy(size=plan.num_actors),
+        "compute": actor_pool(f, plan.num_actors),
         "fn_constructor_kwargs": {"raw_cfg": raw, "device": device},
     }
     if f.fused_stages:
@@ -525,11 +550,11 @@ def run_extract(
             actors,
             "pitch+content" if f.fused_stages else "pitch and content",
         )
-        rows_per_block = rows_per_read(segments_todo, plan.num_actors, f.batch_size)
+        rows_per_block = rows_per_read(segments_todo, plan.num_actors * actor_threads(f)[0], f.batch_size)
         stats = _stream_and_write(_build_dataset(cfg, files, done, mute, plan, rows_per_block), table_dir, splits, todo)
     counts = _reconcile_table(table_dir, cfg.features.validation_fraction, expected)
     wall = time.perf_counter() - start
-    lanes = actors * actor_threads(cfg.features)[0]  # rows computed at once
+    lanes = actors * actor_threads(cfg.features)[0]  # batches computed at once
     throughput = {
         "pitch": stats["audio_s"] / max(stats["pitch_s"] / lanes, 1e-9) if stats["pitch_s"] else 0.0,
         "content": stats["audio_s"] / max(stats["content_s"] / lanes, 1e-9) if stats["content_s"] else 0.0,

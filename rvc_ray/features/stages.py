@@ -8,7 +8,6 @@ its reason in the ``error`` column (and empty feature lists); the driver records
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,8 +15,6 @@ import numpy as np
 from rvc_ray.features.pitch import HOP_16K, compute_pitch_bins
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import pyarrow as pa
 
     from rvc_ray.config import FeatureConfig
@@ -27,7 +24,6 @@ __all__ = [
     "FeatureRowError",
     "PitchAndContentStage",
     "PitchStage",
-    "RowThreads",
     "actor_threads",
     "align_feature_streams",
     "list_column_arrays",
@@ -52,35 +48,22 @@ def stage_actor_resources(features: FeatureConfig, stage: str) -> dict[str, floa
 
 
 def actor_threads(features: FeatureConfig) -> tuple[int, int]:
-    """``(rows at once, torch threads per op)`` of one extraction actor with ``features.actor_cpus`` CPUs.
+    """``(batches at once, torch threads per op)`` of one extraction actor with ``features.actor_cpus`` CPUs.
 
-    On CPU each CPU runs one row on one thread, and the rows share the actor's one copy of the models: with
+    On CPU each CPU runs one batch on one thread (Ray Data calls the actor that many times at once), and the
+    batches share the actor's one copy of the models: with
     HuBERT-base on 2 cores, two rows at once in one process ran 6 % faster than two 1-CPU processes (each
     streaming its own weights through the cache) and 16 % faster than one row at a time on 2 torch threads
-    (docs/benchmarks.md). On a GPU the device does the work: one row at a time, the CPUs as torch threads.
+    (docs/benchmarks.md). On a GPU the device does the work: one batch at a time, the CPUs as torch threads.
     """
     cpus = max(1, round(features.actor_cpus))
     return (1, cpus) if features.use_gpu else (cpus, 1)
 
 
-class RowThreads:
-    """Runs a batch function over an actor's rows, :func:`actor_threads` rows at once (and sets torch's
-    threads). With one row at a time, the function gets the whole batch."""
+def _set_op_threads(features: FeatureConfig) -> None:
+    import torch
 
-    def __init__(self, features: FeatureConfig):
-        import torch
-
-        self.rows_at_once, op_threads = actor_threads(features)
-        torch.set_num_threads(op_threads)
-        self._pool = ThreadPoolExecutor(self.rows_at_once, "extract-row") if self.rows_at_once > 1 else None
-
-    def map(self, fn: Callable[[pa.Table], pa.Table], batch: pa.Table) -> pa.Table:
-        """``fn`` of every row of ``batch``, in ``batch``'s order (one-row slices in parallel, then joined)."""
-        import pyarrow as pa
-
-        if self._pool is None or batch.num_rows < 2:
-            return fn(batch)
-        return pa.concat_tables(self._pool.map(fn, [batch.slice(i, 1) for i in range(batch.num_rows)]))
+    torch.set_num_threads(actor_threads(features)[1])
 
 
 class FeatureRowError(ValueError):
@@ -156,14 +139,10 @@ class PitchStage:
         from rvc_ray.features.pitch import build_pitch_extractor
 
         cfg = RunConfig.model_validate(raw_cfg)
-        self.rows = RowThreads(cfg.features)
+        _set_op_threads(cfg.features)
         self.extractor = build_pitch_extractor(cfg.features.f0_method, cfg.features, device=device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.rows.map(self.compute, batch)
-
-    def compute(self, batch: pa.Table) -> pa.Table:
-        """The rows of ``batch`` one after the other, in this thread."""
         import pyarrow as pa
 
         wavs_16k = list_column_arrays(batch.column("wav_16k"))
@@ -201,7 +180,7 @@ class ContentStage:
         from rvc_ray.features.content import build_content_encoder
 
         cfg = RunConfig.model_validate(raw_cfg)
-        self.rows = RowThreads(cfg.features)
+        _set_op_threads(cfg.features)
         self.cfg = cfg
         self.encoder = build_content_encoder(cfg.features, cfg.model, device=device)
 
@@ -219,10 +198,6 @@ class ContentStage:
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.rows.map(self.compute, batch)
-
-    def compute(self, batch: pa.Table) -> pa.Table:
-        """The rows of ``batch`` (after :class:`PitchStage`) one after the other, in this thread."""
         import pyarrow as pa
 
         wavs = list_column_arrays(batch.column("wav"))
@@ -280,11 +255,6 @@ class PitchAndContentStage:
     def __init__(self, raw_cfg: dict, device: str = "cpu"):
         self.pitch = PitchStage(raw_cfg, device)
         self.content = ContentStage(raw_cfg, device)
-        self.rows = self.content.rows
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.rows.map(self.compute, batch)
-
-    def compute(self, batch: pa.Table) -> pa.Table:
-        """Pitch, then content, of the rows of ``batch``, in this thread."""
-        return self.content.compute(self.pitch.compute(batch))
+        return self.content(self.pitch(batch))

@@ -9,12 +9,12 @@ from rvc_ray.features.extract import SegmentFile, read_slices, rows_per_read
 
 def test_a_small_corpus_is_cut_into_whole_batches_and_a_large_one_into_row_groups() -> None:
     # the benchmark's 2-minute corpus: one 52-row file, 2 fused actors, batches of 8 -> blocks of 8 rows
-    assert rows_per_read(52, actors=2, batch_size=8) == 8
+    assert rows_per_read(52, lanes=2, batch_size=8) == 8
     # the 5-minute corpus: ~110 rows, still blocks of one batch; an hour of speech: ~1200 rows, blocks of 80
     # rows, so each 32-row row group is one block (read once)
-    assert rows_per_read(110, actors=2, batch_size=8) == 8
-    assert rows_per_read(1200, actors=2, batch_size=8) == 80
-    assert rows_per_read(0, actors=1, batch_size=8) == 8
+    assert rows_per_read(110, lanes=2, batch_size=8) == 8
+    assert rows_per_read(1200, lanes=2, batch_size=8) == 80
+    assert rows_per_read(0, lanes=1, batch_size=8) == 8
 
 
 def test_slices_never_cross_a_row_group_and_skip_what_is_done() -> None:

@@ -1,18 +1,13 @@
 """The resources and threads of the extraction actors come from config: GPU shares (fractions pack several
-actors on a GPU), CPUs, and how an actor spends its CPUs (rows at once on CPU, torch threads on a GPU)."""
+actors on a GPU), CPUs, and how an actor spends its CPUs (batches at once on CPU, torch threads on a GPU)."""
 
 from __future__ import annotations
 
-import threading
-import time
-
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 import torch
 
 from rvc_ray.config import load_run_config
-from rvc_ray.features.stages import RowThreads, actor_threads, stage_actor_resources
+from rvc_ray.features.stages import actor_threads, stage_actor_resources
 
 
 def test_cpu_actors_ask_for_no_gpu() -> None:
@@ -27,35 +22,26 @@ def test_cpu_actors_ask_for_no_gpu() -> None:
     assert stage_actor_resources(chosen, "fused")["num_cpus"] == 3.0 and actor_threads(chosen) == (3, 1)
 
 
-def test_row_threads_run_rows_at_once_and_keep_their_order() -> None:
+def test_cpu_actors_run_batches_at_once_on_single_threaded_ops() -> None:
+    from rvc_ray.features.extract import actor_pool
+    from rvc_ray.features.stages import PitchStage
+
+    features = load_run_config("tiny_cpu").features
+    pool = actor_pool(features, 3)
+    assert (pool.min_size, pool.max_size) == (3, 3)
+    assert pool.max_concurrent_calls_per_actor == 2 and pool.enable_true_multi_threading
+    gpu = load_run_config("tiny_cpu", ["features.use_gpu=true", "features.cpus_per_actor=2"]).features
+    assert actor_threads(gpu) == (1, 2)
+    gpu_pool = actor_pool(gpu, 1)
+    assert gpu_pool.max_concurrent_calls_per_actor == 1 and not gpu_pool.enable_true_multi_threading
+
     threads_before = torch.get_num_threads()
     try:
-        rows = RowThreads(load_run_config("tiny_cpu", ["features.cpus_per_actor=2"]).features)
-        assert rows.rows_at_once == 2 and torch.get_num_threads() == 1  # each row's ops on one thread
-        seen: set[str] = set()
-        running, most = [0], [0]
-        lock = threading.Lock()
-
-        def slow_double(part: pa.Table) -> pa.Table:
-            with lock:
-                seen.add(threading.current_thread().name)
-                running[0] += 1
-                most[0] = max(most[0], running[0])
-            time.sleep(0.05)
-            with lock:
-                running[0] -= 1
-            return pa.table({"x": pc.multiply(part.column("x"), 2)})
-
-        out = rows.map(slow_double, pa.table({"x": list(range(7))}))
-        assert out.column("x").to_pylist() == [0, 2, 4, 6, 8, 10, 12]
-        assert most[0] == 2 and len(seen) == 2
-        assert rows.map(slow_double, pa.table({"x": [5]})).column("x").to_pylist() == [10]
-
-        gpu = RowThreads(load_run_config("tiny_cpu", ["features.use_gpu=true", "features.cpus_per_actor=2"]).features)
-        assert gpu.rows_at_once == 1 and torch.get_num_threads() == 2  # one row at a time, CPUs as torch threads
-        seen.clear()
-        assert gpu.map(slow_double, pa.table({"x": [1, 2, 3]})).column("x").to_pylist() == [2, 4, 6]
-        assert seen == {threading.current_thread().name}
+        PitchStage(load_run_config("tiny_cpu", ["features.f0_method=fcpe"]).model_dump(mode="json"))
+        assert torch.get_num_threads() == 1  # each of the two batches' ops on one thread
+        PitchStage(load_run_config("tiny_cpu", ["features.f0_method=fcpe", "features.use_gpu=true",
+                                                "features.cpus_per_actor=3"]).model_dump(mode="json"))  # fmt: skip
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads_before)
 
