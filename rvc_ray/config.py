@@ -175,8 +175,8 @@ class FeatureConfig(_Node):
     # GPU share of each pitch / content actor with use_gpu (None: gpus_per_actor); fractions pack actors per GPU.
     pitch_gpus_per_actor: float | None = Field(None, gt=0, le=1.0)
     content_gpus_per_actor: float | None = Field(None, gt=0, le=1.0)
-    # CPUs each actor reserves and uses. On CPU an actor runs that many rows at once, one thread each, all
-    # sharing one copy of the models; with use_gpu one row at a time on that many torch threads.
+    # CPUs each actor reserves and uses. On CPU an actor runs that many batches at once, one thread each, all
+    # sharing one copy of the models; with use_gpu one batch at a time on that many torch threads.
     # Unset (actor_cpus): 2 for the fused CPU pool, 1 otherwise.
     cpus_per_actor: float | None = Field(None, gt=0)
     # "fused": one actor pool whose actors compute pitch, then content, of each batch; "separate": a pitch pool
@@ -201,7 +201,7 @@ class FeatureConfig(_Node):
 
     @property
     def actor_cpus(self) -> float:
-        """The CPUs of each extraction actor: ``cpus_per_actor``, else 2 for the fused CPU pool (two rows at once
+        """The CPUs of each extraction actor: ``cpus_per_actor``, else 2 for the fused CPU pool (two batches at once
         share one copy of the models: faster than two 1-CPU actors, docs/benchmarks.md), else 1."""
         if self.cpus_per_actor is not None:
             return self.cpus_per_actor

@@ -7,6 +7,7 @@ its reason in the ``error`` column (and empty feature lists); the driver records
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from rvc_ray.config import FeatureConfig
 
 __all__ = [
+    "ONEDNN_CACHE_VARIABLE",
     "ContentStage",
     "FeatureRowError",
     "PitchAndContentStage",
@@ -52,17 +54,26 @@ def actor_threads(features: FeatureConfig) -> tuple[int, int]:
 
     On CPU each CPU runs one batch on one thread (Ray Data calls the actor that many times at once), and the
     batches share the actor's one copy of the models: with
-    HuBERT-base on 2 cores, two rows at once in one process ran 6 % faster than two 1-CPU processes (each
-    streaming its own weights through the cache) and 16 % faster than one row at a time on 2 torch threads
+    HuBERT-base on 2 cores, two segments at once in one process ran 6 % faster than two 1-CPU processes (each
+    streaming its own weights through the cache) and 16 % faster than one segment at a time on 2 torch threads
     (docs/benchmarks.md). On a GPU the device does the work: one batch at a time, the CPUs as torch threads.
     """
     cpus = max(1, round(features.actor_cpus))
     return (1, cpus) if features.use_gpu else (cpus, 1)
 
 
-def _set_op_threads(features: FeatureConfig) -> None:
+# oneDNN (torch's CPU convolutions) caches the primitives it builds for every input shape, up to 1024 of
+# them; segments come in many lengths (155 on a 20-minute corpus), and the cache grew an extraction actor
+# from 1.1 to 2.7 GB over that corpus. Without it memory stays flat at the same speed (docs/benchmarks.md).
+ONEDNN_CACHE_VARIABLE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def _prepare_torch(features: FeatureConfig) -> None:
+    """Set this actor's torch threads (:func:`actor_threads`) and, unless the environment sets it, turn off
+    oneDNN's primitive cache: before any model runs, since oneDNN reads the setting on first use."""
     import torch
 
+    os.environ.setdefault(ONEDNN_CACHE_VARIABLE, "0")
     torch.set_num_threads(actor_threads(features)[1])
 
 
@@ -139,7 +150,7 @@ class PitchStage:
         from rvc_ray.features.pitch import build_pitch_extractor
 
         cfg = RunConfig.model_validate(raw_cfg)
-        _set_op_threads(cfg.features)
+        _prepare_torch(cfg.features)
         self.extractor = build_pitch_extractor(cfg.features.f0_method, cfg.features, device=device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -180,7 +191,7 @@ class ContentStage:
         from rvc_ray.features.content import build_content_encoder
 
         cfg = RunConfig.model_validate(raw_cfg)
-        _set_op_threads(cfg.features)
+        _prepare_torch(cfg.features)
         self.cfg = cfg
         self.encoder = build_content_encoder(cfg.features, cfg.model, device=device)
 

@@ -3,11 +3,13 @@ actors on a GPU), CPUs, and how an actor spends its CPUs (batches at once on CPU
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from rvc_ray.config import load_run_config
-from rvc_ray.features.stages import actor_threads, stage_actor_resources
+from rvc_ray.features.stages import ONEDNN_CACHE_VARIABLE, actor_threads, stage_actor_resources
 
 
 def test_cpu_actors_ask_for_no_gpu() -> None:
@@ -22,7 +24,7 @@ def test_cpu_actors_ask_for_no_gpu() -> None:
     assert stage_actor_resources(chosen, "fused")["num_cpus"] == 3.0 and actor_threads(chosen) == (3, 1)
 
 
-def test_cpu_actors_run_batches_at_once_on_single_threaded_ops() -> None:
+def test_cpu_actors_run_batches_at_once_on_single_threaded_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     from rvc_ray.features.extract import actor_pool
     from rvc_ray.features.stages import PitchStage
 
@@ -36,12 +38,16 @@ def test_cpu_actors_run_batches_at_once_on_single_threaded_ops() -> None:
     assert gpu_pool.max_concurrent_calls_per_actor == 1 and not gpu_pool.enable_true_multi_threading
 
     threads_before = torch.get_num_threads()
+    monkeypatch.delenv(ONEDNN_CACHE_VARIABLE, raising=False)
     try:
         PitchStage(load_run_config("tiny_cpu", ["features.f0_method=fcpe"]).model_dump(mode="json"))
         assert torch.get_num_threads() == 1  # each of the two batches' ops on one thread
+        assert os.environ[ONEDNN_CACHE_VARIABLE] == "0"  # no cache of primitives per segment length
+        monkeypatch.setenv(ONEDNN_CACHE_VARIABLE, "16")
         PitchStage(load_run_config("tiny_cpu", ["features.f0_method=fcpe", "features.use_gpu=true",
                                                 "features.cpus_per_actor=3"]).model_dump(mode="json"))  # fmt: skip
         assert torch.get_num_threads() == 3
+        assert os.environ[ONEDNN_CACHE_VARIABLE] == "16"  # the environment's own setting wins
     finally:
         torch.set_num_threads(threads_before)
 
