@@ -142,3 +142,24 @@ def test_a_failing_driver_cancels_the_queued_worker_tasks() -> None:
         raise RuntimeError("driver failed")
     assert sum(f.cancelled() for f in queued) >= 4  # not run: the pool did not work through its queue
     assert time.perf_counter() - started < 2.5
+
+
+def _worker_view() -> tuple[int, bool]:
+    import os
+    import sys
+
+    return os.getppid(), "scipy.signal" in sys.modules
+
+
+def test_workers_come_from_a_fork_server_that_imported_their_modules() -> None:
+    """On Linux the workers are forked from a server process that imported the per-file work's modules once
+    (scipy.signal alone takes ~0.6 s), not spawned to import them each, nor forked from the driver."""
+    import os
+
+    from rvc_ray.preprocess.local_processes import local_worker_pool
+
+    with local_worker_pool(2, 1) as pool:
+        views = {pool.submit(_worker_view).result() for _ in range(4)}
+    parents = {parent for parent, _ in views}
+    assert len(parents) == 1 and os.getpid() not in parents  # one fork server, not this process
+    assert all(imported for _, imported in views)
