@@ -358,3 +358,28 @@ def test_hf_configs_the_plain_network_cannot_compute_are_refused(saved_encoder, 
     (odd / "config.json").write_text(json.dumps({**config, "hidden_act": "relu", "conv_pos_batch_norm": True}))
     with pytest.raises(ValueError, match=r"config.json.*hidden_act='relu', conv_pos_batch_norm=True"):
         load_hf_encoder(odd)
+
+
+def test_the_encoder_computes_its_weight_normalised_conv_once_with_the_same_result() -> None:
+    import copy
+
+    import torch
+    from torch.nn.utils import parametrize
+
+    from rvc_ray.features.content import (
+        ContentEncoderInfo,
+        HubertContentEncoder,
+        _build_random_network,
+        network_from_hf_model,
+    )
+
+    network = network_from_hf_model(_build_random_network("tiny", 32, 16))
+    assert any(parametrize.is_parametrized(m, "weight") for m in network.modules())
+    wav = _wav(0.5)
+    with torch.inference_mode():
+        expected = network(torch.from_numpy(wav)[None])[0].numpy()
+    info = ContentEncoderInfo(kind="random", path=None, learned_content=False, output_dim=32, output_layer="last",
+                              description="test", identity="test")  # fmt: skip
+    encoder = HubertContentEncoder(copy.deepcopy(network), version="v2", info=info)
+    assert not any(parametrize.is_parametrized(m, "weight") for m in encoder.network.modules())
+    np.testing.assert_array_equal(encoder.encode(wav), expected)
