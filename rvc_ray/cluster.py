@@ -285,7 +285,9 @@ def plan_extraction(
 
     ``num_actors`` actors per pool, or with ``None`` (``features.num_actors`` unset): one per pool when there
     are two pools, and for one fused pool as many as there are CPUs for them (at ``cpus_per_actor`` each, on
-    the cores :func:`cores_for_cpu_bound_work` counts), at most ``max_actors`` (the batches there are).
+    the cores :func:`cores_for_cpu_bound_work` counts), at most ``max_actors`` (the batches there are). An
+    actor holds at most the largest node's CPUs: on 1-CPU nodes a 2-CPU request becomes 1-CPU actors, one
+    per node.
 
     The actors hold their CPUs for the whole stage, and Ray Data's read tasks need CPUs too: on a 2-CPU
     cluster, two 1-CPU actors leave the read waiting forever. When the actors (at
@@ -297,6 +299,10 @@ def plan_extraction(
         InputError: not even :data:`MIN_ACTOR_CPUS` per actor fits, or one actor fits on no node.
     """
     total = capacity.cpus_for_held_work
+    largest = capacity.largest("CPU")
+    if 0 < largest < cpus_per_actor:  # an actor runs on one node: count the actors at what one can hold
+        logger.warning("extract: an actor cannot hold %g CPUs; the largest node has %g", cpus_per_actor, largest)
+        cpus_per_actor = largest
     if num_actors is None:
         num_actors = 1
         if stages == 1:
@@ -322,10 +328,6 @@ def plan_extraction(
             total,
             per_actor,
         )
-    largest = capacity.largest("CPU")
-    if per_actor > largest:  # an actor runs on one node
-        logger.warning("extract: an actor cannot hold %g CPUs; the largest node has %g", per_actor, largest)
-        per_actor = largest
     return StagePlan(num_actors=num_actors, cpus_per_actor=per_actor, cpus_per_task=TASK_CPUS)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -273,15 +274,20 @@ def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     )
 
 
-def actor_pool(features: FeatureConfig, num_actors: int) -> ray.data.ActorPoolStrategy:
-    """The Ray Data ``ActorPoolStrategy`` of an extraction pool: ``num_actors`` actors, each running as many
-    batches at once as :func:`~rvc_ray.features.stages.actor_threads` says (on CPU, its CPUs), in threads
-    that share the actor's models."""
-    import ray
-
+def batches_per_actor(features: FeatureConfig, plan: StagePlan) -> int:
+    """How many batches each actor runs at once: :func:`~rvc_ray.features.stages.actor_threads` (on CPU,
+    ``features.actor_cpus``), at most the CPUs the plan reserves for it, rounded up (a 2-CPU actor shrunk
+    to 1.5 CPUs beside the read tasks still runs two; one capped to a 1-CPU node runs one)."""
     from rvc_ray.features.stages import actor_threads
 
-    batches_at_once = actor_threads(features)[0]
+    return max(1, min(actor_threads(features)[0], math.ceil(plan.cpus_per_actor)))
+
+
+def actor_pool(num_actors: int, batches_at_once: int) -> ray.data.ActorPoolStrategy:
+    """The Ray Data ``ActorPoolStrategy`` of an extraction pool: ``num_actors`` actors, each called
+    ``batches_at_once`` times at once, in threads that share the actor's models."""
+    import ray
+
     return ray.data.ActorPoolStrategy(
         size=num_actors,
         max_concurrent_calls_per_actor=batches_at_once,
@@ -299,7 +305,6 @@ def _build_dataset(
         ContentStage,
         PitchAndContentStage,
         PitchStage,
-        actor_threads,
         stage_actor_resources,
     )
 
@@ -314,7 +319,7 @@ def _build_dataset(
         return {**stage_actor_resources(f, stage), "num_cpus": plan.cpus_per_actor}
 
     # the last two blocks of each lane (Ray Data queues two per concurrent call of an actor) in single batches
-    batches_at_once = actor_threads(f)[0]
+    batches_at_once = batches_per_actor(f, plan)
     lanes = plan.num_actors * batches_at_once
     slices = read_slices(files, done, rows_per_block, tail_slices=2 * lanes, tail_rows=f.batch_size)
     if not slices:
@@ -334,7 +339,7 @@ def _build_dataset(
     common = {
         "batch_format": "pyarrow",
         "batch_size": f.batch_size,
-        "compute": actor_pool(f, plan.num_actors),
+        "compute": actor_pool(plan.num_actors, batches_at_once),
         "fn_constructor_kwargs": {"raw_cfg": raw, "device": device},
     }
     if f.fused_stages:
@@ -494,7 +499,6 @@ def run_extract(
     """
     from rvc_ray.cluster import check_locations_on_cluster, ensure_ray, extraction_plan
     from rvc_ray.features.content import describe_content_encoder
-    from rvc_ray.features.stages import actor_threads
 
     start = time.perf_counter()
     dataset_dir = storage.normalize_location(str(dataset_dir))
@@ -533,28 +537,27 @@ def run_extract(
     segments_todo = sum(1 for segment_id, _ in segments if segment_id not in done)
     todo = segments_todo + mute.num_rows
     stats = {"failures": [], "written": 0, "audio_s": 0.0, "pitch_s": 0.0, "content_s": 0.0}
-    actors = 0
+    lanes = 0  # batches computed at once
     if todo:
         ensure_ray(dashboard=False)  # this process runs no Ray Train (rvc_ray.pipeline starts Ray itself first)
         f = cfg.features
         plan = extraction_plan(
             f.num_actors, f.actor_cpus, stages=1 if f.fused_stages else 2, max_actors=-(-todo // f.batch_size)
         )
-        actors = plan.num_actors
         log.info(
             "extract: %d rows to compute, %d reused (f0=%s, encoder=%s; %d %s actors)",
             todo,
             len(done),
             f.f0_method,
             encoder.description,
-            actors,
+            plan.num_actors,
             "pitch+content" if f.fused_stages else "pitch and content",
         )
-        rows_per_block = rows_per_read(segments_todo, plan.num_actors * actor_threads(f)[0], f.batch_size)
+        lanes = plan.num_actors * batches_per_actor(f, plan)
+        rows_per_block = rows_per_read(segments_todo, lanes, f.batch_size)
         stats = _stream_and_write(_build_dataset(cfg, files, done, mute, plan, rows_per_block), table_dir, splits, todo)
     counts = _reconcile_table(table_dir, cfg.features.validation_fraction, expected)
     wall = time.perf_counter() - start
-    lanes = actors * actor_threads(cfg.features)[0]  # batches computed at once
     throughput = {
         "pitch": stats["audio_s"] / max(stats["pitch_s"] / lanes, 1e-9) if stats["pitch_s"] else 0.0,
         "content": stats["audio_s"] / max(stats["content_s"] / lanes, 1e-9) if stats["content_s"] else 0.0,

@@ -44,6 +44,9 @@ def test_fused_extraction_runs_one_actor_per_core_and_no_more_than_there_are_bat
     assert two_workers.num_actors == 2 and 2 * two_workers.cpus_per_actor + 2 * two_workers.cpus_per_task <= 2.0
     grown = plan_extraction(ClusterCapacity(ZERO_CPU_HEAD, (GPU_NODE_TYPE,)), None, 2.0, stages=1)
     assert grown.num_actors == 16  # what the autoscaler can add: 4 nodes x 8 CPUs at 2 CPUs an actor
+    # the fused CPU default asks 2 CPUs an actor; on 1-CPU nodes each node gets a 1-CPU actor, not one node two
+    small_nodes = plan_extraction(TWO_ONE_CPU_WORKERS, None, 2.0, stages=1)
+    assert small_nodes.num_actors == 2 and small_nodes.cpus_per_actor <= 1.0
 
 
 def test_zero_cpu_head_plans_against_the_autoscaler_node_types() -> None:

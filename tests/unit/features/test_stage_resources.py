@@ -25,16 +25,22 @@ def test_cpu_actors_ask_for_no_gpu() -> None:
 
 
 def test_cpu_actors_run_batches_at_once_on_single_threaded_ops(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rvc_ray.features.extract import actor_pool
+    from rvc_ray.cluster import StagePlan
+    from rvc_ray.features.extract import actor_pool, batches_per_actor
     from rvc_ray.features.stages import PitchStage
 
     features = load_run_config("tiny_cpu").features
-    pool = actor_pool(features, 3)
+    planned = StagePlan(num_actors=3, cpus_per_actor=2.0, cpus_per_task=0.25)
+    assert batches_per_actor(features, planned) == 2
+    pool = actor_pool(3, batches_per_actor(features, planned))
     assert (pool.min_size, pool.max_size) == (3, 3)
     assert pool.max_concurrent_calls_per_actor == 2 and pool.enable_true_multi_threading
+    # shrunk beside the read tasks (1.5 CPUs) it still runs two; capped to a 1-CPU node, one
+    assert batches_per_actor(features, StagePlan(num_actors=1, cpus_per_actor=1.5, cpus_per_task=0.25)) == 2
+    assert batches_per_actor(features, StagePlan(num_actors=2, cpus_per_actor=1.0, cpus_per_task=0.25)) == 1
     gpu = load_run_config("tiny_cpu", ["features.use_gpu=true", "features.cpus_per_actor=2"]).features
-    assert actor_threads(gpu) == (1, 2)
-    gpu_pool = actor_pool(gpu, 1)
+    assert actor_threads(gpu) == (1, 2) and batches_per_actor(gpu, planned) == 1
+    gpu_pool = actor_pool(1, 1)
     assert gpu_pool.max_concurrent_calls_per_actor == 1 and not gpu_pool.enable_true_multi_threading
 
     threads_before = torch.get_num_threads()
