@@ -10,7 +10,7 @@ Stages (class UDFs on ``ActorPoolStrategy`` actors, models loaded once per actor
 3. :class:`~rvc_ray.features.stages.ContentStage`: content features, x2 frame doubling, alignment
    (``features.stages`` fused, the CPU default: 2 and 3 in one pool of
    :class:`~rvc_ray.features.stages.PitchAndContentStage` actors, one per 2 CPUs, each running 2 batches at once,
-   :func:`rvc_ray.features.stages.actor_threads`, :func:`rvc_ray.cluster.plan_extraction`);
+   :func:`batches_per_actor`, :func:`rvc_ray.cluster.plan_extraction`);
 4. the driver streams the results (``iter_batches``) and writes shards of ``ROWS_PER_SHARD`` rows,
    so a crashed run keeps every shard already written.
 

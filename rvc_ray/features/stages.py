@@ -50,13 +50,14 @@ def stage_actor_resources(features: FeatureConfig, stage: str) -> dict[str, floa
 
 
 def actor_threads(features: FeatureConfig) -> tuple[int, int]:
-    """``(batches at once, torch threads per op)`` of one extraction actor with ``features.actor_cpus`` CPUs.
+    """``(batches at once, torch threads per op)`` of one extraction actor with ``features.actor_cpus`` CPUs
+    (the plan may lower the batches: :func:`rvc_ray.features.extract.batches_per_actor`).
 
     On CPU each CPU runs one batch on one thread (Ray Data calls the actor that many times at once), and the
-    batches share the actor's one copy of the models: with
-    HuBERT-base on 2 cores, two segments at once in one process ran 6 % faster than two 1-CPU processes (each
-    streaming its own weights through the cache) and 16 % faster than one segment at a time on 2 torch threads
-    (docs/benchmarks.md). On a GPU the device does the work: one batch at a time, the CPUs as torch threads.
+    batches share the actor's one copy of the models. With HuBERT-base on 2 cores, two segments at once in
+    one process ran 6 % faster than two 1-CPU processes (each streaming its own weights through the cache)
+    and 16 % faster than one segment at a time on 2 torch threads (docs/benchmarks.md). On a GPU the device
+    does the work: one batch at a time, the CPUs as torch threads.
     """
     cpus = max(1, round(features.actor_cpus))
     return (1, cpus) if features.use_gpu else (cpus, 1)
