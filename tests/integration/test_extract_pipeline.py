@@ -17,6 +17,18 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SR = 16000  # tiny_cpu sample rate
 
+# per row of the first extraction below: num_frames, split, sum of pitch_bins, sum of f0_hz, sum and sum of |x|
+# of content, as the code before the speed work (#13) wrote them
+FEATURES_BEFORE_THE_SPEED_WORK = {
+    "0_00000_0000": (98, "train", 2646, 11787.107666015625, -72.88162203133106, 5059.809685759246),
+    "0_00001_0000": (118, "val", 3546, 15356.48762512207, -87.75540339201689, 6061.996695736423),
+    "0_00002_0000": (78, "train", 2653, 10946.608047485352, -58.0078123761341, 3965.951371391304),
+    "1_00003_0000": (98, "val", 5882, 21557.069610595703, -72.88162742741406, 5099.064481416717),
+    "1_00004_0000": (88, "train", 5893, 21143.756393432617, -65.44469948299229, 4539.984226210043),
+    "mute_0_00": (298, "train", 298, 0.0, -221.61964020319283, 15102.350494781509),
+    "mute_1_00": (298, "train", 298, 0.0, -221.61964020319283, 15102.350494781509),
+}
+
 
 def _write_segments(dataset_dir: Path, specs: list[tuple[int, float, float]]) -> list[str]:
     """Write ``dataset/segments/part-00000.parquet``: one harmonic segment per (speaker, seconds, f0)."""
@@ -104,6 +116,18 @@ def test_extract_then_resume_then_index(ray_cluster, tmp_path: Path) -> None:
         assert len(row["wav"]) == frames * cfg.audio.hop_length and len(row["wav_16k"]) == frames * 160
         if row["is_mute"]:
             assert row["split"] == "train" and set(row["pitch_bins"]) == {1} and frames == 298
+    # the same features as before the speed work (computed then with rvc_ray.features.pipeline at the commit
+    # before 32a5159, and byte-identical to today's on the machine that recorded them); tolerances leave room
+    # for another CPU's last bits only
+    for row in table.to_pylist():
+        frames, split, bins_sum, f0_sum, content_sum, content_abs = FEATURES_BEFORE_THE_SPEED_WORK[row["segment_id"]]
+        content = np.asarray(row["content"], np.float64)
+        assert (row["num_frames"], row["split"]) == (frames, split), row["segment_id"]
+        assert abs(int(np.sum(row["pitch_bins"])) - bins_sum) <= 2, row["segment_id"]
+        assert float(np.sum(np.asarray(row["f0_hz"], np.float64))) == pytest.approx(f0_sum, rel=1e-4, abs=1e-3)
+        assert float(content.sum()) == pytest.approx(content_sum, rel=1e-4)
+        assert float(np.abs(content).sum()) == pytest.approx(content_abs, rel=1e-4)
+    assert set(table.column("segment_id").to_pylist()) == set(FEATURES_BEFORE_THE_SPEED_WORK)
     seg0 = next(r for r in table.to_pylist() if r["segment_id"] == ids[0])
     voiced = np.asarray(seg0["f0_hz"])[np.asarray(seg0["f0_hz"]) > 0]
     assert abs(np.median(voiced) - 120.0) < 6.0
