@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -285,6 +286,22 @@ def parquet_row_group_rows(location: str) -> list[int]:
     with fs.open_input_file(path) as handle:
         metadata = pq.ParquetFile(handle).metadata
         return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+
+
+def parquet_options_for_lists(
+    columns: Sequence[str], lists: Collection[str], dictionary: Sequence[str]
+) -> dict[str, Any]:
+    """``pyarrow.parquet`` write options for a table of scalar columns and large numeric ``lists``: snappy,
+    min/max statistics and (for the ``dictionary`` columns) dictionary encoding on the scalars only. On audio
+    and feature lists they cost write and read time and save next to nothing (dictionary and statistics: half
+    a segment shard's write time; snappy: a fifth of it, for 31.88 MB instead of 31.89 MB on 56 segments of
+    speech; a feature part 1.5 % smaller, read in 0.44 s instead of 0.19 s)."""
+    scalars = [name for name in columns if name not in lists]
+    return {
+        "compression": {name: "none" if name in lists else "snappy" for name in columns},
+        "use_dictionary": list(dictionary),
+        "write_statistics": scalars,
+    }
 
 
 def write_parquet(table: pyarrow.Table, location: str, **options: Any) -> None:
